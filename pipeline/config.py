@@ -1,0 +1,263 @@
+"""The schema of ``params.yaml``, validated with pydantic when a stage starts.
+
+Every model forbids unknown keys, so a misspelled key (``n_subject`` for ``n_subjects``) is an error that names it
+instead of being silently ignored (DVC's ``exp run -S`` adds unknown keys without complaint). Stages read their own
+sections through :class:`StageParams`, which refuses any section the stage did not declare in ``dvc.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ParamsError
+
+__all__ = [
+    "DatasetConfig",
+    "DemoExpressionSource",
+    "DemoIdentitySource",
+    "LabelSetConfig",
+    "LfwSource",
+    "LicensedSource",
+    "Params",
+    "StageParams",
+    "load_params",
+    "reader_options",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseConfig(_Strict):
+    seed: int = 0
+
+
+class DemoConfig(_Strict):
+    """Shared settings of the embedded demo generator."""
+
+    seed: int = 2019
+    workers: Annotated[int, Field(ge=1, le=64)] = 2
+    quality: Annotated[int, Field(ge=50, le=100)] = 95
+
+
+class DemoExpressionSource(_Strict):
+    """A demo dataset laid out like Oulu-CASIA VIS/Strong (subjects × 6 expression sequences)."""
+
+    kind: Literal["demo_expression"]
+    first_identity: Annotated[int, Field(ge=0)] = 0
+    n_subjects: Annotated[int, Field(ge=1, le=999)] = 40
+    expressions: list[str] = ["Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise"]
+    frames: tuple[Annotated[int, Field(ge=2)], Annotated[int, Field(ge=2)]] = (6, 9)
+    image_size: tuple[Annotated[int, Field(ge=64)], Annotated[int, Field(ge=64)]] = (320, 240)
+
+    @model_validator(mode="after")
+    def _frames_ordered(self) -> DemoExpressionSource:
+        if self.frames[0] > self.frames[1]:
+            raise ValueError(f"frames must be [min, max], got {list(self.frames)}")
+        return self
+
+    def identity_range(self) -> range:
+        return range(self.first_identity, self.first_identity + self.n_subjects)
+
+
+class DemoIdentitySource(_Strict):
+    """A demo dataset laid out like CASIA-WebFace (identity folders, no expression labels)."""
+
+    kind: Literal["demo_identity"]
+    first_identity: Annotated[int, Field(ge=0)] = 1000
+    n_identities: Annotated[int, Field(ge=1)] = 100
+    images_per_identity: Annotated[int, Field(ge=1)] = 30
+    image_size: tuple[Annotated[int, Field(ge=64)], Annotated[int, Field(ge=64)]] = (250, 250)
+
+    def identity_range(self) -> range:
+        return range(self.first_identity, self.first_identity + self.n_identities)
+
+
+class LfwSource(_Strict):
+    """LFW, downloaded from its public URL (checksummed, resumable) and extracted into ``data/raw/<name>/``."""
+
+    kind: Literal["lfw"]
+    url: str | None = None  # None = the official URL in pipeline.data.download.KNOWN_DOWNLOADS
+    checksum: str | None = None
+
+
+class LicensedSource(_Strict):
+    """A licensed dataset the user obtains by hand; ``download`` only verifies it at ``root``.
+
+    ``tsv`` is the MS-Celeb-1M cleaned TSV (the ``msceleb`` reader): ``download`` extracts it into shards at ``root``.
+    ``fingerprint``: ``content`` hashes every file into the listing, ``stat`` uses sizes and mtimes (fast for 500k files).
+    """
+
+    kind: Literal["licensed"]
+    tsv: str | None = None
+    shard_size: Annotated[int, Field(ge=1)] = 10000
+    fingerprint: Literal["content", "stat"] = "stat"
+
+
+Source = Annotated[
+    DemoExpressionSource | DemoIdentitySource | LfwSource | LicensedSource, Field(discriminator="kind")
+]
+
+
+class ExpectedCounts(_Strict):
+    """Counts the published dataset has; the manifest stage reports any difference (it does not fail)."""
+
+    subjects: int | None = None
+    sequences: int | None = None
+    labelled_sequences: int | None = None
+    images: int | None = None
+
+
+class DatasetConfig(_Strict):
+    """One entry of ``datasets``: where a dataset lives, how to read it and what it is used for."""
+
+    reader: Literal["oulu_casia", "ckplus", "lfw", "casia_webface", "msceleb"]
+    root: str
+    role: Literal["finetune", "pretrain", "eval"]
+    label_set: str | None = None
+    align_convention: Literal["paper_182_44", "facenet_160_32"] = "paper_182_44"
+    source: Source
+    options: dict[str, Any] = {}
+    expected: ExpectedCounts = ExpectedCounts()
+
+    @model_validator(mode="after")
+    def _check_options(self) -> DatasetConfig:
+        reader_options(self.reader, self.options)
+        return self
+
+
+def reader_options(reader: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Validate a reader's ``options`` with the schema the reader owns; return them with defaults filled in."""
+    from pipeline.data.readers import OPTION_MODELS
+
+    return OPTION_MODELS[reader].model_validate(options).model_dump()
+
+
+class LabelSetConfig(_Strict):
+    """Frame-level labelling of expression sequences (see :mod:`pipeline.data.label_sets`)."""
+
+    classes: list[str]
+    neutral: str | None = None
+    peak_frames: Annotated[int, Field(ge=1)] = 3
+    neutral_frames: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _neutral_is_a_class(self) -> LabelSetConfig:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be unique, got {self.classes}")
+        if self.neutral_frames and self.neutral is None:
+            raise ValueError("neutral_frames > 0 needs `neutral` (the class name of neutral frames)")
+        if self.neutral is not None and self.neutral not in self.classes:
+            raise ValueError(f"neutral class {self.neutral!r} is not in classes {self.classes}")
+        return self
+
+
+class ManifestConfig(_Strict):
+    check: Literal["decode", "header"] = "decode"
+    max_skip_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+
+
+class Params(_Strict):
+    """The whole ``params.yaml``."""
+
+    base: BaseConfig = BaseConfig()
+    demo: DemoConfig = DemoConfig()
+    datasets: dict[str, DatasetConfig]
+    label_sets: dict[str, LabelSetConfig] = {}
+    manifest: ManifestConfig = ManifestConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Params:
+        for name, ds in self.datasets.items():
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"dataset name {name!r}: use letters, digits, '_' and '-' only")
+            if ds.label_set is not None and ds.label_set not in self.label_sets:
+                raise ValueError(f"datasets.{name}.label_set: unknown label set {ds.label_set!r}")
+        demo = [(n, d.source.identity_range()) for n, d in self.datasets.items()
+                if isinstance(d.source, (DemoExpressionSource, DemoIdentitySource))]
+        for i, (na, ra) in enumerate(demo):
+            for nb, rb in demo[i + 1:]:
+                if ra.start < rb.stop and rb.start < ra.stop:
+                    raise ValueError(
+                        f"demo datasets {na!r} and {nb!r} share identities "
+                        f"[{max(ra.start, rb.start)}, {min(ra.stop, rb.stop)}): give them disjoint first_identity ranges"
+                    )
+        return self
+
+
+def _format_error(exc: ValidationError, source: str) -> str:
+    """One line per problem, each naming the dotted key path."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (misspelled?)"
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return f"{source}: " + "; ".join(lines)
+
+
+_UNION_TAGS = {"demo_expression", "demo_identity", "lfw", "licensed"}
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``.
+
+    Raises:
+        ParamsError: the file is missing, is not YAML, or does not match the schema (message names the keys).
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"params file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(_format_error(exc, str(path))) from None
+
+
+class StageParams:
+    """The sections of :class:`Params` one stage declared (``dvc.yaml`` ``params:``), and nothing else.
+
+    ``declared`` holds dotted section names such as ``"demo"`` or ``"datasets.demo_oulu"``. Reading a section that is
+    not declared (or not below a declared one) raises ``KeyError``: DVC would not re-run the stage when it changes.
+    """
+
+    def __init__(self, params: Params, declared: list[str]):
+        self._params = params
+        self.declared = list(declared)
+
+    def get(self, dotted: str) -> Any:
+        if not any(dotted == d or dotted.startswith(d + ".") for d in self.declared):
+            raise KeyError(f"section {dotted!r} is not declared by this stage (declared: {self.declared})")
+        node: Any = self._params
+        for part in dotted.split("."):
+            node = node[part] if isinstance(node, dict) else getattr(node, part)
+        return node
+
+    def as_flat_dict(self) -> dict[str, Any]:
+        """Declared sections flattened to ``{"a.b.c": value}`` (for MLflow params)."""
+        out: dict[str, Any] = {}
+        for d in self.declared:
+            value = self.get(d)
+            _flatten(value.model_dump(mode="json") if isinstance(value, BaseModel) else value, d, out)
+        return out
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(v, f"{prefix}.{k}", out)
+    else:
+        out[prefix] = value

@@ -1,0 +1,1 @@
+"""Datasets: the embedded demo generator, download/verification, readers and manifests."""

@@ -1,0 +1,117 @@
+"""CASIA-WebFace (10,575 identities, ~494k images).
+
+On-disk layout::
+
+    <root>/0000045/001.jpg
+    <root>/0000045/002.jpg
+    <root>/0000099/001.jpg
+
+One folder per identity (a 7-digit id), the identity's images inside (option ``image_ext``, default ``.jpg``),
+numbered from ``001``. Manifest rows: ``subject`` = folder name, ``sequence`` = ``""``, ``frame`` = the number in
+the file name (``int(stem)``) when the stem is all digits, else the file's 0-based position in the sorted listing,
+``n_frames`` = 1, image_id ``<dataset>/<subject>/<stem>``.
+
+Skips: files at root level, empty folders, files without the image extension, unreadable images, and subjects with
+fewer than ``min_images_per_subject`` readable images (one skip per subject folder).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
+
+from pipeline.data.manifest import ManifestRecord
+from pipeline.data.readers._common import ImageExt, has_ext, relpath, require_records, visible_entries
+from pipeline.data.readers.base import Check, ImageProblem, ReadResult, probe_image, require_dir
+
+__all__ = ["CasiaWebFaceOptions", "read_casia_webface"]
+
+
+class CasiaWebFaceOptions(ImageExt):
+    """Options of :func:`read_casia_webface` (``datasets.<name>.options`` in ``params.yaml``)."""
+
+    reader: ClassVar[str] = "casia_webface"
+
+    image_ext: str = ".jpg"
+    min_images_per_subject: int = Field(1, ge=1)
+
+
+def read_casia_webface(root: Path, dataset: str, *, options: dict | None = None, check: Check = "decode") -> ReadResult:
+    """Read a CASIA-WebFace tree (layout in the module docstring).
+
+    Raises:
+        ValueError: unknown or invalid option.
+        DatasetError: ``root`` missing, or no usable image at all.
+    """
+    opts = CasiaWebFaceOptions.parse(options)
+    root = require_dir(Path(root), "CASIA-WebFace root")
+    result = ReadResult()
+    for entry in visible_entries(root):
+        if entry.is_dir():
+            _read_subject(entry, root, dataset, opts, check, result)
+        else:
+            result.skip(relpath(entry, root), "stray file: expected identity folders at root level")
+    return require_records(result, root, f"CASIA-WebFace dataset {dataset!r}")
+
+
+def _read_subject(
+    folder: Path, root: Path, dataset: str, opts: CasiaWebFaceOptions, check: Check, result: ReadResult
+) -> None:
+    """Add the images of one identity folder, or one skip when it has too few readable images."""
+    images: list[Path] = []
+    for entry in visible_entries(folder):
+        if entry.is_file() and has_ext(entry, opts.image_ext):
+            images.append(entry)
+        else:
+            result.skip(relpath(entry, root), f"not an image: expected a {opts.image_ext} file")
+    if not images:
+        result.skip(relpath(folder, root), "empty subject folder")
+        return
+    minimum = opts.min_images_per_subject
+    if len(images) < minimum:  # not worth probing
+        result.skip(relpath(folder, root), f"too few images: {len(images)} files < min_images_per_subject {minimum}")
+        return
+    records = _probe_all(images, folder, root, dataset, opts, check, result)
+    if len(records) < minimum:
+        result.skip(
+            relpath(folder, root), f"too few images: {len(records)} readable < min_images_per_subject {minimum}"
+        )
+        return
+    result.records.extend(records)
+
+
+def _probe_all(
+    images: list[Path],
+    folder: Path,
+    root: Path,
+    dataset: str,
+    opts: CasiaWebFaceOptions,
+    check: Check,
+    result: ReadResult,
+) -> list[ManifestRecord]:
+    """One record per readable image of a subject (unreadable ones become skips)."""
+    records = []
+    for position, path in enumerate(images):
+        rel = relpath(path, root)
+        try:
+            width, height = probe_image(path, check)
+        except ImageProblem as problem:
+            result.skip(rel, str(problem))
+            continue
+        stem = path.name[: -len(opts.image_ext)]
+        records.append(
+            ManifestRecord(
+                image_id=f"{dataset}/{folder.name}/{stem}",
+                path=rel,
+                dataset=dataset,
+                subject=folder.name,
+                sequence="",
+                frame=int(stem) if stem.isascii() and stem.isdigit() else position,
+                n_frames=1,
+                width=width,
+                height=height,
+            )
+        )
+    return records

@@ -1,0 +1,39 @@
+"""The Typer application: a callback for the shared options, and one command per DVC stage."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stages import download, manifest
+
+app = typer.Typer(
+    name="stages",
+    help="Dynamic multi-task face recognition + expression: the pipeline stages (each one a DVC stage).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    params: Annotated[Path, typer.Option(help="Parameters file.")] = Path("params.yaml"),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
+) -> None:
+    """Each command is one DVC stage; `dvc repro` runs them in order. Run one by hand for debugging."""
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("PIL", "matplotlib", "urllib3", "alembic", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    ctx.obj = {"params_path": params}
+
+
+app.command("download", help=download.__doc__)(download.command)
+app.command("manifest", help=manifest.__doc__)(manifest.command)

@@ -1,0 +1,110 @@
+"""What every stage command shares: loading its declared params, clean user errors, atomic output folders."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+from pipeline.config import StageParams, load_params
+from pipeline.errors import UserError
+
+__all__ = ["atomic_dir", "load_stage_params", "user_errors", "write_json_atomic"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def load_stage_params(ctx: typer.Context, declared: list[str]) -> StageParams:
+    """Validate the whole params file, then expose only the sections this stage declares in ``dvc.yaml``."""
+    params = load_params(ctx.obj["params_path"])
+    for section in declared:
+        head, _, rest = section.partition(".")
+        name = rest.split(".")[0]
+        if head == "datasets" and name and name not in params.datasets:
+            known = ", ".join(sorted(params.datasets))
+            raise UserError(f"unknown dataset {name!r}: params.yaml defines {known}")
+    return StageParams(params, declared)
+
+
+def user_errors(fn: F) -> F:
+    """Turn a :class:`UserError` into one line on stderr and exit code 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield an empty temp folder beside ``final``; on success replace ``final`` by it, on error delete it.
+
+    A stage therefore never leaves a half-written output folder.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def write_json_atomic(obj: Any, path: Path) -> Path:
+    """Write ``obj`` as indented, key-sorted JSON via a temp file and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def stderr_is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None, unit: str = "img") -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr (rate and ETA); yields ``advance(n)``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        task = progress.add_task(description, total=total, rate="")
+
+        def advance(n: int) -> None:
+            progress.advance(task, n)
+            t = progress.tasks[task]
+            if t.elapsed:
+                progress.update(task, rate=f"{t.completed / t.elapsed:,.0f} {unit}/s")
+
+        yield advance

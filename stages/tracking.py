@@ -1,0 +1,143 @@
+"""MLflow tracking for stage commands (the only place besides other ``stages/`` modules that imports mlflow).
+
+- Store: ``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repo root>/mlflow.db``; artifacts in ``<repo root>/mlruns``.
+  The repo root is ``$DVC_ROOT`` (set by DVC for every stage, also for queued experiments), else the git top level,
+  else the current folder. Both paths are git-ignored.
+- One experiment per pipeline (``$DMTL_EXPERIMENT``, default ``dynamic-mtl-face``), one run per stage invocation.
+- Each run logs the stage's declared params sections (flattened) and is tagged with the git commit and dirty flag,
+  the stage name, the DVC stage/experiment names and the md5 of every input found in ``dvc.lock``.
+- ``DMTL_MLFLOW=0`` turns tracking off (the stage still runs and writes its outputs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.config import StageParams
+
+__all__ = ["RunLogger", "git_state", "input_hashes", "repo_root", "stage_run", "tracking_uri"]
+
+EXPERIMENT_DEFAULT = "dynamic-mtl-face"
+
+
+def repo_root() -> Path:
+    """``$DVC_ROOT``, else the git top level of the current folder, else the current folder."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    try:
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True)
+        return Path(out.stdout.strip()).resolve()
+    except (OSError, subprocess.CalledProcessError):
+        return Path.cwd().resolve()
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """The tracking store URI: ``$MLFLOW_TRACKING_URI`` or the repo's sqlite file."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
+
+
+def git_state(root: Path) -> dict[str, str]:
+    """``{"git.commit": sha, "git.dirty": "true"|"false"}``; empty when ``root`` is not a git work tree."""
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"git.commit": sha, "mlflow.source.git.commit": sha, "git.dirty": str(bool(dirty)).lower()}
+
+
+def input_hashes(root: Path, inputs: Sequence[str]) -> dict[str, str]:
+    """Tags ``dvc.input.<path>.md5`` for each input path that an upstream stage's ``outs`` lists in ``dvc.lock``.
+
+    DVC rewrites ``dvc.lock`` after each stage, so upstream entries are current while a stage runs.
+    """
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    data = yaml.safe_load(lock.read_text()) or {}
+    wanted = {str(Path(p)) for p in inputs}
+    tags: dict[str, str] = {}
+    for stage in (data.get("stages") or {}).values():
+        for out in stage.get("outs") or []:
+            path = str(Path(out.get("path", "")))
+            if path in wanted and out.get("md5"):
+                tags[f"dvc.input.{path}.md5"] = out["md5"]
+                if "nfiles" in out:
+                    tags[f"dvc.input.{path}.nfiles"] = str(out["nfiles"])
+    return tags
+
+
+class RunLogger:
+    """A thin handle on the active MLflow run (or a no-op when tracking is off)."""
+
+    def __init__(self, mlflow: Any | None, run_id: str | None = None):
+        self._mlflow = mlflow
+        self.run_id = run_id
+
+    @property
+    def enabled(self) -> bool:
+        return self._mlflow is not None
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self._mlflow:
+            self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        if self._mlflow:
+            self._mlflow.log_dict(obj, artifact_file)
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        if self._mlflow:
+            self._mlflow.log_artifact(str(path), artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self._mlflow:
+            self._mlflow.set_tags(tags)
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str] = (), item: str | None = None
+              ) -> Iterator[RunLogger]:
+    """Open one MLflow run for a stage invocation; it ends FAILED if the body raises.
+
+    Args:
+        stage: the command name (``download``, ``manifest``…).
+        params: the stage's declared sections; logged flattened as run params.
+        inputs: repo-relative input paths whose DVC md5 (from ``dvc.lock``) become tags.
+        item: the foreach item (a dataset name), part of the run name.
+    """
+    if os.environ.get("DMTL_MLFLOW", "1").lower() in {"0", "false", "no", "off"}:
+        yield RunLogger(None)
+        return
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import mlflow
+    root = repo_root()
+    mlflow.set_tracking_uri(tracking_uri(root))
+    name = os.environ.get("DMTL_EXPERIMENT", EXPERIMENT_DEFAULT)
+    if mlflow.get_experiment_by_name(name) is None:
+        mlflow.create_experiment(name, artifact_location=(root / "mlruns").as_uri())
+    mlflow.set_experiment(name)
+    tags = {"stage": stage, **git_state(root), **input_hashes(root, inputs)}
+    if item is not None:
+        tags["item"] = item
+    for env, tag in (("DVC_STAGE", "dvc.stage"), ("DVC_EXP_NAME", "dvc.exp"), ("DVC_EXP_BASELINE_REV", "dvc.exp.baseline")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    run_name = os.environ.get("DVC_STAGE") or (f"{stage}@{item}" if item else stage)
+    with mlflow.start_run(run_name=run_name, tags=tags) as run:
+        flat = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.as_flat_dict().items()}
+        mlflow.log_params(flat)
+        yield RunLogger(mlflow, run.info.run_id)

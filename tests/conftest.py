@@ -1,0 +1,65 @@
+"""Shared test setup: stable Typer output, an isolated MLflow store, helpers to write tiny params files."""
+
+from __future__ import annotations
+
+import os
+
+# Read by typer/rich at import time: plain, wide, uncoloured output for assertions.
+os.environ.setdefault("TERMINAL_WIDTH", "200")
+os.environ.setdefault("_TYPER_FORCE_DISABLE_TERMINAL", "1")
+os.environ.setdefault("TYPER_USE_RICH", "0")
+os.environ.setdefault("NO_COLOR", "1")
+os.environ["DVC_NO_ANALYTICS"] = "1"
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import copy  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_params(**overrides) -> dict:
+    """The repo's params.yaml with the demo datasets shrunk to a few subjects (for fast stage tests)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    oulu = params["datasets"]["demo_oulu"]["source"]
+    oulu.update(n_subjects=3, frames=[4, 5], image_size=[160, 120])
+    web = params["datasets"]["demo_webface"]["source"]
+    web.update(n_identities=3, images_per_identity=3, image_size=[128, 128])
+    params["demo"]["workers"] = 1
+    for dotted, value in overrides.items():
+        node = params
+        *head, last = dotted.split(".")
+        for part in head:
+            node = node[part]
+        node[last] = copy.deepcopy(value)
+    return params
+
+
+def write_params(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    """A fresh sqlite tracking store for one test."""
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DMTL_MLFLOW", "1")
+    yield uri
+    try:
+        import mlflow
+
+        while mlflow.active_run():
+            mlflow.end_run()
+    except ImportError:
+        pass
+
+
+@pytest.fixture
+def no_mlflow(monkeypatch):
+    monkeypatch.setenv("DMTL_MLFLOW", "0")

@@ -1,0 +1,73 @@
+"""params.yaml validation: every bad key or value is an error that names it."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import StageParams, load_params
+from pipeline.errors import ParamsError
+from tests.conftest import REPO, tiny_params, write_params
+
+
+def test_repo_params_validate():
+    p = load_params(REPO / "params.yaml")
+    assert set(p.datasets) >= {"demo_oulu", "demo_webface"}
+    assert p.datasets["demo_oulu"].role == "finetune"
+    assert p.datasets["demo_webface"].role == "pretrain"
+    assert p.label_sets["oulu_six"].classes[0] == "Anger"
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "message"),
+    [
+        ("datasets.demo_oulu.source.n_subject", 3, "datasets.demo_oulu.source.n_subject: unknown key"),
+        ("manifest.chek", "decode", "manifest.chek: unknown key"),
+        ("manifest.check", "full", "manifest.check: Input should be 'decode' or 'header'"),
+        ("datasets.demo_oulu.reader", "oulu", "datasets.demo_oulu.reader"),
+        ("datasets.demo_oulu.label_set", "nope", "unknown label set 'nope'"),
+        ("datasets.demo_oulu.source.frames", [9, 6], "frames must be [min, max]"),
+        ("datasets.demo_webface.source.first_identity", 2, "share identities [2, 3)"),
+        ("label_sets.oulu_seven.neutral", "Calm", "neutral class 'Calm' is not in classes"),
+    ],
+)
+def test_bad_params_name_the_key(tmp_path, dotted, value, message):
+    path = write_params(tmp_path / "params.yaml", tiny_params(**{dotted: value}))
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_reader_option_is_named(tmp_path):
+    path = write_params(tmp_path / "params.yaml", tiny_params(**{"datasets.demo_oulu.options.keep_lst": 3}))
+    with pytest.raises(ParamsError, match="keep_lst"):
+        load_params(path)
+
+
+def test_unknown_top_level_section(tmp_path):
+    params = tiny_params()
+    params["trian"] = {"lr": 1}
+    with pytest.raises(ParamsError, match="trian: unknown key"):
+        load_params(write_params(tmp_path / "params.yaml", params))
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ParamsError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("a: [1, 2\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(tmp_path / "bad.yaml")
+
+
+def test_stage_params_refuse_undeclared_sections():
+    sp = StageParams(load_params(REPO / "params.yaml"), ["datasets.demo_oulu", "demo"])
+    assert sp.get("datasets.demo_oulu").reader == "oulu_casia"
+    assert sp.get("datasets.demo_oulu.source").n_subjects == 40
+    with pytest.raises(KeyError, match="not declared"):
+        sp.get("manifest")
+    with pytest.raises(KeyError, match="not declared"):
+        sp.get("datasets.demo_webface")
+    flat = sp.as_flat_dict()
+    assert flat["datasets.demo_oulu.source.n_subjects"] == 40
+    assert flat["demo.seed"] == 2019
+    assert not any(k.startswith("manifest") for k in flat)

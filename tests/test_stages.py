@@ -1,0 +1,109 @@
+"""The download and manifest commands, run through Typer's CliRunner on a tiny demo in a temp folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.data.manifest import read_manifest
+from stages.app import app
+from tests.conftest import tiny_params, write_params
+
+runner = CliRunner()
+
+
+def _invoke(*args):
+    return runner.invoke(app, ["--params", "params.yaml", *args])
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    write_params(tmp_path / "params.yaml", tiny_params())
+    return tmp_path
+
+
+def test_download_then_manifest_demo(workdir, mlflow_uri):
+    from mlflow.tracking import MlflowClient
+
+    res = _invoke("download", "demo_oulu")
+    assert res.exit_code == 0, res.output
+    raw = workdir / "data/raw/demo_oulu"
+    assert (raw / "images/P001/Anger/000.jpeg").is_file()
+    listing = (raw / "listing.tsv").read_text().splitlines()
+    n_files = len(listing) - 1
+    assert listing[1].startswith("P001/Anger/000.jpeg\t")
+    assert 3 * 6 * 4 <= n_files <= 3 * 6 * 5
+    assert not list((workdir / "data/raw").glob(".*tmp*"))
+
+    res = _invoke("manifest", "demo_oulu")
+    assert res.exit_code == 0, res.output
+    df = read_manifest(workdir / "data/manifests/demo_oulu.parquet")
+    assert len(df) == 3 * 6 * 4  # first frame + last 3 of every sequence
+    assert sorted(df["subject"].unique()) == ["P001", "P002", "P003"]
+    assert sorted(df["identity"].unique()) == [0, 1, 2]
+    first = df.iloc[0]
+    assert first["image_id"] == "demo_oulu/P001/Anger/00000" and first["path"] == "P001/Anger/000.jpeg"
+    assert (first["width"], first["height"]) == (160, 120)
+    metrics = json.loads((workdir / "metrics/manifest/demo_oulu.json").read_text())
+    assert metrics["images"] == len(df) and metrics["subjects"] == 3 and metrics["sequences"] == 18
+    assert metrics["skipped"] == 0
+
+    runs = MlflowClient(mlflow_uri).search_runs(
+        [e.experiment_id for e in MlflowClient(mlflow_uri).search_experiments()])
+    by_name = {r.info.run_name: r for r in runs}
+    assert set(by_name) == {"download@demo_oulu", "manifest@demo_oulu"}
+    m = by_name["manifest@demo_oulu"]
+    assert m.info.status == "FINISHED" and m.data.metrics["images"] == len(df)
+    assert m.data.params["manifest.max_skip_fraction"] == "0.05"
+
+
+def test_second_download_replaces_output(workdir, no_mlflow):
+    assert _invoke("download", "demo_webface").exit_code == 0
+    first = (workdir / "data/raw/demo_webface/listing.tsv").read_text()
+    assert _invoke("download", "demo_webface").exit_code == 0
+    assert (workdir / "data/raw/demo_webface/listing.tsv").read_text() == first  # deterministic generation
+
+
+def test_missing_licensed_dataset_is_one_clear_line(workdir, no_mlflow):
+    params = tiny_params()
+    params["datasets"]["oulu"] = {"reader": "oulu_casia", "root": str(workdir / "nowhere"), "role": "finetune",
+                                  "label_set": "oulu_six", "source": {"kind": "licensed"}}
+    write_params(workdir / "params.yaml", params)
+    res = _invoke("download", "oulu")
+    assert res.exit_code == 1
+    err = res.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in res.output
+    assert "dataset 'oulu' (Oulu-CASIA" in err and "datasets.oulu.root" in err and "University of Oulu" in err
+    assert not (workdir / "data/raw/oulu").exists()
+
+
+def test_unknown_dataset_and_bad_param(workdir, no_mlflow):
+    res = _invoke("download", "nope")
+    assert res.exit_code == 1 and "unknown dataset 'nope'" in res.stderr
+    write_params(workdir / "params.yaml", tiny_params(**{"demo.seeds": 1}))
+    res = _invoke("manifest", "demo_oulu")
+    assert res.exit_code == 1 and "demo.seeds: unknown key" in res.stderr and "Traceback" not in res.output
+
+
+def test_too_many_skips_fail_without_outputs(workdir, no_mlflow):
+    assert _invoke("download", "demo_oulu").exit_code == 0
+    first_frames = sorted((workdir / "data/raw/demo_oulu/images").rglob("000.jpeg"))
+    for path in first_frames[:10]:  # corrupt 10 of the 72 kept frames: > 5 %
+        path.write_bytes(b"not a jpeg")
+    res = _invoke("manifest", "demo_oulu")
+    assert res.exit_code == 1
+    assert "max_skip_fraction" in res.stderr and "not an image" in res.stderr
+    assert not (workdir / "data/manifests/demo_oulu.parquet").exists()
+    assert not (workdir / "metrics/manifest/demo_oulu.json").exists()
+    # under the threshold: counted skips, the manifest is written and lists them
+    write_params(workdir / "params.yaml", tiny_params(**{"manifest.max_skip_fraction": 0.5}))
+    res = _invoke("manifest", "demo_oulu")
+    assert res.exit_code == 0, res.output
+    skipped = (workdir / "data/manifests/demo_oulu.skipped.tsv").read_text().splitlines()
+    assert skipped[0] == "path\treason" and len(skipped) == 11
+    metrics = json.loads((workdir / "metrics/manifest/demo_oulu.json").read_text())
+    assert metrics["skipped"] == 10 and metrics["skipped_by_reason"] == {"not an image": 10}
