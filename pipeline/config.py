@@ -83,15 +83,19 @@ class LfwSource(_Strict):
     """LFW, downloaded from its public URL (checksummed, resumable) and extracted into ``data/raw/<name>/``."""
 
     kind: Literal["lfw"]
-    url: str | None = None  # None = the official URL in pipeline.data.download.KNOWN_DOWNLOADS
+    #: None = the official URLs and md5s in pipeline.data.download.KNOWN_DOWNLOADS (set them to use a mirror)
+    url: str | None = None
     checksum: str | None = None
+    pairs_url: str | None = None
+    pairs_checksum: str | None = None
 
 
 class LicensedSource(_Strict):
     """A licensed dataset the user obtains by hand; ``download`` only verifies it at ``root``.
 
     ``tsv`` is the MS-Celeb-1M cleaned TSV (the ``msceleb`` reader): ``download`` extracts it into shards at ``root``.
-    ``fingerprint``: ``content`` hashes every file into the listing, ``stat`` uses sizes and mtimes (fast for 500k files).
+    ``fingerprint``: ``content`` hashes every file into the listing, ``stat`` uses sizes and mtimes
+    (fast for 500k files).
     """
 
     kind: Literal["licensed"]
@@ -123,8 +127,9 @@ class DatasetConfig(_Strict):
     label_set: str | None = None
     align_convention: Literal["paper_182_44", "facenet_160_32"] = "paper_182_44"
     source: Source
-    options: dict[str, Any] = {}
-    expected: ExpectedCounts = ExpectedCounts()
+    #: required (may be ``{}``): DVC tracks these keys, and a params key DVC tracks must exist in the file
+    options: dict[str, Any]
+    expected: ExpectedCounts
 
     @model_validator(mode="after")
     def _check_options(self) -> DatasetConfig:
@@ -186,7 +191,8 @@ class Params(_Strict):
                 if ra.start < rb.stop and rb.start < ra.stop:
                     raise ValueError(
                         f"demo datasets {na!r} and {nb!r} share identities "
-                        f"[{max(ra.start, rb.start)}, {min(ra.stop, rb.stop)}): give them disjoint first_identity ranges"
+                        f"[{max(ra.start, rb.start)}, {min(ra.stop, rb.stop)}): "
+                        "give them disjoint first_identity ranges"
                     )
         return self
 

@@ -94,6 +94,8 @@ def _download_lfw(src: LfwSource, tmp: Path) -> dict:
         url, checksum = remote.url, remote.checksum
         if remote.name == "lfw.tgz":
             url, checksum = src.url or url, src.checksum or checksum
+        elif remote.name == "pairs.txt":
+            url, checksum = src.pairs_url or url, src.pairs_checksum or checksum
         files[remote.name] = download(url, DOWNLOAD_CACHE / remote.name, checksum=checksum)
     extract_archive(files["lfw.tgz"], tmp / "lfw_extracted")
     # the archive holds one top folder `lfw/`; the dataset root is data/raw/<name>/lfw

@@ -38,14 +38,16 @@ def command(
     from pipeline.data.manifest import write_manifest
 
     sp = load_stage_params(ctx, [s.format(name=name) for s in DECLARED])
-    reader, root, options, expected = (sp.get(f"datasets.{name}.{k}") for k in ("reader", "root", "options", "expected"))
+    keys = ("reader", "root", "options", "expected")
+    reader, root, options, expected = (sp.get(f"datasets.{name}.{k}") for k in keys)
     cfg = sp.get("manifest")
     out = paths(name)
     with stage_run("manifest", sp, item=name, inputs=[f"data/raw/{name}"]) as run:
         df, skipped, summary = build_manifest(name, reader=reader, root=Path(root), options=options,
                                               expected=expected, check=cfg.check)
         if summary.skip_fraction > cfg.max_skip_fraction:
-            reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.skipped_by_reason.items(), key=lambda kv: -kv[1]))
+            by_count = sorted(summary.skipped_by_reason.items(), key=lambda kv: -kv[1])
+            reasons = ", ".join(f"{k}: {v}" for k, v in by_count)
             raise DatasetError(
                 f"dataset {name!r}: {summary.skipped} of {summary.images + summary.skipped} files skipped "
                 f"({summary.skip_fraction:.1%} > manifest.max_skip_fraction={cfg.max_skip_fraction}); {reasons}; "

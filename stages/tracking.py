@@ -133,7 +133,8 @@ def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str] = (), it
     tags = {"stage": stage, **git_state(root), **input_hashes(root, inputs)}
     if item is not None:
         tags["item"] = item
-    for env, tag in (("DVC_STAGE", "dvc.stage"), ("DVC_EXP_NAME", "dvc.exp"), ("DVC_EXP_BASELINE_REV", "dvc.exp.baseline")):
+    dvc_env = (("DVC_STAGE", "dvc.stage"), ("DVC_EXP_NAME", "dvc.exp"), ("DVC_EXP_BASELINE_REV", "dvc.exp.baseline"))
+    for env, tag in dvc_env:
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     run_name = os.environ.get("DVC_STAGE") or (f"{stage}@{item}" if item else stage)

@@ -29,6 +29,8 @@ def tiny_params(**overrides) -> dict:
     oulu.update(n_subjects=3, frames=[4, 5], image_size=[160, 120])
     web = params["datasets"]["demo_webface"]["source"]
     web.update(n_identities=3, images_per_identity=3, image_size=[128, 128])
+    params["datasets"]["demo_oulu"]["expected"] = {"subjects": 3, "sequences": 18}
+    params["datasets"]["demo_webface"]["expected"] = {"subjects": 3, "images": 9}
     params["demo"]["workers"] = 1
     for dotted, value in overrides.items():
         node = params

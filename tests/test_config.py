@@ -44,6 +44,13 @@ def test_unknown_reader_option_is_named(tmp_path):
         load_params(path)
 
 
+def test_missing_tracked_key_is_named(tmp_path):
+    params = tiny_params()
+    del params["datasets"]["demo_webface"]["expected"]
+    with pytest.raises(ParamsError, match="datasets.demo_webface.expected: Field required"):
+        load_params(write_params(tmp_path / "params.yaml", params))
+
+
 def test_unknown_top_level_section(tmp_path):
     params = tiny_params()
     params["trian"] = {"lr": 1}

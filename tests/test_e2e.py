@@ -20,7 +20,8 @@ pytestmark = pytest.mark.e2e
 def _run(args, cwd, env, check=True):
     res = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if check and res.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, args))} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+        cmd = " ".join(map(str, args))
+        raise AssertionError(f"{cmd} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     return res
 
 

@@ -71,7 +71,8 @@ def test_second_download_replaces_output(workdir, no_mlflow):
 def test_missing_licensed_dataset_is_one_clear_line(workdir, no_mlflow):
     params = tiny_params()
     params["datasets"]["oulu"] = {"reader": "oulu_casia", "root": str(workdir / "nowhere"), "role": "finetune",
-                                  "label_set": "oulu_six", "source": {"kind": "licensed"}}
+                                  "label_set": "oulu_six", "source": {"kind": "licensed"},
+                                  "options": {}, "expected": {"subjects": 80}}
     write_params(workdir / "params.yaml", params)
     res = _invoke("download", "oulu")
     assert res.exit_code == 1
@@ -107,3 +108,62 @@ def test_too_many_skips_fail_without_outputs(workdir, no_mlflow):
     assert skipped[0] == "path\treason" and len(skipped) == 11
     metrics = json.loads((workdir / "metrics/manifest/demo_oulu.json").read_text())
     assert metrics["skipped"] == 10 and metrics["skipped_by_reason"] == {"not an image": 10}
+
+
+def test_lfw_download_from_loopback_then_manifest(workdir, tmp_path_factory, no_mlflow):
+    """LFW goes through the real download path (HTTP, md5, extraction) against a local server."""
+    import functools
+    import hashlib
+    import tarfile
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.fixtures_layouts import build_lfw
+
+    served = tmp_path_factory.mktemp("served")
+    lfw_root = build_lfw(tmp_path_factory.mktemp("lfwsrc"))
+    with tarfile.open(served / "lfw.tgz", "w:gz") as tar:
+        tar.add(lfw_root, arcname="lfw")
+    pairs = b"1\t1\nAaron_Peirsol\t1\t2\nAaron_Eckhart\t1\tAaron_Peirsol\t1\n"
+    (served / "pairs.txt").write_bytes(pairs)
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    md5 = lambda b: "md5:" + hashlib.md5(b).hexdigest()  # noqa: E731
+    try:
+        params = tiny_params()
+        params["datasets"]["lfw"] = {
+            "reader": "lfw", "root": "data/raw/lfw/lfw", "role": "eval", "label_set": None,
+            "source": {"kind": "lfw", "url": f"{base}/lfw.tgz", "checksum": md5((served / "lfw.tgz").read_bytes()),
+                       "pairs_url": f"{base}/pairs.txt", "pairs_checksum": md5(pairs)},
+            "options": {}, "expected": {"images": 999}}
+        write_params(workdir / "params.yaml", params)
+        res = _invoke("download", "lfw")
+        assert res.exit_code == 0, res.output
+        n_images = sum(1 for p in lfw_root.rglob("*.jpg"))
+        assert (workdir / "data/raw/lfw/pairs.txt").read_bytes() == pairs
+        assert sorted(p.name for p in (workdir / "data/raw/lfw").iterdir()) == ["lfw", "listing.tsv", "pairs.txt",
+                                                                                 "source.json"]
+        assert len((workdir / "data/raw/lfw/listing.tsv").read_text().splitlines()) == 1 + n_images
+        res = _invoke("manifest", "lfw")
+        assert res.exit_code == 0, res.output
+        df = read_manifest(workdir / "data/manifests/lfw.parquet")
+        assert len(df) == n_images and df["image_id"].str.startswith("lfw/").all()
+        metrics = json.loads((workdir / "metrics/manifest/lfw.json").read_text())
+        assert metrics["expected_differences"]["images"] == {"expected": 999, "actual": n_images,
+                                                             "difference": n_images - 999}
+        # a wrong checksum is one clear line, and nothing is left in data/raw
+        params["datasets"]["lfw"]["source"]["checksum"] = "md5:" + "0" * 32
+        write_params(workdir / "params.yaml", params)
+        (workdir / "data/cache/downloads/lfw.tgz").unlink()
+        res = _invoke("download", "lfw")
+        assert res.exit_code == 1 and "checksum mismatch" in res.stderr and "Traceback" not in res.output
+        assert (workdir / "data/raw/lfw/listing.tsv").exists()  # the previous good output is untouched
+        assert not list((workdir / "data/raw").glob(".lfw.tmp-*"))
+    finally:
+        httpd.shutdown()

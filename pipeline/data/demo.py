@@ -49,8 +49,8 @@ from __future__ import annotations
 import math
 import multiprocessing
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -71,6 +71,7 @@ __all__ = [
     "render_expression_sequence",
     "render_face",
     "render_identity_image",
+    "sequence_length",
 ]
 
 EXPRESSIONS: tuple[str, ...] = ("Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise")
@@ -174,7 +175,9 @@ EXPRESSION_PEAKS: dict[str, ExpressionParams] = {
     "Sadness": ExpressionParams(
         mouth_curve=-0.9, brow_inner=1.0, brow_raise=0.05, eye_open=0.75, mouth_width=0.95, lip_press=0.3
     ),
-    "Surprise": ExpressionParams(brow_raise=1.0, brow_inner=0.15, eye_open=1.6, mouth_open=1.0, mouth_width=0.68),
+    "Surprise": ExpressionParams(
+        brow_raise=1.0, brow_inner=0.15, eye_open=1.45, mouth_open=0.75, mouth_width=0.75, teeth=0.3
+    ),
 }
 """Peak (intensity 1) expression factors of the six basic expressions."""
 
@@ -223,7 +226,7 @@ def identity_params(seed: int, identity: int) -> IdentityParams:
     _check_nonneg(seed=seed, identity=identity)
     rng = _rng(seed, _STREAM_IDENTITY, identity)
     tone = rng.uniform(0.0, len(_SKIN_PALETTE) - 1.0)
-    lo = int(math.floor(tone))
+    lo = math.floor(tone)
     hi = min(lo + 1, len(_SKIN_PALETTE) - 1)
     skin = _SKIN_PALETTE[lo] + (tone - lo) * (_SKIN_PALETTE[hi] - _SKIN_PALETTE[lo])
     skin = np.clip(skin * rng.uniform(0.95, 1.05, 3), 0.05, 1.0)
@@ -287,7 +290,7 @@ def _poly(img: np.ndarray, points: np.ndarray, color: Sequence[float] | float) -
 def _line(img: np.ndarray, points: np.ndarray, color: Sequence[float] | float, thickness: float) -> None:
     """Draw an open polyline of thickness ``thickness`` (>= 1 px)."""
     col = _c255(color) if isinstance(color, tuple) else float(color)
-    cv2.polylines(img, [_px(points)], False, col, max(1, int(round(thickness))), cv2.LINE_AA, _SHIFT)
+    cv2.polylines(img, [_px(points)], False, col, max(1, round(thickness)), cv2.LINE_AA, _SHIFT)
 
 
 def _ellipse(
@@ -301,9 +304,9 @@ def _ellipse(
 ) -> None:
     """Draw a (filled when ``thickness < 0``) ellipse or elliptic arc."""
     col = _c255(color) if isinstance(color, tuple) else float(color)
-    c = (int(round(center[0] * _ONE)), int(round(center[1] * _ONE)))
-    ax = (max(1, int(round(axes[0] * _ONE))), max(1, int(round(axes[1] * _ONE))))
-    th = -1 if thickness < 0 else max(1, int(round(thickness)))
+    c = (round(center[0] * _ONE), round(center[1] * _ONE))
+    ax = (max(1, round(axes[0] * _ONE)), max(1, round(axes[1] * _ONE)))
+    th = -1 if thickness < 0 else max(1, round(thickness))
     cv2.ellipse(img, c, ax, angle, arc[0], arc[1], col, th, cv2.LINE_AA, _SHIFT)
 
 
@@ -345,8 +348,8 @@ class _Geometry:
 def _geometry(ident: IdentityParams, k: float) -> _Geometry:
     """Canvas just large enough for hair, ears and neck: 2.6 a wide, 2.9 b high (times k)."""
     a, b = ident.face_width * k, ident.b * k
-    return _Geometry(k=k, cx=1.3 * a, cy=1.25 * b, a=a, b=b, width=int(math.ceil(2.6 * a)),
-                     height=int(math.ceil(2.9 * b)))
+    return _Geometry(k=k, cx=1.3 * a, cy=1.25 * b, a=a, b=b, width=math.ceil(2.6 * a),
+                     height=math.ceil(2.9 * b))
 
 
 def _face_outline(g: _Geometry, jaw: float, n: int = 72) -> np.ndarray:
@@ -434,8 +437,18 @@ def _draw_eye(
         _ellipse(shadow, (ex, ey + eh + 0.25 * ew), (ew * 0.9, ew * 0.25), 255.0 - 70.0 * expr.cheek_raise)
 
 
-def _draw_brow(img: np.ndarray, g: _Geometry, ident: IdentityParams, expr: ExpressionParams, side: float) -> None:
-    """One eyebrow as a thick arched stroke; height and inner-end tilt come from the expression."""
+def _draw_brow(
+    img: np.ndarray,
+    g: _Geometry,
+    ident: IdentityParams,
+    expr: ExpressionParams,
+    side: float,
+    value: float | None = None,
+) -> None:
+    """One eyebrow as a thick arched stroke; height and inner-end tilt come from the expression.
+
+    Draws the brow colour, or the scalar ``value`` (for a 1-channel mask) when given.
+    """
     ex = g.cx + side * ident.eye_spacing * g.a
     ew = ident.eye_size * g.a
     base = g.y(-ident.eye_height) - ew * (1.15 + 0.75 * expr.brow_raise)
@@ -450,10 +463,12 @@ def _draw_brow(img: np.ndarray, g: _Geometry, ident: IdentityParams, expr: Expre
     top = np.stack([xs, ys - thick * 0.5], axis=1)
     bottom = np.stack([xs, ys + thick * 0.5], axis=1)[::-1]
     color = _color(np.asarray(ident.hair) * 0.7 + np.asarray(ident.skin) * 0.08)
-    _poly(img, np.concatenate([top, bottom]), color)
+    _poly(img, np.concatenate([top, bottom]), color if value is None else value)
 
 
-def _draw_nose(img: np.ndarray, shadow: np.ndarray, g: _Geometry, ident: IdentityParams, expr: ExpressionParams) -> None:
+def _draw_nose(
+    img: np.ndarray, shadow: np.ndarray, g: _Geometry, ident: IdentityParams, expr: ExpressionParams
+) -> None:
     """Nose: side shadow along the ridge, shadow under the tip, nostrils, disgust wrinkles."""
     top_y = g.y(-ident.eye_height) + 0.1 * g.b
     tip_y = g.y(ident.nose_length)
@@ -478,7 +493,9 @@ def _draw_nose(img: np.ndarray, shadow: np.ndarray, g: _Geometry, ident: Identit
             _line(shadow, pts, 255.0 - 90.0 * expr.cheek_raise, 0.25 * nw)
 
 
-def _draw_mouth(img: np.ndarray, shadow: np.ndarray, g: _Geometry, ident: IdentityParams, expr: ExpressionParams) -> None:
+def _draw_mouth(
+    img: np.ndarray, shadow: np.ndarray, g: _Geometry, ident: IdentityParams, expr: ExpressionParams
+) -> None:
     """Lips, opening (dark inside, optional teeth) and the lip line, bent by the expression."""
     base_w = ident.mouth_width * g.a
     w = base_w * expr.mouth_width
@@ -507,7 +524,7 @@ def _draw_mouth(img: np.ndarray, shadow: np.ndarray, g: _Geometry, ident: Identi
     xl, xr = x0 - w, x0 + w
     _ellipse(shadow, (x0, lo_out(np.zeros(1))[0] + 0.6 * t_lo), (w * 0.6, t_lo * 0.8), 150.0)
     inside = np.concatenate([_curve(xl, xr, up_in), _curve(xl, xr, lo_in)[::-1]])
-    _poly(img, inside, (0.18, 0.05, 0.06))
+    _poly(img, inside, (0.32, 0.1, 0.1))
     if expr.teeth > 0.05 and opening > 0.5 * g.k:
         depth = 0.45 * opening * min(1.0, expr.teeth) + 0.4 * t_up * expr.upper_lip_raise
 
@@ -521,12 +538,20 @@ def _draw_mouth(img: np.ndarray, shadow: np.ndarray, g: _Geometry, ident: Identi
           (0.2, 0.08, 0.08), 1.3 * g.k)
 
 
-def _draw_beard(img: np.ndarray, g: _Geometry, ident: IdentityParams, face: np.ndarray, yy: np.ndarray) -> None:
-    """A short beard + moustache: hair colour over the face below the nose (soft top edge)."""
-    top = g.y(ident.nose_length) + 0.06 * g.b
-    cover = np.clip((yy - top) / (6.0 * g.k), 0.0, 0.45) * (face.astype(np.float32) / 255.0)
+def _draw_beard(img: np.ndarray, g: _Geometry, ident: IdentityParams, face: np.ndarray) -> None:
+    """A short beard along the jaw and chin plus a moustache, blended softly into the skin."""
+    beard = face.copy()
+    _ellipse(beard, (g.cx, g.y(ident.nose_length) - 0.2 * g.b), (0.8 * g.a, 0.62 * g.b), 0.0)
+    beard[: int(g.y(ident.nose_length))] = 0
+    mw = ident.mouth_width * g.a
+    top = g.y(ident.nose_length) + 0.08 * g.b
+    _poly(beard, np.array([[g.cx - 1.1 * mw, top + 0.12 * g.b], [g.cx - 0.2 * mw, top],
+                           [g.cx + 0.2 * mw, top], [g.cx + 1.1 * mw, top + 0.12 * g.b],
+                           [g.cx + 0.8 * mw, top + 0.08 * g.b], [g.cx - 0.8 * mw, top + 0.08 * g.b]]), 255.0)
+    soft = cv2.GaussianBlur(beard, (0, 0), 0.05 * g.a).astype(np.float32) / 255.0
+    cover = (soft * (face.astype(np.float32) / 255.0) * 0.6)[..., None]
     hair = np.array(_c255(ident.hair), np.float32)
-    img[:] = (img * (1.0 - cover[..., None]) + hair * cover[..., None]).astype(np.uint8)
+    img[:] = (img * (1.0 - cover) + hair * cover).astype(np.uint8)
 
 
 def _draw_glasses(img: np.ndarray, g: _Geometry, ident: IdentityParams) -> None:
@@ -573,7 +598,7 @@ def render_face(
     _poly(img, outline, ident.skin)
     np.maximum(alpha, face, out=alpha)
     if ident.beard:
-        _draw_beard(img, g, ident, face, yy)
+        _draw_beard(img, g, ident, face)
     for side in (-1.0, 1.0):
         _draw_eye(img, shadow, g, ident, expr, side)
     _draw_nose(img, shadow, g, ident, expr)
@@ -592,7 +617,7 @@ def render_face(
     bmask = np.zeros_like(alpha)
     for side in (-1.0, 1.0):
         _draw_brow(brows, g, ident, expr, side)
-        _draw_brow(bmask, g, ident, expr, side)
+        _draw_brow(bmask, g, ident, expr, side, 230.0)
     bm = cv2.GaussianBlur(bmask, (0, 0), 0.6 * g.k).astype(np.float32)[..., None] / 255.0
     rgb = rgb * (1.0 - bm) + brows.astype(np.float32) / 255.0 * bm
     hair_rgb = np.asarray(ident.hair, np.float32) * _shading(g, xx, yy + 0.3 * g.b, side_light)[..., None]
@@ -701,7 +726,9 @@ def _jitter_pose(rng: np.random.Generator, pose: _Pose, ident: IdentityParams, w
     angle = pose.angle + rng.uniform(-1.0, 1.0)
     ex, ey = _oval_extent(ident, face_h, angle)
     u = float(np.clip(pose.u + rng.normal(0, 0.006 * width), min(ex + 1, width / 2), max(width - ex - 1, width / 2)))
-    v = float(np.clip(pose.v + rng.normal(0, 0.006 * height), min(ey + 1, height / 2), max(height - ey - 1, height / 2)))
+    v = float(
+        np.clip(pose.v + rng.normal(0, 0.006 * height), min(ey + 1, height / 2), max(height - ey - 1, height / 2))
+    )
     return _Pose(u=u, v=v, face_h=float(face_h), angle=float(angle))
 
 
@@ -719,10 +746,10 @@ def _random_camera(rng: np.random.Generator) -> _Camera:
     return _Camera(
         light_dir=float(rng.uniform(0, 2 * np.pi)),
         light_strength=float(rng.uniform(0.0, 0.45)),
-        contrast=float(rng.uniform(0.7, 1.15)),
+        contrast=float(rng.uniform(0.75, 1.15)),
         brightness=float(rng.uniform(-0.12, 0.12)),
         cast=_color(rng.uniform(0.88, 1.12, 3)),
-        noise=float(rng.uniform(0.004, 0.03)),
+        noise=float(rng.uniform(0.004, 0.025)),
         blur=float(rng.uniform(0.0, 1.0)) if rng.random() < 0.6 else 0.0,
         side_light=float(rng.uniform(-0.35, 0.35)),
     )
@@ -998,7 +1025,6 @@ def _run_tasks(
     fn: Callable[[object], int], tasks: Sequence[object], workers: int, progress: Callable[[int], None] | None
 ) -> int:
     """Run ``fn`` over ``tasks`` (in a spawn Pool when ``workers > 1``); report progress in the parent."""
-    results: Iterator[int]
     total = 0
     if workers > 1 and len(tasks) > 1:
         ctx = multiprocessing.get_context("spawn")

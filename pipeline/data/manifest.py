@@ -6,7 +6,8 @@ turns them into a :class:`pandas.DataFrame` with the column types of :data:`MANI
 
 Columns
 -------
-image_id        str    unique id. Sequence datasets (Oulu-CASIA, CK+, demo): ``<dataset>/<subject>/<sequence>/<frame:05d>``.
+image_id        str    unique id. Sequence datasets (Oulu-CASIA, CK+, demo):
+                       ``<dataset>/<subject>/<sequence>/<frame:05d>``.
                        Identity-only datasets (LFW, CASIA-WebFace, MS-Celeb-1M): ``<dataset>/<subject>/<stem>``
                        where ``stem`` is the file name without extension (MS-Celeb: ``<rank>-<face_id>``).
 path            str    path relative to the dataset root (MS-Celeb: relative to the shard folder, see its reader)

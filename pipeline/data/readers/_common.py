@@ -5,7 +5,7 @@ Private to :mod:`pipeline.data.readers`; the public pieces (the option models) a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -17,6 +17,8 @@ from pipeline.errors import DatasetError
 
 __all__ = [
     "FrameSelection",
+    "for_each_subject_folder",
+    "probe_or_skip",
     "ImageExt",
     "ReaderOptions",
     "add_sequence",
@@ -119,6 +121,24 @@ def relpath(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
+def probe_or_skip(path: Path, root: Path, check: Check, result: ReadResult) -> tuple[int, int] | None:
+    """``(width, height)`` of ``path``, or ``None`` after recording it as a skip when it cannot be read."""
+    try:
+        return probe_image(path, check)
+    except ImageProblem as problem:
+        result.skip(relpath(path, root), str(problem))
+        return None
+
+
+def for_each_subject_folder(root: Path, result: ReadResult, what: str, read_folder: Callable[[Path], None]) -> None:
+    """Call ``read_folder`` on every visible folder of ``root``; files at root level are skips (``stray file``)."""
+    for entry in visible_entries(root):
+        if entry.is_dir():
+            read_folder(entry)
+        else:
+            result.skip(relpath(entry, root), f"stray file: expected {what} folders at root level")
+
+
 def require_records(result: ReadResult, root: Path, what: str) -> ReadResult:
     """Raise :class:`DatasetError` when a reader found no usable image at all."""
     if not result.records:
@@ -158,11 +178,10 @@ def add_sequence(
     for index in selection.select(len(frames)):
         path = frames[index]
         rel = relpath(path, root)
-        try:
-            width, height = probe_image(path, check)
-        except ImageProblem as problem:
-            result.skip(rel, str(problem))
+        size = probe_or_skip(path, root, check, result)
+        if size is None:
             continue
+        width, height = size
         sequence = path.parent.name
         result.records.append(
             ManifestRecord(

@@ -23,8 +23,16 @@ from typing import ClassVar
 from pydantic import Field
 
 from pipeline.data.manifest import ManifestRecord
-from pipeline.data.readers._common import ImageExt, has_ext, relpath, require_records, visible_entries
-from pipeline.data.readers.base import Check, ImageProblem, ReadResult, probe_image, require_dir
+from pipeline.data.readers._common import (
+    ImageExt,
+    for_each_subject_folder,
+    has_ext,
+    probe_or_skip,
+    relpath,
+    require_records,
+    visible_entries,
+)
+from pipeline.data.readers.base import Check, ReadResult, require_dir
 
 __all__ = ["CasiaWebFaceOptions", "read_casia_webface"]
 
@@ -48,11 +56,8 @@ def read_casia_webface(root: Path, dataset: str, *, options: dict | None = None,
     opts = CasiaWebFaceOptions.parse(options)
     root = require_dir(Path(root), "CASIA-WebFace root")
     result = ReadResult()
-    for entry in visible_entries(root):
-        if entry.is_dir():
-            _read_subject(entry, root, dataset, opts, check, result)
-        else:
-            result.skip(relpath(entry, root), "stray file: expected identity folders at root level")
+    for_each_subject_folder(root, result, "identity",
+                            lambda folder: _read_subject(folder, root, dataset, opts, check, result))
     return require_records(result, root, f"CASIA-WebFace dataset {dataset!r}")
 
 
@@ -95,11 +100,10 @@ def _probe_all(
     records = []
     for position, path in enumerate(images):
         rel = relpath(path, root)
-        try:
-            width, height = probe_image(path, check)
-        except ImageProblem as problem:
-            result.skip(rel, str(problem))
+        size = probe_or_skip(path, root, check, result)
+        if size is None:
             continue
+        width, height = size
         stem = path.name[: -len(opts.image_ext)]
         records.append(
             ManifestRecord(

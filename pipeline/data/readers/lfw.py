@@ -26,8 +26,16 @@ from pathlib import Path
 from typing import ClassVar, NamedTuple
 
 from pipeline.data.manifest import ManifestRecord
-from pipeline.data.readers._common import ImageExt, has_ext, relpath, require_records, visible_entries
-from pipeline.data.readers.base import Check, ImageProblem, ReadResult, probe_image, require_dir
+from pipeline.data.readers._common import (
+    ImageExt,
+    for_each_subject_folder,
+    has_ext,
+    probe_or_skip,
+    relpath,
+    require_records,
+    visible_entries,
+)
+from pipeline.data.readers.base import Check, ReadResult, require_dir
 
 __all__ = ["LfwOptions", "LfwPair", "LfwPairs", "lfw_image_path", "read_lfw", "read_lfw_pairs"]
 
@@ -55,11 +63,8 @@ def read_lfw(root: Path, dataset: str, *, options: dict | None = None, check: Ch
     opts = LfwOptions.parse(options)
     root = require_dir(Path(root), "LFW root")
     result = ReadResult()
-    for entry in visible_entries(root):
-        if entry.is_dir():
-            _read_person(entry, root, dataset, opts, check, result)
-        else:
-            result.skip(relpath(entry, root), "stray file: expected person folders at root level")
+    for_each_subject_folder(root, result, "person",
+                            lambda folder: _read_person(folder, root, dataset, opts, check, result))
     return require_records(result, root, f"LFW dataset {dataset!r}")
 
 
@@ -76,11 +81,10 @@ def _read_person(folder: Path, root: Path, dataset: str, opts: LfwOptions, check
         if match is None:
             result.skip(rel, f"unexpected name: expected {folder.name}_<dddd>{opts.image_ext}")
             continue
-        try:
-            width, height = probe_image(path, check)
-        except ImageProblem as problem:
-            result.skip(rel, str(problem))
+        size = probe_or_skip(path, root, check, result)
+        if size is None:
             continue
+        width, height = size
         stem = path.name[: -len(opts.image_ext)]
         result.records.append(
             ManifestRecord(
