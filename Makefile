@@ -19,7 +19,8 @@ help:
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements.lock
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@# the project itself runs from the source tree: a .pth file puts the repo root on the venv's sys.path
+	$(BIN)/python -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "dynamic_mtl_face.pth").write_text("$(CURDIR)\n")'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
