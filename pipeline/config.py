@@ -8,11 +8,12 @@ sections through :class:`StageParams`, which refuses any section the stage did n
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import ParamsError
 
@@ -60,6 +61,13 @@ class DemoExpressionSource(_Strict):
     def _frames_ordered(self) -> DemoExpressionSource:
         if self.frames[0] > self.frames[1]:
             raise ValueError(f"frames must be [min, max], got {list(self.frames)}")
+        from pipeline.data.demo import EXPRESSIONS  # the generator knows how to draw these
+
+        unknown = [e for e in self.expressions if e not in EXPRESSIONS]
+        if unknown:
+            raise ValueError(f"expressions: unknown {unknown}; the demo draws {list(EXPRESSIONS)}")
+        if len(set(self.expressions)) != len(self.expressions) or not self.expressions:
+            raise ValueError(f"expressions must be a non-empty list without repeats, got {self.expressions}")
         return self
 
     def identity_range(self) -> range:
@@ -79,15 +87,31 @@ class DemoIdentitySource(_Strict):
         return range(self.first_identity, self.first_identity + self.n_identities)
 
 
+def _url(value: str) -> str:
+    if not re.fullmatch(r"https?://\S+", value):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value
+
+
+def _checksum(value: str) -> str:
+    if not re.fullmatch(r"md5:[0-9a-fA-F]{32}|sha256:[0-9a-fA-F]{64}", value):
+        raise ValueError(f"expected md5:<32 hex digits> or sha256:<64 hex digits>, got {value!r}")
+    return value
+
+
+Url = Annotated[str, AfterValidator(_url)]
+Checksum = Annotated[str, AfterValidator(_checksum)]
+
+
 class LfwSource(_Strict):
     """LFW, downloaded from its public URL (checksummed, resumable) and extracted into ``data/raw/<name>/``."""
 
     kind: Literal["lfw"]
     #: None = the official URLs and md5s in pipeline.data.download.KNOWN_DOWNLOADS (set them to use a mirror)
-    url: str | None = None
-    checksum: str | None = None
-    pairs_url: str | None = None
-    pairs_checksum: str | None = None
+    url: Url | None = None
+    checksum: Checksum | None = None
+    pairs_url: Url | None = None
+    pairs_checksum: Checksum | None = None
 
 
 class LicensedSource(_Strict):
@@ -133,7 +157,10 @@ class DatasetConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_options(self) -> DatasetConfig:
-        reader_options(self.reader, self.options)
+        try:
+            reader_options(self.reader, self.options)
+        except ValueError as exc:
+            raise ValueError(f"options: {exc}") from None
         return self
 
 
@@ -141,7 +168,7 @@ def reader_options(reader: str, options: dict[str, Any]) -> dict[str, Any]:
     """Validate a reader's ``options`` with the schema the reader owns; return them with defaults filled in."""
     from pipeline.data.readers import OPTION_MODELS
 
-    return OPTION_MODELS[reader].model_validate(options).model_dump()
+    return OPTION_MODELS[reader].parse(options).model_dump()
 
 
 class LabelSetConfig(_Strict):
@@ -184,6 +211,12 @@ class Params(_Strict):
                 raise ValueError(f"dataset name {name!r}: use letters, digits, '_' and '-' only")
             if ds.label_set is not None and ds.label_set not in self.label_sets:
                 raise ValueError(f"datasets.{name}.label_set: unknown label set {ds.label_set!r}")
+            if isinstance(ds.source, LicensedSource):
+                for key, value in (("root", ds.root), ("source.tsv", ds.source.tsv)):
+                    if value is not None and _inside_generated(value):
+                        raise ValueError(
+                            f"datasets.{name}.{key} = {value!r} lies in a folder the pipeline writes and deletes "
+                            f"({', '.join(GENERATED_DIRS)}): keep licensed data elsewhere")
         demo = [(n, d.source.identity_range()) for n, d in self.datasets.items()
                 if isinstance(d.source, (DemoExpressionSource, DemoIdentitySource))]
         for i, (na, ra) in enumerate(demo):
@@ -197,11 +230,26 @@ class Params(_Strict):
         return self
 
 
+#: folders whose contents DVC and the stages replace: user data there would be deleted
+GENERATED_DIRS = ("data/raw", "data/manifests", "data/cache", "metrics")
+
+
+def _inside_generated(path: str) -> bool:
+    """Whether ``path`` (relative to the repo root, or absolute) is inside one of :data:`GENERATED_DIRS`."""
+    p = Path(path).expanduser()
+    cwd = Path.cwd()
+    p = (p if p.is_absolute() else cwd / p).resolve()
+    return any(p == (cwd / d).resolve() or (cwd / d).resolve() in p.parents for d in GENERATED_DIRS)
+
+
 def _format_error(exc: ValidationError, source: str) -> str:
     """One line per problem, each naming the dotted key path."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        parts = [str(p) for p in err["loc"]]
+        # pydantic puts the discriminator value of `source` into the path (datasets.x.source.lfw.url): drop it
+        parts = [p for i, p in enumerate(parts) if not (i > 0 and parts[i - 1] == "source" and p in _UNION_TAGS)]
+        loc = ".".join(parts)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (misspelled?)"

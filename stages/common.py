@@ -17,7 +17,7 @@ import typer
 from pipeline.config import StageParams, load_params
 from pipeline.errors import UserError
 
-__all__ = ["atomic_dir", "load_stage_params", "user_errors", "write_json_atomic"]
+__all__ = ["atomic_dir", "load_stage_params", "progress_bar", "staged_files", "user_errors", "write_json_atomic"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -74,6 +74,25 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def staged_files(*finals: Path) -> Iterator[list[Path]]:
+    """Yield one temp path per final path; after the body succeeds, rename all of them into place.
+
+    The renames happen only once every file is written, so an error (or an interrupt) while writing never leaves
+    a new file of the set beside stale ones; on error the temp files are deleted.
+    """
+    tmps = [Path(f).with_name(f".{Path(f).name}.tmp-{os.getpid()}") for f in finals]
+    for f in finals:
+        Path(f).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmps
+        for tmp, final in zip(tmps, finals, strict=True):
+            os.replace(tmp, final)
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(obj: Any, path: Path) -> Path:

@@ -107,14 +107,12 @@ def _download_lfw(src: LfwSource, tmp: Path) -> dict:
 
 
 def _verify_licensed(name: str, reader: str, root: Path, src: LicensedSource) -> Path:
-    from pipeline.data.licensed import verify_licensed_root
+    from pipeline.data.licensed import verify_licensed_file, verify_licensed_root
 
     if reader == "msceleb":
         if not src.tsv:
             raise ParamsError(f"datasets.{name}.source.tsv: set it to the MS-Celeb-1M TSV file")
-        tsv = Path(src.tsv)
-        if not tsv.is_file():
-            verify_licensed_root(name, reader, tsv, param=f"datasets.{name}.source.tsv")
+        tsv = verify_licensed_file(name, reader, Path(src.tsv), param=f"datasets.{name}.source.tsv")
         from pipeline.data.readers.msceleb import extract_tsv_to_shards
 
         root.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from pipeline.errors import DatasetError
-from stages.common import load_stage_params, user_errors, write_json_atomic
+from stages.common import load_stage_params, staged_files, user_errors, write_json_atomic
 from stages.tracking import stage_run
 
 DECLARED = ["datasets.{name}.reader", "datasets.{name}.root", "datasets.{name}.options",
@@ -26,6 +26,7 @@ def paths(name: str) -> dict[str, Path]:
         "manifest": MANIFESTS / f"{name}.parquet",
         "skipped": MANIFESTS / f"{name}.skipped.tsv",
         "metrics": METRICS / f"{name}.json",
+        "counts": METRICS / f"{name}.counts.json",
     }
 
 
@@ -56,9 +57,13 @@ def command(
         for key, diff in summary.expected_differences.items():
             log.warning("%s: %s = %d, the published dataset has %d (%+d)", name, key, diff["actual"],
                         diff["expected"], diff["difference"])
-        write_manifest(df, out["manifest"])
-        _write_skipped(skipped, out["skipped"])
-        write_json_atomic(summary.to_dict(), out["metrics"])
+        keys = ("manifest", "skipped", "metrics", "counts")
+        with staged_files(*(out[k] for k in keys)) as tmp:
+            tmp_of = dict(zip(keys, tmp, strict=True))
+            write_manifest(df, tmp_of["manifest"])
+            _write_skipped(skipped, tmp_of["skipped"])
+            write_json_atomic(summary.metrics(), tmp_of["metrics"])
+            write_json_atomic(summary.counts(), tmp_of["counts"])
         run.log_metrics({k: getattr(summary, k) for k in
                          ("images", "subjects", "sequences", "labelled_sequences", "skipped", "skip_fraction")})
         run.log_dict(summary.to_dict(), "summary.json")
@@ -68,12 +73,7 @@ def command(
 
 
 def _write_skipped(skipped, path: Path) -> None:
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
+    with open(path, "w") as fh:
         fh.write("path\treason\n")
         for s in skipped:
             fh.write(f"{s.path}\t{s.reason}\n")
-    os.replace(tmp, path)

@@ -28,6 +28,9 @@ def test_repo_params_validate():
         ("datasets.demo_oulu.source.frames", [9, 6], "frames must be [min, max]"),
         ("datasets.demo_webface.source.first_identity", 2, "share identities [2, 3)"),
         ("label_sets.oulu_seven.neutral", "Calm", "neutral class 'Calm' is not in classes"),
+        ("datasets.demo_oulu.source.expressions", ["Angry"], "expressions: unknown ['Angry']"),
+        ("datasets.demo_oulu.source.expressions", ["Anger", "Anger"], "without repeats"),
+        ("datasets.demo_oulu.options.keep_lst", 3, "datasets.demo_oulu: Value error, options: unknown option 'keep_lst'"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, dotted, value, message):
@@ -38,10 +41,38 @@ def test_bad_params_name_the_key(tmp_path, dotted, value, message):
     assert "\n" not in str(err.value)
 
 
-def test_unknown_reader_option_is_named(tmp_path):
-    path = write_params(tmp_path / "params.yaml", tiny_params(**{"datasets.demo_oulu.options.keep_lst": 3}))
-    with pytest.raises(ParamsError, match="keep_lst"):
-        load_params(path)
+def _lfw_entry(**source):
+    return {"reader": "lfw", "root": "data/raw/lfw/lfw", "role": "eval", "source": {"kind": "lfw", **source},
+            "options": {}, "expected": {}}
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"checksum": "abc"}, "datasets.lfw.source.checksum: Value error, expected md5:<32 hex digits>"),
+        ({"url": "ftp://mirror/lfw.tgz"}, "datasets.lfw.source.url: Value error, expected an http:// or https:// URL"),
+        ({"pairs_checksum": "md5:" + "0" * 31}, "datasets.lfw.source.pairs_checksum"),
+    ],
+)
+def test_bad_download_source(tmp_path, source, message):
+    params = tiny_params()
+    params["datasets"]["lfw"] = _lfw_entry(**source)
+    with pytest.raises(ParamsError) as err:
+        load_params(write_params(tmp_path / "params.yaml", params))
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("root", ["data/raw/ck", "data/raw", "./data/manifests/x", "metrics/ck"])
+def test_licensed_data_inside_generated_folders_is_refused(tmp_path, monkeypatch, root):
+    """The pipeline replaces data/raw/<name> and friends: licensed data there would be deleted."""
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params()
+    params["datasets"]["ck"] = {"reader": "ckplus", "root": root, "role": "finetune", "label_set": "ckplus_eight",
+                                "source": {"kind": "licensed"}, "options": {}, "expected": {}}
+    with pytest.raises(ParamsError, match="lies in a folder the pipeline writes and deletes"):
+        load_params(write_params(tmp_path / "params.yaml", params))
+    params["datasets"]["ck"]["root"] = str(tmp_path / "datasets" / "CK+")
+    assert load_params(write_params(tmp_path / "params.yaml", params)).datasets["ck"].reader == "ckplus"
 
 
 def test_missing_tracked_key_is_named(tmp_path):

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.data.manifest import read_manifest
 from tests.conftest import REPO, tiny_params, write_params
@@ -77,7 +78,9 @@ def test_repro_logged_one_mlflow_run_per_stage(repo_copy):
         assert r.data.tags["git.commit"] == sha
         assert r.data.tags["dvc.stage"] == r.info.run_name
     manifest_run = next(r for r in runs if r.info.run_name == "manifest@demo_oulu")
-    assert manifest_run.data.tags["dvc.input.data/raw/demo_oulu.md5"].endswith(".dir")
+    lock = yaml.safe_load((dst / "dvc.lock").read_text())["stages"]
+    (raw_out,) = lock["download@demo_oulu"]["outs"]
+    assert manifest_run.data.tags["dvc.input.data/raw/demo_oulu.md5"] == raw_out["md5"]
 
 
 def test_second_repro_runs_nothing_and_params_hit_only_their_stage(repo_copy):

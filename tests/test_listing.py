@@ -29,3 +29,16 @@ def test_listing_content_and_stat(tmp_path):
     os.utime(root / "a.txt", ns=(1, 1))
     write_listing(root, out, "stat")
     assert out.read_text().splitlines()[1] == "a.txt\t5\t1"
+
+
+def test_listing_follows_symlinked_folders(tmp_path):
+    """Datasets assembled from symlinked subject folders are listed like real ones (the readers follow links)."""
+    store = tmp_path / "store" / "P001"
+    store.mkdir(parents=True)
+    (store / "000.jpeg").write_bytes(b"x")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "P001").symlink_to(store, target_is_directory=True)
+    out = tmp_path / "listing.tsv"
+    assert write_listing(root, out, "content") == 1
+    assert out.read_text().splitlines()[1].startswith("P001/000.jpeg\t1\t")

@@ -315,7 +315,7 @@ def test_casia_reader_and_frames(tmp_path):
     assert got == [
         ("casia/0000045/001", 1), ("casia/0000045/002", 2), ("casia/0000045/003", 3),
         ("casia/0000099/001", 1),
-        ("casia/0000100/001", 1), ("casia/0000100/002", 2), ("casia/0000100/img_a", 2),
+        ("casia/0000100/001", 1), ("casia/0000100/002", 2), ("casia/0000100/img_a", 3),
     ]  # fmt: skip
     r = result.records[0]
     assert (r.subject, r.sequence, r.n_frames, r.path) == ("0000045", "", 1, "0000045/001.jpg")

@@ -51,6 +51,11 @@ def test_download_then_manifest_demo(workdir, mlflow_uri):
     metrics = json.loads((workdir / "metrics/manifest/demo_oulu.json").read_text())
     assert metrics["images"] == len(df) and metrics["subjects"] == 3 and metrics["sequences"] == 18
     assert metrics["skipped"] == 0
+    assert metrics["images_per_subject_stats"] == {"min": 24, "median": 24, "max": 24}
+    assert metrics["images_per_expression"] == {e: 12 for e in
+                                                ("Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise")}
+    counts = json.loads((workdir / "metrics/manifest/demo_oulu.counts.json").read_text())
+    assert counts["images_per_subject"] == {"P001": 24, "P002": 24, "P003": 24}
 
     runs = MlflowClient(mlflow_uri).search_runs(
         [e.experiment_id for e in MlflowClient(mlflow_uri).search_experiments()])
@@ -167,3 +172,32 @@ def test_lfw_download_from_loopback_then_manifest(workdir, tmp_path_factory, no_
         assert not list((workdir / "data/raw").glob(".lfw.tmp-*"))
     finally:
         httpd.shutdown()
+
+
+def test_manifest_outputs_appear_together_or_not_at_all(workdir, no_mlflow, monkeypatch):
+    from pipeline.data.build_manifest import ManifestSummary
+
+    assert _invoke("download", "demo_webface").exit_code == 0
+
+    def boom(self):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ManifestSummary, "counts", boom)  # fails after the parquet and metrics are written
+    res = _invoke("manifest", "demo_webface")
+    assert res.exit_code != 0 and isinstance(res.exception, RuntimeError)
+    assert not list((workdir / "data").rglob("*demo_webface*.parquet"))
+    assert not [p for p in (workdir / "metrics").rglob("*") if p.is_file()]
+    assert not list(workdir.rglob(".*.tmp-*"))
+
+
+def test_msceleb_missing_tsv_is_one_clear_line(workdir, no_mlflow):
+    params = tiny_params()
+    params["datasets"]["ms"] = {"reader": "msceleb", "root": str(workdir / "shards"), "role": "pretrain",
+                                "source": {"kind": "licensed", "tsv": str(workdir / "nope.tsv")},
+                                "options": {}, "expected": {}}
+    write_params(workdir / "params.yaml", params)
+    res = _invoke("download", "ms")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    err = res.stderr.strip()
+    assert len(err.splitlines()) == 1
+    assert "dataset 'ms' (MS-Celeb-1M" in err and "nope.tsv does not exist" in err and "datasets.ms.source.tsv" in err

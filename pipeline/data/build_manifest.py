@@ -11,7 +11,7 @@ import pandas as pd
 from pipeline.config import ExpectedCounts, reader_options
 from pipeline.data.manifest import assign_identities, to_frame
 from pipeline.data.readers import get_reader
-from pipeline.data.readers.base import Check, Skip
+from pipeline.data.readers.base import Check, ReadResult, Skip
 from pipeline.errors import DatasetError
 
 __all__ = ["ManifestSummary", "build_manifest", "summarise"]
@@ -37,6 +37,21 @@ class ManifestSummary:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def metrics(self) -> dict[str, Any]:
+        """The DVC metrics: everything but the per-subject table, which is summarised as min/median/max.
+
+        (A per-subject table would give ``dvc metrics show`` one column per subject: 5,749 for LFW.)
+        """
+        d = self.to_dict()
+        counts = sorted(d.pop("images_per_subject").values())
+        d["images_per_subject_stats"] = {"min": counts[0], "median": counts[len(counts) // 2], "max": counts[-1]}
+        return d
+
+    def counts(self) -> dict[str, Any]:
+        """The full per-subject and per-expression counts."""
+        return {"dataset": self.dataset, "images_per_subject": self.images_per_subject,
+                "images_per_expression": self.images_per_expression}
+
 
 def build_manifest(name: str, *, reader: str, root: Path, options: dict[str, Any] | None = None,
                    expected: ExpectedCounts | None = None, check: Check = "decode",
@@ -61,9 +76,23 @@ def build_manifest(name: str, *, reader: str, root: Path, options: dict[str, Any
             f"dataset {name!r}: no usable image found under {root} "
             f"({len(result.skipped)} files skipped); check datasets.{name}.root and .reader in params.yaml"
         )
+    _skip_duplicate_ids(result)
     df = to_frame(assign_identities(result.records))
     summary = summarise(name, reader, df, result.skipped, result.skip_counts(), expected or ExpectedCounts())
     return df, result.skipped, summary
+
+
+def _skip_duplicate_ids(result: ReadResult) -> None:
+    """Keep the first record of each ``image_id``; later ones (``001.jpg`` beside ``001.JPG``) become skips."""
+    first: dict[str, str] = {}
+    kept = []
+    for r in result.records:
+        if r.image_id in first:
+            result.skip(r.path, f"duplicate image id: {r.image_id!r} is also {first[r.image_id]}")
+        else:
+            first[r.image_id] = r.path
+            kept.append(r)
+    result.records = kept
 
 
 def summarise(name: str, reader: str, df: pd.DataFrame, skipped: list[Skip], skipped_by_reason: dict[str, int],

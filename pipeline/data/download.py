@@ -135,21 +135,24 @@ class RemoteFile:
 
 KNOWN_DOWNLOADS: Mapping[str, tuple[RemoteFile, ...]] = MappingProxyType(
     {
+        # LFW's original host (vis-www.cs.umass.edu/lfw/) stopped resolving in 2025; these are the figshare copies
+        # of the original files that scikit-learn's LFW loader uses, with its sha256 values. The pairs.txt sha256
+        # equals that of data/protocols/lfw_pairs.txt (a test checks it).
         "lfw": (
             RemoteFile(
                 name="lfw.tgz",
-                url="http://vis-www.cs.umass.edu/lfw/lfw.tgz",
-                checksum="md5:a17d05bd522c52d84eca14327a23d494",
+                url="https://ndownloader.figshare.com/files/5976018",
+                checksum="sha256:055f7d9c632d7370e6fb4afc7468d40f970c34a80d4c6f50ffec63f5a8d536c0",
             ),
             RemoteFile(
                 name="pairs.txt",
-                url="http://vis-www.cs.umass.edu/lfw/pairs.txt",
-                checksum="md5:9f1ba174e4e1c508ff7cdf10ac338a7d",
+                url="https://ndownloader.figshare.com/files/5976006",
+                checksum="sha256:ea42330c62c92989f9d7c03237ed5d591365e89b3e649747777b70e692dc1592",
             ),
         ),
     }
 )
-"""Official files per dataset name (University of Massachusetts LFW page: images archive and 10-fold pairs)."""
+"""Published files per dataset name (LFW: the images archive, 180,566,744 bytes, and the 10-fold pairs)."""
 
 
 # --------------------------------------------------------------------------------------------- progress

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline.errors import DatasetError
 
-__all__ = ["LICENSED", "LicensedInfo", "verify_licensed_root"]
+__all__ = ["LICENSED", "LicensedInfo", "verify_licensed_file", "verify_licensed_root"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ LICENSED: dict[str, LicensedInfo] = {
     "msceleb": LicensedInfo(
         "MS-Celeb-1M (cleaned, aligned TSV)",
         "it was withdrawn by Microsoft in 2019; use a copy your institution holds under its original terms",
-        "set source.tsv to FaceImageCroppedWithAlignment.tsv; root is where its shards are extracted"),
+        "the path of FaceImageCroppedWithAlignment.tsv (root is where its shards are extracted)"),
     "lfw": LicensedInfo(
         "Labeled Faces in the Wild", "it is public: use source.kind: lfw to download it",
         "the folder holding Aaron_Eckhart/Aaron_Eckhart_0001.jpg"),
@@ -45,11 +45,23 @@ def verify_licensed_root(name: str, reader: str, root: Path, *, param: str) -> P
 
     The message names the dataset, where it is obtained, and the param to set.
     """
-    info = LICENSED[reader]
     if root.is_dir() and any(root.iterdir()):
         return root
-    state = "is empty" if root.is_dir() else "does not exist"
-    raise DatasetError(
-        f"dataset '{name}' ({info.title}) not found: {root} {state}. It is licensed: {info.obtain}; "
+    state = "is empty" if root.is_dir() else "is not a folder" if root.exists() else "does not exist"
+    raise _missing(name, reader, root, state, param)
+
+
+def verify_licensed_file(name: str, reader: str, path: Path, *, param: str) -> Path:
+    """Return ``path`` if it is a non-empty file (e.g. the MS-Celeb-1M TSV), else raise like :func:`verify_licensed_root`."""
+    if path.is_file() and path.stat().st_size > 0:
+        return path
+    state = "is empty" if path.is_file() else "is not a file" if path.exists() else "does not exist"
+    raise _missing(name, reader, path, state, param)
+
+
+def _missing(name: str, reader: str, path: Path, state: str, param: str) -> DatasetError:
+    info = LICENSED[reader]
+    return DatasetError(
+        f"dataset '{name}' ({info.title}) not found: {path} {state}. It is licensed: {info.obtain}; "
         f"then set {param} in params.yaml to {info.layout}."
     )

@@ -19,8 +19,11 @@ Fingerprint = Literal["content", "stat"]
 
 
 def iter_files(root: Path) -> Iterator[Path]:
-    """Every regular file under ``root`` (hidden files and folders excluded), in sorted path order."""
-    for dirpath, dirnames, filenames in os.walk(root):
+    """Every regular file under ``root`` (hidden files and folders excluded), in sorted path order.
+
+    Symlinked folders are followed, as the readers follow them (datasets assembled from links are common).
+    """
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in sorted(filenames):
             if not f.startswith("."):

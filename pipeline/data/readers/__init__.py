@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import BaseModel
-
+from pipeline.data.readers._common import ReaderOptions
 from pipeline.data.readers.base import Check, ReadResult
 from pipeline.data.readers.casia_webface import CasiaWebFaceOptions, read_casia_webface
 from pipeline.data.readers.ckplus import CkPlusOptions, read_ckplus
@@ -36,7 +35,7 @@ READERS: dict[str, ReaderFn] = {
     "msceleb": read_msceleb,
 }
 
-OPTION_MODELS: dict[str, type[BaseModel]] = {
+OPTION_MODELS: dict[str, type[ReaderOptions]] = {
     "oulu_casia": OuluCasiaOptions,
     "ckplus": CkPlusOptions,
     "lfw": LfwOptions,

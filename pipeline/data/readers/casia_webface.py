@@ -7,9 +7,10 @@ On-disk layout::
     <root>/0000099/001.jpg
 
 One folder per identity (a 7-digit id), the identity's images inside (option ``image_ext``, default ``.jpg``),
-numbered from ``001``. Manifest rows: ``subject`` = folder name, ``sequence`` = ``""``, ``frame`` = the number in
-the file name (``int(stem)``) when the stem is all digits, else the file's 0-based position in the sorted listing,
-``n_frames`` = 1, image_id ``<dataset>/<subject>/<stem>``.
+numbered from ``001``. Manifest rows: ``subject`` = folder name, ``sequence`` = ``""``, ``frame`` = the file's 1-based
+position in the sorted listing of the identity's image files (= the number in the name for the usual contiguous
+``001``, ``002``, … names; one rule for every name, so two files never share a frame), ``n_frames`` = 1,
+image_id ``<dataset>/<subject>/<stem>``.
 
 Skips: files at root level, empty folders, files without the image extension, unreadable images, and subjects with
 fewer than ``min_images_per_subject`` readable images (one skip per subject folder).
@@ -98,7 +99,7 @@ def _probe_all(
 ) -> list[ManifestRecord]:
     """One record per readable image of a subject (unreadable ones become skips)."""
     records = []
-    for position, path in enumerate(images):
+    for position, path in enumerate(images, start=1):
         rel = relpath(path, root)
         size = probe_or_skip(path, root, check, result)
         if size is None:
@@ -112,7 +113,7 @@ def _probe_all(
                 dataset=dataset,
                 subject=folder.name,
                 sequence="",
-                frame=int(stem) if stem.isascii() and stem.isdigit() else position,
+                frame=position,
                 n_frames=1,
                 width=width,
                 height=height,
