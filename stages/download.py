@@ -68,7 +68,8 @@ def _generate_demo(name: str, root: str, src, demo, out: Path, tmp: Path) -> dic
 
     _expect_root(name, root, out / "images")
     if isinstance(src, DemoExpressionSource):
-        total = src.n_subjects * len(src.expressions) * (src.frames[0] + src.frames[1]) // 2
+        total = sum(gen.sequence_length(demo.seed, src.first_identity + i, e, tuple(src.frames))
+                    for i in range(src.n_subjects) for e in src.expressions)
         with progress_bar(f"generating {name}", total) as advance:
             summary = gen.generate_expression_dataset(
                 tmp / "images", seed=demo.seed, first_identity=src.first_identity, n_subjects=src.n_subjects,
