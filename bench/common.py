@@ -41,7 +41,7 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 def _fmt(v: Any) -> str:
-    return f"{v:,.1f}" if isinstance(v, float) else str(v)
+    return f"{v:,.3f}" if isinstance(v, float) and abs(v) < 10 else f"{v:,.1f}" if isinstance(v, float) else str(v)
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

@@ -451,7 +451,7 @@ def _draw_brow(
     """
     ex = g.cx + side * ident.eye_spacing * g.a
     ew = ident.eye_size * g.a
-    base = g.y(-ident.eye_height) - ew * (1.15 + 0.75 * expr.brow_raise)
+    base = g.y(-ident.eye_height) - ew * (1.15 + 0.9 * expr.brow_raise)
     pull = 0.2 * ew * max(0.0, -expr.brow_inner)
     inner = (ex - side * (0.95 * ew - pull), base - 0.55 * ew * expr.brow_inner)
     outer = (ex + side * 1.3 * ew, base + 0.2 * ew)
@@ -462,7 +462,10 @@ def _draw_brow(
     thick = ident.brow_thickness * ew * (1.0 - 0.5 * u)
     top = np.stack([xs, ys - thick * 0.5], axis=1)
     bottom = np.stack([xs, ys + thick * 0.5], axis=1)[::-1]
-    color = _color(np.asarray(ident.hair) * 0.7 + np.asarray(ident.skin) * 0.08)
+    # brows are always clearly darker than the skin (also for blond or grey hair), so their position, the main cue of
+    # anger, sadness, fear and surprise, survives the lighting, blur and noise of the scene
+    skin = np.asarray(ident.skin)
+    color = _color(np.minimum(np.asarray(ident.hair) * 0.7 + skin * 0.08, skin * 0.4))
     _poly(img, np.concatenate([top, bottom]), color if value is None else value)
 
 
