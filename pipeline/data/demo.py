@@ -895,13 +895,7 @@ def render_expression_sequence(
     rng = _rng(seed, _STREAM_SEQUENCE, identity, seq)
     n = int(rng.integers(frames[0], frames[1] + 1))
     peak = _jittered_peak(rng, expression)
-    if nuisance:
-        background = _background(rng, width, height)
-        pose, camera = _random_pose(rng, ident, width, height), _random_camera(rng)
-        clothing = _color(rng.uniform(0.05, 0.9, 3))
-    else:
-        background = np.full((height, width, 3), 128, np.uint8)
-        pose, camera, clothing = _clean_pose(ident, width, height), _CLEAN_CAMERA, (0.4, 0.4, 0.45)
+    background, pose, camera, clothing = _scene(rng, ident, width, height, nuisance)
     out = []
     for f in range(n):
         t = (f / (n - 1)) ** 2 if n > 1 else 1.0
@@ -911,6 +905,17 @@ def render_expression_sequence(
                               frng if nuisance else None)
         out.append(Rendered(image, box, identity, expression, t))
     return out
+
+
+def _scene(rng: np.random.Generator, ident: IdentityParams, width: int, height: int, nuisance: bool
+           ) -> tuple[np.ndarray, _Pose, _Camera, Color]:
+    """Background ``(H, W, 3)`` uint8, head pose, camera and clothing colour of one scene (plain when no nuisance)."""
+    if not nuisance:
+        background = np.full((height, width, 3), 128, np.uint8)
+        return background, _clean_pose(ident, width, height), _CLEAN_CAMERA, (0.4, 0.4, 0.45)
+    background = _background(rng, width, height)
+    pose, camera = _random_pose(rng, ident, width, height), _random_camera(rng)
+    return background, pose, camera, _color(rng.uniform(0.05, 0.9, 3))
 
 
 _ID_SET_EXPRESSIONS = ("Neutral", *EXPRESSIONS)
@@ -928,13 +933,7 @@ def render_identity_image(
     name = str(_ID_SET_EXPRESSIONS[int(rng.choice(len(_ID_SET_EXPRESSIONS), p=_ID_SET_WEIGHTS))])
     intensity = 0.0 if name == "Neutral" else float(rng.uniform(0.25, 1.0))
     expr = NEUTRAL if name == "Neutral" else NEUTRAL.blend(_jittered_peak(rng, name), intensity)
-    if nuisance:
-        background = _background(rng, width, height)
-        pose, camera = _random_pose(rng, ident, width, height), _random_camera(rng)
-        clothing = _color(rng.uniform(0.05, 0.9, 3))
-    else:
-        background = np.full((height, width, 3), 128, np.uint8)
-        pose, camera, clothing = _clean_pose(ident, width, height), _CLEAN_CAMERA, (0.4, 0.4, 0.45)
+    background, pose, camera, clothing = _scene(rng, ident, width, height, nuisance)
     image, box = _compose(background, ident, expr, pose, camera, clothing, rng if nuisance else None)
     return Rendered(image, box, identity, name, intensity)
 
