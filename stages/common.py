@@ -7,7 +7,6 @@ import functools
 import json
 import os
 import shutil
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -103,10 +102,6 @@ def write_json_atomic(obj: Any, path: Path) -> Path:
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return path
-
-
-def stderr_is_tty() -> bool:
-    return sys.stderr.isatty()
 
 
 @contextlib.contextmanager

@@ -30,7 +30,8 @@ def test_repo_params_validate():
         ("label_sets.oulu_seven.neutral", "Calm", "neutral class 'Calm' is not in classes"),
         ("datasets.demo_oulu.source.expressions", ["Angry"], "expressions: unknown ['Angry']"),
         ("datasets.demo_oulu.source.expressions", ["Anger", "Anger"], "without repeats"),
-        ("datasets.demo_oulu.options.keep_lst", 3, "datasets.demo_oulu: Value error, options: unknown option 'keep_lst'"),
+        ("datasets.demo_oulu.options.keep_lst", 3,
+         "datasets.demo_oulu: Value error, options: unknown option 'keep_lst'"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, dotted, value, message):

@@ -52,7 +52,11 @@ def verify_licensed_root(name: str, reader: str, root: Path, *, param: str) -> P
 
 
 def verify_licensed_file(name: str, reader: str, path: Path, *, param: str) -> Path:
-    """Return ``path`` if it is a non-empty file (e.g. the MS-Celeb-1M TSV), else raise like :func:`verify_licensed_root`."""
+    """Return ``path`` if it is a non-empty file (e.g. the MS-Celeb-1M TSV).
+
+    Raises:
+        DatasetError: as :func:`verify_licensed_root` does for a folder.
+    """
     if path.is_file() and path.stat().st_size > 0:
         return path
     state = "is empty" if path.is_file() else "is not a file" if path.exists() else "does not exist"
