@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ParamsError
 
@@ -195,6 +195,130 @@ class ManifestConfig(_Strict):
     max_skip_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
 
 
+class AlignConfig(_Strict):
+    """``align``: MTCNN detection, face choice and crop storage (:mod:`pipeline.align`; spec §7).
+
+    ``device``/``batch_size``/``workers``/``processes`` change only the speed, not the crops.
+    ``processes`` > 1 runs ``torchrun --nproc_per_node=<processes>`` (one process per GPU, disjoint chunks).
+    """
+
+    device: str = "auto"
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = 16
+    workers: Annotated[int, Field(ge=0, le=256)] = 2
+    processes: Annotated[int, Field(ge=1, le=1024)] = 1
+    min_face: Annotated[float, Field(ge=12)] = 20
+    thresholds: tuple[Annotated[float, Field(gt=0, lt=1)], Annotated[float, Field(gt=0, lt=1)],
+                      Annotated[float, Field(gt=0, lt=1)]] = (0.6, 0.7, 0.7)
+    factor: Annotated[float, Field(gt=0.1, lt=1)] = 0.709
+    nms: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)],
+               Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = (0.5, 0.7, 0.7, 0.7)
+    resample: Literal["nearest", "area", "bilinear"] = "nearest"
+    max_side: Annotated[int, Field(ge=64)] = 4096
+    shard_size: Annotated[int, Field(ge=1)] = 4096
+    format: Literal["jpeg", "png"] = "jpeg"
+    quality: Annotated[int, Field(ge=50, le=100)] = 95
+    max_failure_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value not in ("auto", "cpu", "cuda") and not (value.startswith("cuda:") and value[5:].isdigit()):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:<n>, not {value!r}")
+        return value
+
+
+class FoldPairsConfig(_Strict):
+    """How ``data/folds/<dataset>/fold<k>-pairs.parquet`` is made (:mod:`pipeline.folds`).
+
+    ``kind``: ``expression`` = the seeded 4-type recipe over each fold's test subjects (``required`` expressions,
+    class names of the dataset's label set), except the folds listed in ``original_files`` (fold -> an original
+    pair file, paths stripped of ``prefix``); ``lfw`` = the folds and pairs of an LFW ``pairs.txt`` (``file``);
+    ``none`` = no pairs (empty tables). Pair files must lie under ``data/protocols/`` (a dep of the stage).
+    """
+
+    kind: Literal["expression", "lfw", "none"] = "expression"
+    required: list[str] = ["Happiness", "Surprise"]
+    original_files: dict[int, str] = {}
+    prefix: str | None = None
+    file: str | None = None
+    #: the stage fails when more pair-file lines than this fraction do not map to manifest images (or all)
+    max_unmatched_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FoldPairsConfig:
+        if len(set(self.required)) != len(self.required):
+            raise ValueError(f"required: repeated expression in {self.required}")
+        if self.kind == "expression" and not self.required:
+            raise ValueError("required: list at least one expression for kind: expression")
+        if self.kind != "expression" and self.original_files:
+            raise ValueError(f"original_files is only used with kind: expression (kind is {self.kind})")
+        if self.kind == "lfw" and not self.file:
+            raise ValueError("kind: lfw needs `file`, the LFW pairs.txt (e.g. data/protocols/lfw_pairs.txt)")
+        if self.kind != "lfw" and self.file:
+            raise ValueError(f"file is only used with kind: lfw (kind is {self.kind}); "
+                             "for original pair files use original_files: {fold: path}")
+        for path in [*self.original_files.values(), *([self.file] if self.file else [])]:
+            parts = Path(path).parts
+            if Path(path).is_absolute() or parts[:2] != ("data", "protocols") or ".." in parts:
+                raise ValueError(f"pair file {path!r} must lie under data/protocols/ (a relative path): the folds "
+                                 "stage depends on that folder, so DVC re-runs it when a pair file changes")
+        return self
+
+
+class FoldDatasetConfig(_Strict):
+    """``folds.datasets.<name>``: per-dataset fold settings (``test_subjects`` fold indices are 0-based)."""
+
+    test_subjects: dict[int, list[str]] = {}
+    exclude_subjects: list[str] = []
+    pairs: FoldPairsConfig = FoldPairsConfig()
+
+    @model_validator(mode="after")
+    def _subjects_once(self) -> FoldDatasetConfig:
+        owner: dict[str, int] = {}
+        for fold, subjects in sorted(self.test_subjects.items()):
+            if not subjects:
+                raise ValueError(f"test_subjects.{fold}: empty list (remove the fold to assign it automatically)")
+            for s in subjects:
+                if s in owner:
+                    where = f"folds {owner[s]} and {fold}" if owner[s] != fold else f"fold {fold} twice"
+                    raise ValueError(f"test_subjects: subject {s!r} is listed for {where}")
+                owner[s] = fold
+        both = sorted(set(owner) & set(self.exclude_subjects))
+        if both:
+            raise ValueError(f"subject(s) {both} are both in test_subjects and exclude_subjects")
+        if self.pairs.kind == "lfw" and (self.test_subjects or self.exclude_subjects):
+            raise ValueError("kind: lfw takes its folds from pairs.txt: leave test_subjects and exclude_subjects "
+                             "empty")
+        return self
+
+
+class FoldsConfig(_Strict):
+    """``folds``: subject-disjoint k-fold splits and verification pairs (:mod:`pipeline.folds`).
+
+    ``run`` lists the folds downstream per-fold stages run; the folds stage always writes all ``k`` folds.
+    """
+
+    k: Annotated[int, Field(ge=2)] = 10
+    assignment: Literal["contiguous", "hash"] = "contiguous"
+    seed: int = 0
+    run: list[Annotated[int, Field(ge=0)]] = [0]
+    datasets: dict[str, FoldDatasetConfig] = {}
+
+    @model_validator(mode="after")
+    def _indices_below_k(self) -> FoldsConfig:
+        bad = [f for f in self.run if f >= self.k]
+        if bad:
+            raise ValueError(f"run: fold(s) {bad} not in 0..{self.k - 1} (k = {self.k})")
+        if len(set(self.run)) != len(self.run):
+            raise ValueError(f"run: repeated fold in {self.run}")
+        for name, ds in self.datasets.items():
+            folds = [*ds.test_subjects, *ds.pairs.original_files]
+            bad = sorted({f for f in folds if not 0 <= f < self.k})
+            if bad:
+                raise ValueError(f"datasets.{name}: fold index(es) {bad} not in 0..{self.k - 1} (k = {self.k})")
+        return self
+
+
 class Params(_Strict):
     """The whole ``params.yaml``."""
 
@@ -203,6 +327,8 @@ class Params(_Strict):
     datasets: dict[str, DatasetConfig]
     label_sets: dict[str, LabelSetConfig] = {}
     manifest: ManifestConfig = ManifestConfig()
+    align: AlignConfig = AlignConfig()
+    folds: FoldsConfig = FoldsConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Params:
@@ -229,9 +355,32 @@ class Params(_Strict):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _folds_cross_checks(self) -> Params:
+        """``folds.datasets`` name datasets, and expression pairs name classes of the dataset's label set."""
+        for name, fd in self.folds.datasets.items():
+            where = f"folds.datasets.{name}"
+            if name not in self.datasets:
+                raise ValueError(f"{where}: unknown dataset {name!r} (not in datasets)")
+            if fd.pairs.kind != "expression":
+                continue
+            label_set = self.datasets[name].label_set
+            if label_set is None:
+                raise ValueError(f"{where}.pairs: kind: expression needs datasets.{name}.label_set "
+                                 "(or use kind: none)")
+            ls = self.label_sets.get(label_set)
+            if ls is None:  # reported by _cross_checks
+                continue
+            allowed = [c for c in ls.classes if c != ls.neutral]
+            bad = [r for r in fd.pairs.required if r not in allowed]
+            if bad:
+                raise ValueError(f"{where}.pairs.required: unknown expression(s) {bad}; label set {label_set!r} "
+                                 f"has {allowed}")
+        return self
+
 
 #: folders whose contents DVC and the stages replace: user data there would be deleted
-GENERATED_DIRS = ("data/raw", "data/manifests", "data/cache", "metrics")
+GENERATED_DIRS = ("data/raw", "data/manifests", "data/cache", "data/folds", "metrics")
 
 
 def _inside_generated(path: str) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DatasetError", "ParamsError", "UserError"]
+__all__ = ["DatasetError", "ImageProblem", "ParamsError", "UserError"]
 
 
 class UserError(Exception):
@@ -15,3 +15,7 @@ class DatasetError(UserError):
 
 class ParamsError(UserError):
     """``params.yaml`` does not match the schema."""
+
+
+class ImageProblem(Exception):
+    """One image file cannot be read; the message is the reason it is skipped (not a user error by itself)."""

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from stages import download, manifest
+from stages import align, detect, download, folds, manifest, verify
 
 app = typer.Typer(
     name="stages",
@@ -37,3 +37,7 @@ def main(
 
 app.command("download", help=download.__doc__)(download.command)
 app.command("manifest", help=manifest.__doc__)(manifest.command)
+app.command("align", help=align.__doc__)(align.command)
+app.command("folds", help=folds.__doc__)(folds.command)
+app.command("detect", help=detect.__doc__)(detect.command)
+app.command("verify", help=verify.__doc__)(verify.command)

@@ -45,6 +45,7 @@ __all__ = [
     "read_manifest",
     "to_frame",
     "write_manifest",
+    "write_table_atomic",
 ]
 
 
@@ -137,6 +138,12 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(df[list(MANIFEST_COLUMNS)], schema=MANIFEST_SCHEMA, preserve_index=False)
+    return write_table_atomic(table, path)
+
+
+def write_table_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
+    """Write an arrow table as parquet: a temp file in the same folder, then renamed over ``path``."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         pq.write_table(table, tmp)

@@ -24,7 +24,7 @@ from typing import Literal
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.data.manifest import ManifestRecord
-from pipeline.errors import DatasetError
+from pipeline.errors import DatasetError, ImageProblem
 
 __all__ = ["Check", "ImageProblem", "ReadResult", "Skip", "probe_image", "require_dir"]
 
@@ -56,10 +56,6 @@ class ReadResult:
     def skip_counts(self) -> dict[str, int]:
         """Number of skips per reason class (the text before the first ':' of each reason)."""
         return dict(Counter(s.reason.split(":", 1)[0] for s in self.skipped))
-
-
-class ImageProblem(Exception):
-    """An image file cannot be read; the message is the skip reason."""
 
 
 def probe_image(path: str | os.PathLike, check: Check = "decode") -> tuple[int, int]:

@@ -1,0 +1,59 @@
+"""Decode any image a dataset may hold into H×W×3 uint8 RGB for the detector.
+
+Handled: grayscale (replicated to 3 channels), RGBA / grayscale+alpha (alpha dropped), 16-bit (scaled to 8 bit),
+palette PNG (expanded by OpenCV). EXIF orientation is ignored, as in the original (``scipy.misc.imread``).
+Problems (empty file, undecodable bytes, unsupported pixel format) raise :class:`ImageProblem` with a short reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.errors import ImageProblem
+
+__all__ = ["ImageProblem", "decode_rgb", "read_image_bytes"]
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """Encoded image bytes → H×W×3 uint8 RGB."""
+    if not data:
+        raise ImageProblem("empty file")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if img is None or img.size == 0:
+        raise ImageProblem("not a decodable image")
+    if img.dtype == np.uint16:
+        img = ((img.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        if not np.issubdtype(img.dtype, np.floating):
+            raise ImageProblem(f"unsupported pixel type {img.dtype}")
+        img = np.clip(np.nan_to_num(img) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    channels = img.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if channels == 2:
+        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if channels == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    raise ImageProblem(f"unsupported channel count {channels}")
+
+
+def read_image_bytes(root: Path, path: str) -> bytes:
+    """The bytes of a manifest image: ``root/path``, or a member ``shard.tar::MID/x.jpg`` of MS-Celeb shards."""
+    if "::" in path:
+        from pipeline.data.readers.msceleb import open_shard_member
+
+        try:
+            return open_shard_member(root, path)
+        except (OSError, KeyError, ValueError) as exc:
+            raise ImageProblem(f"unreadable: {exc}") from exc
+    try:
+        return (root / path).read_bytes()
+    except OSError as exc:
+        raise ImageProblem(f"unreadable: {exc.strerror or exc}") from exc

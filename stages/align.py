@@ -1,0 +1,98 @@
+"""Align a dataset's faces with MTCNN: crops (182 px, paper convention) in tar shards + the alignment table."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.errors import DatasetError, UserError
+from stages.common import atomic_dir, load_stage_params, progress_bar, user_errors, write_json_atomic
+from stages.tracking import stage_run
+
+#: params DVC tracks: every setting that changes the crops
+DECLARED = ["datasets.{name}.root", "datasets.{name}.align_convention", "align.min_face", "align.thresholds",
+            "align.factor", "align.nms", "align.resample", "align.max_side", "align.shard_size", "align.format",
+            "align.quality", "align.max_failure_fraction"]
+#: params read but deliberately not tracked by DVC: they change only the speed (same crops on any device, batch
+#: size, number of decoding workers or processes), so changing them must not re-run the stage
+RUNTIME = ["align.device", "align.batch_size", "align.workers", "align.processes"]
+MANIFESTS = Path("data/manifests")
+ALIGNED = Path("data/aligned")
+METRICS = Path("metrics/align")
+WORK = Path("data/work/align")
+
+log = logging.getLogger("stages.align")
+
+
+def paths(name: str) -> dict[str, Path]:
+    """The stage's outputs for dataset ``name`` (the same paths as in dvc.yaml)."""
+    return {"out": ALIGNED / name, "metrics": METRICS / f"{name}.json"}
+
+
+def _torchrun(job_file: Path, processes: int, work: Path) -> dict:
+    """Run the job under ``torchrun --standalone --nproc_per_node=<processes>``; rank 0's summary."""
+    import json
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+           "-m", "pipeline.align.run", str(job_file)]
+    log.info("launching %s", " ".join(cmd))
+    (work / "error.txt").unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    code = subprocess.call(cmd, env=env)
+    if (work / "error.txt").is_file():
+        raise DatasetError((work / "error.txt").read_text().strip())
+    if code != 0:
+        raise UserError(f"align: torchrun exited with code {code} (see the log above); finished chunks are kept in "
+                        f"{work} and are not redone on the next run")
+    return json.loads((work / "summary.json").read_text())
+
+
+@user_errors
+def command(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name (a key of `datasets` in params.yaml).")],
+) -> None:
+    import pyarrow.parquet as pq
+
+    from pipeline.align.run import AlignJob, AlignSettings, clear_work, run_job, work_key
+
+    sp = load_stage_params(ctx, [s.format(name=name) for s in DECLARED + RUNTIME])
+    root = sp.get(f"datasets.{name}.root")
+    convention = sp.get(f"datasets.{name}.align_convention")
+    cfg = {key.split(".", 1)[1]: sp.get(key) for key in DECLARED + RUNTIME if key.startswith("align.")}
+    manifest = MANIFESTS / f"{name}.parquet"
+    if not manifest.is_file():
+        raise DatasetError(f"align {name}: {manifest} not found; run `dvc repro manifest@{name}` first")
+    cfg["thresholds"], cfg["nms"] = list(cfg["thresholds"]), list(cfg["nms"])
+    settings = AlignSettings(convention=convention, **cfg)
+    work = WORK / f"{name}-{work_key(manifest, settings)}"
+    work.mkdir(parents=True, exist_ok=True)
+    n_images = pq.ParquetFile(manifest).metadata.num_rows
+    out = paths(name)
+    with stage_run("align", sp, item=name, inputs=[str(manifest)]) as run, atomic_dir(out["out"]) as tmp:
+        job = AlignJob(dataset=name, manifest=str(manifest), root=str(root), work_dir=str(work), out_dir=str(tmp),
+                       settings=settings)
+        if settings.processes > 1:
+            job_file = work / "job.json"
+            job.to_json(job_file)
+            summary = _torchrun(job_file, settings.processes, work)
+        else:
+            with progress_bar(f"align {name}", total=n_images) as advance:
+                summary = run_job(job, progress=advance)
+        summary = {"dataset": name, "convention": convention, **summary}
+        write_json_atomic(summary, out["metrics"])
+        numeric = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numeric.update({f"failures.{k}": float(v) for k, v in summary["failures_by_reason"].items()})
+        run.log_metrics(numeric)
+        run.log_dict(summary, f"align/{name}.json")
+        reasons = ", ".join(f"{k}: {v}" for k, v in summary["failures_by_reason"].items()) or "none"
+        typer.echo(f"{name}: aligned {summary['aligned']} of {summary['images']} images "
+                   f"({100 * summary['aligned_fraction']:.1f} %; failures: {reasons}) at "
+                   f"{summary['images_per_second']} img/s -> {out['out']}")
+    clear_work(job)
