@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from pipeline.errors import DatasetError, UserError
-from stages.common import atomic_dir, load_stage_params, progress_bar, user_errors, write_json_atomic
+from stages.common import atomic_dir, load_stage_params, progress_bar, staged_files, user_errors, write_json_atomic
 from stages.tracking import stage_run
 
 #: params DVC tracks: every setting that changes the crops
@@ -42,11 +42,13 @@ def _torchrun(job_file: Path, processes: int, work: Path) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
            "-m", "pipeline.align.run", str(job_file)]
     log.info("launching %s", " ".join(cmd))
-    (work / "error.txt").unlink(missing_ok=True)
+    for f in work.glob("error-rank*.txt"):
+        f.unlink()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
     code = subprocess.call(cmd, env=env)
-    if (work / "error.txt").is_file():
-        raise DatasetError((work / "error.txt").read_text().strip())
+    errors = sorted(work.glob("error-rank*.txt"), key=lambda f: int(f.stem.removeprefix("error-rank")))
+    if errors:  # the first rank's message; a rank that failed first makes the others fail at the barrier
+        raise DatasetError(errors[0].read_text().strip())
     if code != 0:
         raise UserError(f"align: torchrun exited with code {code} (see the log above); finished chunks are kept in "
                         f"{work} and are not redone on the next run")
@@ -60,7 +62,7 @@ def command(
 ) -> None:
     import pyarrow.parquet as pq
 
-    from pipeline.align.run import AlignJob, AlignSettings, clear_work, run_job, work_key
+    from pipeline.align.run import AlignJob, AlignSettings, clear_work, pending_images, run_job, work_key
 
     sp = load_stage_params(ctx, [s.format(name=name) for s in DECLARED + RUNTIME])
     root = sp.get(f"datasets.{name}.root")
@@ -75,18 +77,22 @@ def command(
     work.mkdir(parents=True, exist_ok=True)
     n_images = pq.ParquetFile(manifest).metadata.num_rows
     out = paths(name)
-    with stage_run("align", sp, item=name, inputs=[str(manifest)]) as run, atomic_dir(out["out"]) as tmp:
+    with (stage_run("align", sp, item=name, inputs=[str(manifest)]) as run,
+          staged_files(out["metrics"]) as (tmp_metrics,), atomic_dir(out["out"]) as tmp):
         job = AlignJob(dataset=name, manifest=str(manifest), root=str(root), work_dir=str(work), out_dir=str(tmp),
                        settings=settings)
+        todo = pending_images(job)
+        if todo < n_images:
+            typer.echo(f"{name}: resuming, {n_images - todo} of {n_images} images already aligned in {work}")
         if settings.processes > 1:
             job_file = work / "job.json"
             job.to_json(job_file)
             summary = _torchrun(job_file, settings.processes, work)
         else:
-            with progress_bar(f"align {name}", total=n_images) as advance:
+            with progress_bar(f"align {name}", total=todo) as advance:
                 summary = run_job(job, progress=advance)
         summary = {"dataset": name, "convention": convention, **summary}
-        write_json_atomic(summary, out["metrics"])
+        write_json_atomic(summary, tmp_metrics)
         numeric = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         numeric.update({f"failures.{k}": float(v) for k, v in summary["failures_by_reason"].items()})
         run.log_metrics(numeric)

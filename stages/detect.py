@@ -18,7 +18,8 @@ def command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:<n>.")] = "auto",
     resample: Annotated[str, typer.Option(help="Pyramid/crop resampling: nearest (the original), area, bilinear.")
                         ] = "nearest",
-    min_face: Annotated[float, typer.Option(help="Minimum face size in pixels.")] = 20,
+    min_face: Annotated[float, typer.Option(min=12, help="Minimum face size in pixels (≥ 12, the P-Net cell).")
+                        ] = 20,
     thresholds: Annotated[tuple[float, float, float], typer.Option(help="P-, R-, O-Net score thresholds.")
                           ] = (0.6, 0.7, 0.7),
     weights: Annotated[Path | None, typer.Option(help="MTCNN weights: folder of *.lz4 or an exported .npz "

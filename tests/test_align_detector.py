@@ -183,6 +183,36 @@ def test_batch_of_same_size_equals_single_images(detector, detections):
     assert iou(mirrored, singles[2].boxes).max() >= 0.8
 
 
+@pytest.mark.parametrize("mode", ["nearest", "area"])
+def test_batch_split_into_canvas_groups_equals_one_canvas(detector, detections, mode):
+    """With a small canvas budget a mixed batch is cut into groups of similar size: same detections, same order."""
+    names = ["composite.jpg", "demo_webface_0001000_001.jpg", "astronaut.png", "chelsea.png",
+             "demo_oulu_P001_Happiness_000.jpeg"]
+    budget = 700_000 * (8 if mode == "area" else 1)  # area mode divides the budget by 8 (float64 table)
+    small = MTCNN(device="cpu", resample=mode, canvas_pixels=budget)
+    assert len(small._groups([rgb(n).shape[:2] for n in names])) > 1
+    for n, got in zip(names, small.detect([rgb(n) for n in names]), strict=True):
+        assert_faces_close(got, detections(mode, n), what=f"{mode} {n} in a split batch")
+
+
+def test_more_than_64_pyramid_levels_keep_faces_with_their_image():
+    """factor 0.98 gives 161 levels for the astronaut: candidates must stay with their own image in a batch."""
+    assert len(pyramid_scales(512, 512, 20, 0.98)) > 64
+    det = MTCNN(device="cpu", factor=0.98)
+    astronaut, cat = det.detect([rgb("astronaut.png"), rgb("chelsea.png")])
+    assert len(cat) == 0
+    assert (astronaut.scores >= FACE).sum() == 1
+    ref, _ = ref_faces("astronaut.png", "facenet_pytorch")
+    assert iou(astronaut.boxes[:1], ref).max() >= 0.8
+
+
+@pytest.mark.parametrize("kwargs", [{"min_face": 0}, {"thresholds": (0.6, 0.7, 1.5)}, {"factor": 1.0},
+                                    {"nms": (0.5, 0.7, 0.7)}, {"resample": "cubic"}])
+def test_bad_detector_settings_are_value_errors(kwargs):
+    with pytest.raises(ValueError):
+        MTCNN(device="cpu", **kwargs)
+
+
 def test_bilinear_batch_equals_single_for_a_face_cut_by_the_image_edge(detector):
     det = detector("bilinear")
     cut = np.ascontiguousarray(rgb("astronaut.png")[:170, :250])  # the face runs off the right and bottom edges
@@ -357,7 +387,7 @@ def _check_shape(entry: dict) -> None:
     assert scores == sorted(scores, reverse=True)
 
 
-@pytest.mark.parametrize("resample, min_iou, max_px", [("nearest", 0.8, None), ("area", 0.9, 3.0)])
+@pytest.mark.parametrize("resample, min_iou, max_px", [("nearest", 0.9, 3.0), ("area", 0.9, 3.0)])
 def test_detect_command_astronaut_json(resample, min_iou, max_px):
     path = FIXTURES / "astronaut.png"
     res, out = _detect_json(str(path), "--resample", resample)
@@ -401,6 +431,15 @@ def test_detect_command_text_output_and_bad_resample(tmp_path):
     assert res.exit_code == 1 and "error" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["detect", str(FIXTURES / "chelsea.png"), "--resample", "cubic"])
     assert res.exit_code != 0 and "resample" in res.output
+
+
+def test_detect_command_rejects_bad_min_face_and_thresholds():
+    res = runner.invoke(app, ["detect", str(FIXTURES / "astronaut.png"), "--min-face", "0"])
+    assert res.exit_code == 2 and "min-face" in res.output  # Typer's usage error
+    res = runner.invoke(app, ["detect", str(FIXTURES / "astronaut.png"), "--thresholds", "0.6", "0.7", "1.5"])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines()[-1] == (
+        "error: detector: thresholds must be three values in (0, 1), not (0.6, 0.7, 1.5)")
 
 
 # ----------------------------------------------------------------------------- CUDA

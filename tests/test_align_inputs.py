@@ -7,6 +7,8 @@ clear status and reason, never an exception.
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -87,6 +89,19 @@ def test_unreadable_files_give_short_reasons(tmp_path):
     assert reasons["empty.png"] == "empty file"
     assert reasons["random.jpg"] == reasons["text.png"] == reasons["truncated.png"] == "not a decodable image"
     assert reasons["missing.jpg"].startswith("unreadable")
+
+
+def test_png_header_beyond_opencvs_pixel_limit_is_an_image_problem():
+    """A 100,000 × 100,000 PNG header (a decompression bomb) makes OpenCV raise cv2.error: it must become a reason."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    with pytest.raises(ImageProblem) as info:
+        decode_rgb(bomb)
+    msg = str(info.value)
+    assert msg.startswith("not decodable") and "\n" not in msg and len(msg) < 200
 
 
 def test_read_image_bytes_missing_file_raises_image_problem(tmp_path):

@@ -169,13 +169,14 @@ def test_interrupted_run_resumes_without_redoing_finished_shards(workdir, no_mlf
     assert sorted(p.name for p in work.glob("shard-*.tar")) == [shard_name(0), shard_name(1)]
 
     monkeypatch.setattr(run_mod, "align_images", real)
-    before = {p.name: p.stat().st_mtime_ns for p in work.glob("shard-*")}
+    before = {p.name: p.stat().st_ino for p in work.glob("shard-*.tar")}
     assert _invoke("align", "demo_oulu").exit_code == 0
     metrics = json.loads((workdir / "metrics/align/demo_oulu.json").read_text())
     assert metrics["processed_this_run"] == N - 16  # the two finished chunks were not redone
     assert metrics["images"] == N
     _same_output(workdir / "data/aligned/demo_oulu", Path(reference_run.out_dir))
-    assert before  # the finished shards were moved into the output, not rewritten
+    shards = workdir / "data/aligned/demo_oulu/shards"
+    assert {n: (shards / n).stat().st_ino for n in before} == before  # moved into the output, not rewritten
     assert not work.exists()
 
 
@@ -221,3 +222,36 @@ def test_stage_launches_torchrun_when_processes_above_one(workdir, no_mlflow, re
     metrics = json.loads((workdir / "metrics/align/demo_oulu.json").read_text())
     assert metrics["processes"] == 2
     _same_output(workdir / "data/aligned/demo_oulu", Path(reference_run.out_dir))
+
+
+def test_decoding_workers_give_the_same_output(workdir, no_mlflow, reference_run):
+    """The default path: DataLoader worker processes decode, batches cross no chunk boundary."""
+    write_params(workdir / "params.yaml", tiny_params(**{**TINY_ALIGN, "align.workers": 2}))
+    assert _invoke("align", "demo_oulu").exit_code == 0
+    _same_output(workdir / "data/aligned/demo_oulu", Path(reference_run.out_dir))
+
+
+def test_torchrun_failure_is_one_clear_line_without_outputs(workdir, no_mlflow, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    write_params(workdir / "params.yaml",
+                 tiny_params(**TINY_ALIGN, **{"align.processes": 2, "align.min_face": 130}))
+    res = _invoke("align", "demo_oulu")
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines()[-1].startswith(f"error: align demo_oulu: {N} of {N} images not aligned")
+    assert not (workdir / "data/aligned/demo_oulu").exists()
+    assert not (workdir / "metrics/align/demo_oulu.json").exists()
+
+
+def test_work_key_covers_settings_manifest_and_weights(tiny_manifest, tmp_path):
+    from pipeline.align.run import work_key
+    from pipeline.align.weights import export_npz
+
+    manifest = tiny_manifest / "data/manifests/demo_oulu.parquet"
+    base = work_key(manifest, AlignSettings())
+    assert work_key(manifest, AlignSettings(batch_size=3, workers=0, device="cpu", processes=4)) == base
+    assert work_key(manifest, AlignSettings(quality=90)) != base
+    assert work_key(manifest, AlignSettings(resample="area")) != base
+    npz = export_npz(tmp_path / "w.npz")
+    assert work_key(manifest, AlignSettings(), weights=npz) != base  # other weights file bytes, other key
+

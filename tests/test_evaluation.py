@@ -408,3 +408,9 @@ def test_rank_k_matches_a_naive_loop():
         order = np.argsort(d, kind="stable")
         hits = np.flatnonzero(gl[order] == pl[i])
         assert ranks[i] == (hits[0] + 1 if len(hits) else 24)
+
+
+def test_far_keys_are_plain_decimals():
+    from pipeline.evaluation.verification import far_key
+
+    assert [far_key(t) for t in (1e-3, 1e-2, 1e-5, 3e-4)] == ["0.001", "0.01", "0.00001", "0.0003"]

@@ -363,3 +363,18 @@ def test_lfw_folds_are_the_official_blocks():
     assert len(tests) == 10 and sum(map(len, tests)) == len(set().union(*map(set, tests)))  # disjoint people
     folds = folds_from_subject_lists(m, tests)
     check_folds(folds, m, require_cover=False)
+
+
+def test_drop_unaligned_removes_and_counts_pairs_touching_failed_images():
+    from pipeline.folds.pairs import drop_unaligned, pairs_frame
+
+    rows = [{"input_id": i, "reference_id": r, "is_same": s, "expression_actual": "Happiness",
+             "expression_required": "Happiness", "is_required": True, "type": 1 if s else 3, "row": k}
+            for k, (i, r, s) in enumerate([("a1", "a0", True), ("b1", "a0", False), ("a2", "x0", True),
+                                           ("y1", "z0", False)])]
+    pairs = pairs_frame(rows)
+    kept, counts = drop_unaligned(pairs, ["a0", "a1", "a2", "b1", "y1"])  # x0 and z0 failed alignment
+    assert kept["row"].tolist() == [0, 1]  # original order kept
+    assert counts == {"input_not_aligned": 0, "reference_not_aligned": 2, "dropped": 2}
+    kept, counts = drop_unaligned(pairs, ["a0"])
+    assert kept.empty and counts == {"input_not_aligned": 4, "reference_not_aligned": 2, "dropped": 4}

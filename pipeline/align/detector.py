@@ -115,9 +115,11 @@ def _bbreg(b: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
 
 def _nms_union(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, thr: float) -> torch.Tensor:
     """Indices kept by Union-NMS per group, with the original's ``+1`` pixel areas."""
-    plus1 = boxes.clone()
+    plus1 = boxes.double().clone()
     plus1[:, 2:] += 1
-    return batched_nms(plus1.float(), scores.float(), groups, thr)
+    # float64: batched_nms separates groups by offsetting boxes by group × (max coordinate + 1), which can pass
+    # 2^24 (float32's exact range) for large batches with many pyramid levels
+    return batched_nms(plus1, scores.double(), groups, thr)
 
 
 def _nms_min(boxes: np.ndarray, scores: np.ndarray, thr: float) -> np.ndarray:
@@ -151,6 +153,13 @@ class MTCNN:
             back to source pixels. Bounds the memory an 8k photo takes.
         pnet_pixels: maximum pixels of one P-Net forward pass (larger buckets are split).
         stage_batch: maximum crops per R-/O-Net forward pass.
+        canvas_pixels: maximum pixels of one padded canvas (images × largest height × largest width). A batch of
+            very different sizes is split into groups of similar size (sorted by area) that each fit; results do
+            not depend on the grouping. ``area`` crops need 24 bytes per canvas pixel (a float64 summed-area table),
+            the other modes 3 (``bilinear``: +12).
+
+    Raises:
+        ValueError: a setting out of range (min_face < 1, thresholds or NMS outside (0, 1], factor outside (0, 1)).
     """
 
     def __init__(
@@ -166,6 +175,7 @@ class MTCNN:
         max_side: int = 4096,
         pnet_pixels: int = 1 << 24,
         stage_batch: int = 8192,
+        canvas_pixels: int = 1 << 26,
     ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -174,10 +184,17 @@ class MTCNN:
             raise ValueError(f"resample must be nearest, area or bilinear, not {resample!r}")
         if not 0 < factor < 1:
             raise ValueError(f"factor must be in (0, 1), not {factor}")
+        if not min_face >= 1:
+            raise ValueError(f"min_face must be at least 1 pixel, not {min_face}")
+        if len(thresholds) != 3 or not all(0 < t < 1 for t in thresholds):
+            raise ValueError(f"thresholds must be three values in (0, 1), not {tuple(thresholds)}")
+        if len(nms) != 4 or not all(0 < t <= 1 for t in nms):
+            raise ValueError(f"nms must be four values in (0, 1], not {tuple(nms)}")
         self.min_face, self.factor, self.resample = float(min_face), float(factor), resample
         self.thresholds = tuple(float(t) for t in thresholds)
         self.nms = tuple(float(t) for t in nms)
         self.max_side, self.pnet_pixels, self.stage_batch = int(max_side), int(pnet_pixels), int(stage_batch)
+        self.canvas_pixels = int(canvas_pixels) // (8 if resample == "area" else 1)
         w = weights if isinstance(weights, dict) else load_weights(weights)
         # channels-last (NHWC) convolutions and pooling: about 1.7× faster than NCHW with oneDNN on CPU
         self.pnet, self.rnet, self.onet = (n.to(self.device, memory_format=torch.channels_last)
@@ -199,15 +216,37 @@ class MTCNN:
                 im = cv2.resize(im, size, interpolation=cv2.INTER_AREA)
             arrays.append(im)
             shrink.append(f)
+        faces: list[Faces] = [Faces.empty()] * len(arrays)
+        for group in self._groups([a.shape[:2] for a in arrays]):
+            for i, found in zip(group, self._detect_group([arrays[i] for i in group]), strict=True):
+                f = shrink[i]
+                faces[i] = found if f == 1.0 else Faces(found.boxes / f, found.scores, found.landmarks / f)
+        return faces
+
+    def _groups(self, sizes: list[tuple[int, int]]) -> list[list[int]]:
+        """Split a batch into groups whose padded canvas stays within ``canvas_pixels`` (one group when it fits)."""
+        hm, wm = max(s[0] for s in sizes), max(s[1] for s in sizes)
+        if len(sizes) * (hm + 1) * (wm + 1) <= self.canvas_pixels:
+            return [list(range(len(sizes)))]
+        groups: list[list[int]] = []
+        current: list[int] = []
+        gh = gw = 0
+        for i in sorted(range(len(sizes)), key=lambda i: (sizes[i][0] * sizes[i][1], sizes[i])):
+            h, w = max(gh, sizes[i][0]), max(gw, sizes[i][1])
+            if current and (len(current) + 1) * (h + 1) * (w + 1) > self.canvas_pixels:
+                groups.append(current)
+                current, h, w = [], sizes[i][0], sizes[i][1]
+            current.append(i)
+            gh, gw = h, w
+        groups.append(current)
+        return groups
+
+    def _detect_group(self, arrays: list[np.ndarray]) -> list[Faces]:
         canvas, sizes = self._canvas(arrays)
         boxes, idx = self._stage1(canvas, sizes)
         source = self._crop_source(canvas)
         boxes, idx = self._stage2(canvas, boxes, idx, source)
-        faces = self._stage3(canvas, boxes, idx, len(arrays), source)
-        for i, f in enumerate(shrink):
-            if f < 1.0:
-                faces[i] = Faces(faces[i].boxes / f, faces[i].scores, faces[i].landmarks / f)
-        return faces
+        return self._stage3(canvas, boxes, idx, len(arrays), source)
 
     # ------------------------------------------------------------------ stages
     def _canvas(self, arrays: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -231,6 +270,7 @@ class MTCNN:
         buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, s in enumerate(sizes):
             buckets[s].append(i)
+        n_images = len(sizes)  # NMS group of a candidate: level · n_images + image
         all_boxes, all_scores, all_reg, all_group = [], [], [], []
         for (h, w), members in buckets.items():
             members_t = torch.tensor(members, device=self.device)
@@ -258,14 +298,14 @@ class MTCNN:
                     all_boxes.append(torch.cat([q1, q2], 1))
                     all_scores.append(prob[b, r, c].double())
                     all_reg.append(reg.permute(0, 2, 3, 1)[b, r, c].double())
-                    all_group.append(chunk[b] * 64 + si)
+                    all_group.append(si * n_images + chunk[b])
         if not all_boxes:
             return torch.zeros((0, 4), dtype=torch.float64, device=self.device), torch.zeros(
                 0, dtype=torch.long, device=self.device)
         boxes, scores = torch.cat(all_boxes), torch.cat(all_scores)
         reg, group = torch.cat(all_reg), torch.cat(all_group)
         keep = _nms_union(boxes, scores, group, self.nms[0])
-        boxes, scores, reg, img = boxes[keep], scores[keep], reg[keep], group[keep] // 64
+        boxes, scores, reg, img = boxes[keep], scores[keep], reg[keep], group[keep] % n_images
         keep = _nms_union(boxes, scores, img, self.nms[1])
         boxes, reg, img = boxes[keep], reg[keep], img[keep]
         wh = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)

@@ -21,9 +21,21 @@ def decode_rgb(data: bytes) -> np.ndarray:
     """Encoded image bytes → H×W×3 uint8 RGB."""
     if not data:
         raise ImageProblem("empty file")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error as exc:  # e.g. a header declaring more pixels than OpenCV accepts
+        detail = str(exc).strip().splitlines()[-1].split("error: ")[-1]
+        raise ImageProblem(f"not decodable: {detail[:120]}") from exc
     if img is None or img.size == 0:
         raise ImageProblem("not a decodable image")
+    try:
+        return _to_rgb(img)
+    except cv2.error as exc:
+        raise ImageProblem(f"unsupported image layout {img.dtype} {img.shape}") from exc
+
+
+def _to_rgb(img: np.ndarray) -> np.ndarray:
+    """What ``cv2.imdecode(IMREAD_UNCHANGED)`` returned → H×W×3 uint8 RGB."""
     if img.dtype == np.uint16:
         img = ((img.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     elif img.dtype != np.uint8:

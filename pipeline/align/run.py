@@ -39,6 +39,7 @@ from pipeline.align.detector import MTCNN
 from pipeline.align.images import ImageProblem, decode_rgb, read_image_bytes
 from pipeline.align.shards import ALIGNMENT_TABLE, SHARD_DIR, shard_name, write_shard
 from pipeline.align.table import ALIGNED, write_alignment_table
+from pipeline.align.weights import mtcnn_package_weights_dir
 from pipeline.errors import DatasetError, UserError
 
 log = logging.getLogger("pipeline.align")
@@ -96,11 +97,24 @@ class AlignJob:
         Path(path).write_text(json.dumps(asdict(self), indent=1))
 
 
-def work_key(manifest: Path, settings: AlignSettings) -> str:
-    """Hash of the manifest's bytes and of every setting that changes the crops (not device/batch/workers)."""
+def _code_and_weights_digest(weights: str | Path | None) -> bytes:
+    """The alignment code and the detector weights: a resumed run must not mix crops of two versions."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + f.read_bytes())
+    wpath = Path(weights) if weights is not None else mtcnn_package_weights_dir()
+    for f in sorted(wpath.glob("*.lz4")) if wpath.is_dir() else [wpath]:
+        h.update(f.read_bytes())
+    return h.digest()
+
+
+def work_key(manifest: Path, settings: AlignSettings, weights: str | Path | None = None) -> str:
+    """Hash of the manifest's bytes, every setting that changes the crops (not device/batch/workers), the
+    alignment code and the weights."""
     h = hashlib.sha256(Path(manifest).read_bytes())
     relevant = {k: v for k, v in asdict(settings).items() if k not in _NOT_IN_KEY}
     h.update(json.dumps(relevant, sort_keys=True).encode())
+    h.update(_code_and_weights_digest(weights))
     return h.hexdigest()[:16]
 
 
@@ -149,6 +163,9 @@ def _device_for_rank(device: str, local_rank: int) -> str:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"align: process {local_rank} has no GPU ({torch.cuda.device_count()} visible); "
+                            "set align.processes to at most the number of GPUs")
         return f"cuda:{local_rank}"
     return device
 
@@ -160,9 +177,6 @@ def align_chunks(job: AlignJob, chunks: Sequence[int], *, local_rank: int = 0,
     df = pd.read_parquet(job.manifest, columns=["image_id", "path"])
     work = Path(job.work_dir)
     pending = [k for k in chunks if not chunk_done(work, k)]
-    done_rows = sum(min(s.shard_size, len(df) - k * s.shard_size) for k in chunks if k not in pending)
-    if progress and done_rows:
-        progress(done_rows)
     if not pending:
         return 0
     detector = s.detector(_device_for_rank(s.device, local_rank), job.weights)
@@ -175,8 +189,7 @@ def align_chunks(job: AlignJob, chunks: Sequence[int], *, local_rank: int = 0,
         index.extend(range(lo, hi))
     sub = df.iloc[index]
     loader = DataLoader(_Images(Path(job.root), sub["path"].tolist()), batch_sampler=batches,
-                        num_workers=s.workers, collate_fn=_collate, persistent_workers=False,
-                        multiprocessing_context="fork" if s.workers and sys.platform != "win32" else None)
+                        num_workers=s.workers, collate_fn=_collate)
     ids = sub["image_id"].tolist()
     chunk_of = [index[i] // s.shard_size for i in range(len(index))]
     rows: list[dict] = []
@@ -251,6 +264,16 @@ def assemble(job: AlignJob, table: pd.DataFrame, n_chunks: int) -> None:
     write_alignment_table(table, out / ALIGNMENT_TABLE)
 
 
+def pending_images(job: AlignJob, chunks: Sequence[int] | None = None) -> int:
+    """How many manifest rows the job still has to align (rows of unfinished chunks)."""
+    import pyarrow.parquet as pq
+
+    rows = pq.ParquetFile(job.manifest).metadata.num_rows
+    size = job.settings.shard_size
+    chunks = range(-(-rows // size)) if chunks is None else chunks
+    return sum(min(size, rows - k * size) for k in chunks if not chunk_done(Path(job.work_dir), k))
+
+
 def n_chunks_of(job: AlignJob) -> int:
     import pyarrow.parquet as pq
 
@@ -320,17 +343,20 @@ def main(argv: list[str] | None = None) -> int:
             rate = state["n"] / max(now - state["t0"], 1e-9)
             log.info("rank %d/%d: %d images (%.0f img/s)", rank, world, state["n"], rate)
 
-    error_file = Path(job.work_dir) / "error.txt"
+    error_file = Path(job.work_dir) / f"error-rank{rank}.txt"
+    error_file.unlink(missing_ok=True)
     try:
         summary = run_job(job, rank=rank, world=world, local_rank=local_rank, progress=progress, barrier=barrier)
         if summary is not None:
             (Path(job.work_dir) / "summary.json").write_text(json.dumps(summary))
         return 0
     except UserError as exc:
-        if rank == 0:
-            error_file.write_text(str(exc))
+        error_file.write_text(str(exc))
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # noqa: BLE001 - reported to the launching stage, with the traceback on stderr
+        error_file.write_text(f"align rank {rank}: {type(exc).__name__}: {exc}")
+        raise
     finally:
         if world > 1:
             import torch.distributed as dist

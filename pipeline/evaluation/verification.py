@@ -90,8 +90,9 @@ def _nums(xs: np.ndarray) -> list[float | None]:
 
 
 def far_key(target: float) -> str:
-    """The dictionary key of a FAR target: the shortest exact decimal, e.g. ``"0.001"``."""
-    return repr(float(target))
+    """The dictionary key of a FAR target: the shortest decimal that round-trips, without exponent (``"0.001"``,
+    ``"0.00001"``)."""
+    return np.format_float_positional(float(target), trim="0")
 
 
 @dataclass(frozen=True)

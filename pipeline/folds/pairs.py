@@ -32,7 +32,7 @@ original file.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,7 +41,8 @@ import pandas as pd
 from pipeline.config import LabelSetConfig
 from pipeline.data.label_sets import apply_label_set
 
-__all__ = ["PAIR_COLUMNS", "PairSet", "empty_pairs", "expression_pairs", "pairs_frame", "pair_type"]
+__all__ = ["PAIR_COLUMNS", "PairSet", "drop_unaligned", "empty_pairs", "expression_pairs", "pairs_frame",
+           "pair_type"]
 
 #: the columns of a ``fold<k>-pairs.parquet`` file (expression columns are null for LFW; type 0 = no expression type)
 PAIR_COLUMNS: tuple[str, ...] = ("input_id", "reference_id", "is_same", "expression_actual", "expression_required",
@@ -141,3 +142,23 @@ def expression_pairs(
                              "expression_actual": lab[pick], "expression_required": r,
                              "is_required": lab[pick] == r, "type": t, "row": len(rows)})
     return PairSet(pairs_frame(rows), skipped)
+
+
+def drop_unaligned(pairs: pd.DataFrame, aligned_ids: Iterable[str]) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The pairs whose two images were both aligned, and how many were dropped and why.
+
+    Downstream stages evaluate only faces that alignment found (:class:`pipeline.data.faces.FaceSource` ids); a
+    pair touching an image that failed alignment is skipped and counted, never scored as a miss.
+
+    Returns:
+        ``(kept pairs in their original order, {"input_not_aligned": n, "reference_not_aligned": m,
+        "dropped": pairs removed})`` — a pair with both images missing counts under both reasons, once in
+        ``dropped``.
+    """
+    ids = set(aligned_ids)
+    bad_input = ~pairs["input_id"].isin(ids)
+    bad_ref = ~pairs["reference_id"].isin(ids)
+    dropped = bad_input | bad_ref
+    counts = {"input_not_aligned": int(bad_input.sum()), "reference_not_aligned": int(bad_ref.sum()),
+              "dropped": int(dropped.sum())}
+    return pairs[~dropped].reset_index(drop=True), counts
