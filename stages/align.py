@@ -30,6 +30,16 @@ WORK = Path("data/work/align")
 log = logging.getLogger("stages.align")
 
 
+#: per-run throughput, kept out of the DVC metric (see last_run)
+RUN_KEYS = ("processes", "processed_this_run", "seconds", "images_per_second")
+
+
+def last_run(name: str) -> Path:
+    """Git-ignored record of the last run's throughput: processes, images aligned by this run (fewer after a
+    resume), seconds and img/s."""
+    return WORK / f"{name}.last-run.json"
+
+
 def paths(name: str) -> dict[str, Path]:
     """The stage's outputs for dataset ``name`` (the same paths as in dvc.yaml)."""
     return {"out": ALIGNED / name, "metrics": METRICS / f"{name}.json"}
@@ -91,14 +101,19 @@ def command(
         else:
             with progress_bar(f"align {name}", total=todo) as advance:
                 summary = run_job(job, progress=advance)
+        # the DVC metric holds only what the data determines (identical on every run); how fast this run was goes
+        # to MLflow, the console and the git-ignored last-run file
+        speed = {k: summary.pop(k) for k in RUN_KEYS}
         summary = {"dataset": name, "convention": convention, **summary}
         write_json_atomic(summary, tmp_metrics)
-        numeric = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numeric = {k: float(v) for k, v in {**summary, **speed}.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
         numeric.update({f"failures.{k}": float(v) for k, v in summary["failures_by_reason"].items()})
         run.log_metrics(numeric)
-        run.log_dict(summary, f"align/{name}.json")
+        run.log_dict({**summary, **speed}, f"align/{name}.json")
         reasons = ", ".join(f"{k}: {v}" for k, v in summary["failures_by_reason"].items()) or "none"
         typer.echo(f"{name}: aligned {summary['aligned']} of {summary['images']} images "
                    f"({100 * summary['aligned_fraction']:.1f} %; failures: {reasons}) at "
-                   f"{summary['images_per_second']} img/s -> {out['out']}")
+                   f"{speed['images_per_second']} img/s -> {out['out']}")
+    write_json_atomic({"dataset": name, **speed}, last_run(name))
     clear_work(job)
