@@ -70,9 +70,15 @@ def command(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset name (a key of `datasets` in params.yaml).")],
 ) -> None:
-    import pyarrow.parquet as pq
-
-    from pipeline.align.run import AlignJob, AlignSettings, clear_work, pending_images, run_job, work_key
+    from pipeline.align.run import (
+        AlignJob,
+        AlignSettings,
+        clear_work,
+        manifest_rows,
+        pending_images,
+        run_job,
+        work_key,
+    )
 
     sp = load_stage_params(ctx, [s.format(name=name) for s in DECLARED + RUNTIME])
     root = sp.get(f"datasets.{name}.root")
@@ -85,7 +91,7 @@ def command(
     settings = AlignSettings(convention=convention, **cfg)
     work = WORK / f"{name}-{work_key(manifest, settings)}"
     work.mkdir(parents=True, exist_ok=True)
-    n_images = pq.ParquetFile(manifest).metadata.num_rows
+    n_images = manifest_rows(manifest)
     out = paths(name)
     with (stage_run("align", sp, item=name, inputs=[str(manifest)]) as run,
           staged_files(out["metrics"]) as (tmp_metrics,), atomic_dir(out["out"]) as tmp):

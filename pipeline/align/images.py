@@ -43,11 +43,9 @@ def _to_rgb(img: np.ndarray) -> np.ndarray:
             raise ImageProblem(f"unsupported pixel type {img.dtype}")
         img = np.clip(np.nan_to_num(img) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+        img = img[:, :, None]
     channels = img.shape[2]
-    if channels == 1:
-        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
-    if channels == 2:
+    if channels in (1, 2):  # grayscale, grayscale + alpha
         return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
     if channels == 3:
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

@@ -122,6 +122,18 @@ def chunk_table(work_dir: Path, k: int) -> Path:
     return Path(work_dir) / f"{shard_name(k)}.parquet"
 
 
+def chunk_range(k: int, rows: int, size: int) -> range:
+    """The manifest rows of chunk ``k`` (the crops of shard ``k``)."""
+    return range(k * size, min((k + 1) * size, rows))
+
+
+def manifest_rows(manifest: str | Path) -> int:
+    """Number of images in a manifest (parquet metadata only)."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(manifest).metadata.num_rows
+
+
 def chunk_done(work_dir: Path, k: int) -> bool:
     """A chunk is finished when its shard and its table (written last) are both in the work folder."""
     return chunk_table(work_dir, k).is_file() and (Path(work_dir) / shard_name(k)).is_file()
@@ -182,11 +194,12 @@ def align_chunks(job: AlignJob, chunks: Sequence[int], *, local_rank: int = 0,
     detector = s.detector(_device_for_rank(s.device, local_rank), job.weights)
     index: list[int] = []
     batches: list[list[int]] = []
-    for k in pending:
-        lo, hi = k * s.shard_size, min((k + 1) * s.shard_size, len(df))
-        for b in range(lo, hi, s.batch_size):
-            batches.append(list(range(len(index) + b - lo, len(index) + min(b + s.batch_size, hi) - lo)))
-        index.extend(range(lo, hi))
+    for k in pending:  # batches never cross a chunk, so each chunk's shard is written as soon as it is done
+        rows_k = chunk_range(k, len(df), s.shard_size)
+        start = len(index)
+        batches += [list(range(start + b, start + min(b + s.batch_size, len(rows_k))))
+                    for b in range(0, len(rows_k), s.batch_size)]
+        index.extend(rows_k)
     sub = df.iloc[index]
     loader = DataLoader(_Images(Path(job.root), sub["path"].tolist()), batch_sampler=batches,
                         num_workers=s.workers, collate_fn=_collate)
@@ -264,20 +277,15 @@ def assemble(job: AlignJob, table: pd.DataFrame, n_chunks: int) -> None:
     write_alignment_table(table, out / ALIGNMENT_TABLE)
 
 
-def pending_images(job: AlignJob, chunks: Sequence[int] | None = None) -> int:
+def pending_images(job: AlignJob) -> int:
     """How many manifest rows the job still has to align (rows of unfinished chunks)."""
-    import pyarrow.parquet as pq
-
-    rows = pq.ParquetFile(job.manifest).metadata.num_rows
-    size = job.settings.shard_size
-    chunks = range(-(-rows // size)) if chunks is None else chunks
-    return sum(min(size, rows - k * size) for k in chunks if not chunk_done(Path(job.work_dir), k))
+    rows, size = manifest_rows(job.manifest), job.settings.shard_size
+    return sum(len(chunk_range(k, rows, size)) for k in range(n_chunks_of(job))
+               if not chunk_done(Path(job.work_dir), k))
 
 
 def n_chunks_of(job: AlignJob) -> int:
-    import pyarrow.parquet as pq
-
-    rows = pq.ParquetFile(job.manifest).metadata.num_rows
+    rows = manifest_rows(job.manifest)
     if rows == 0:
         raise DatasetError(f"align {job.dataset}: the manifest {job.manifest} is empty")
     return -(-rows // job.settings.shard_size)

@@ -40,6 +40,7 @@ import numpy as np
 from pipeline.errors import DatasetError
 
 __all__ = [
+    "ALIGNED",
     "ALIGNMENT_TABLE",
     "FORMATS",
     "SHARD_DIR",
@@ -55,6 +56,8 @@ __all__ = [
 Format = Literal["jpeg", "png"]
 FORMATS: tuple[str, ...] = ("jpeg", "png")
 ALIGNMENT_TABLE = "alignment.parquet"
+#: the status of an image whose crop is in a shard (every other status is a failure class)
+ALIGNED = "aligned"
 SHARD_DIR = "shards"
 PNG_COMPRESSION = 3  # zlib level: crops of photos barely shrink past 3, and encoding stays fast
 _EXTENSION = {"jpeg": "jpg", "png": "png"}

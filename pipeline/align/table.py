@@ -32,12 +32,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.align.shards import ALIGNED
 from pipeline.data.manifest import write_table_atomic
 from pipeline.errors import DatasetError
 
 __all__ = ["ALIGNED", "ALIGNMENT_COLUMNS", "ALIGNMENT_SCHEMA", "read_alignment_table", "write_alignment_table"]
 
-ALIGNED = "aligned"
 ALIGNMENT_SCHEMA = pa.schema(
     [
         pa.field("image_id", pa.string(), nullable=False),
