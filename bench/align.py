@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -62,7 +61,7 @@ import PIL
 import torch
 import torchvision
 
-from bench.common import machine, print_table, write_json
+from bench.common import device_name, loadavg, machine, print_table, write_json
 from pipeline.align.batch import ALIGNED, align_images
 from pipeline.align.detector import MTCNN
 from pipeline.align.images import ImageProblem, decode_rgb
@@ -319,19 +318,6 @@ def bench_files(paths: list[Path], images: list[np.ndarray], work: Path, detecto
 
 
 # ------------------------------------------------------------------------------------------------ main
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return machine().get("cpu") or platform.processor()
-
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def main(argv: list[str] | None = None) -> None:
     cuda = torch.cuda.is_available()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -375,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(convention=args.convention, min_face=args.min_face, thresholds=tuple(args.thresholds),
                         factor=args.factor, resample=args.resample, shard_size=args.shard_size)
     t_all = time.perf_counter()
-    load_start = _loadavg()
+    load_start = loadavg()
     rows: list[dict] = []
     skipped: list[dict] = []
     inputs: dict[str, dict] = {}
@@ -453,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
         "results": rows,
         "ratios": ratios,
         "skipped": skipped,
-        "loadavg_1_5_15": {"start": load_start, "end": _loadavg()},  # other jobs on the machine skew CPU numbers
+        "loadavg_1_5_15": {"start": load_start, "end": loadavg()},  # other jobs on the machine skew CPU numbers
         "wall_s": round(time.perf_counter() - t_all, 1),
     }
     write_json(out, payload)

@@ -48,3 +48,20 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {path}")
+
+
+def device_name(device: Any) -> str:
+    """The GPU's name for a CUDA ``torch.device``, else the CPU model."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    return machine().get("cpu") or platform.processor()
+
+
+def loadavg() -> list[float] | None:
+    """1/5/15-minute load averages (other jobs on the machine skew CPU timings), or None where unsupported."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None

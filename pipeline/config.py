@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import ParamsError
 
@@ -29,6 +29,17 @@ __all__ = [
     "load_params",
     "reader_options",
 ]
+
+
+def _check_device(value: str) -> str:
+    """A torch device name: ``auto``, ``cpu``, ``cuda`` or ``cuda:<n>``."""
+    if value not in ("auto", "cpu", "cuda") and not (value.startswith("cuda:") and value[5:].isdigit()):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:<n>, not {value!r}")
+    return value
+
+
+#: a torch device name, validated
+Device = Annotated[str, AfterValidator(_check_device)]
 
 
 class _Strict(BaseModel):
@@ -202,7 +213,7 @@ class AlignConfig(_Strict):
     ``processes`` > 1 runs ``torchrun --nproc_per_node=<processes>`` (one process per GPU, disjoint chunks).
     """
 
-    device: str = "auto"
+    device: Device = "auto"
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 16
     workers: Annotated[int, Field(ge=0, le=256)] = 2
     processes: Annotated[int, Field(ge=1, le=1024)] = 1
@@ -219,12 +230,6 @@ class AlignConfig(_Strict):
     quality: Annotated[int, Field(ge=50, le=100)] = 95
     max_failure_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if value not in ("auto", "cpu", "cuda") and not (value.startswith("cuda:") and value[5:].isdigit()):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:<n>, not {value!r}")
-        return value
 
 
 class FoldPairsConfig(_Strict):
@@ -319,6 +324,117 @@ class FoldsConfig(_Strict):
         return self
 
 
+class FinetuneCommon(_Strict):
+    """``finetune.common``: settings shared by every (fold, method) fine-tuning run (spec §4; README table).
+
+    ``init``: ``random`` (BN trains everywhere) or a checkpoint path (pretrained trunk + identity branch; then
+    ``freeze_pretrained_bn`` and ``identity_dropout`` apply, spec §4.3). ``lr_schedule``: a schedule file under
+    ``data/protocols/`` (spec §5.6) used instead of the constant ``lr``.
+    """
+
+    dataset: str = "demo_oulu"
+    init: str = "random"
+    depth: Literal["reduced", "full"] = "reduced"
+    input_size: Annotated[int, Field(ge=75, le=512)] = 160
+    crop: Annotated[int, Field(ge=32, le=512)] = 160
+    random_crop: bool = True
+    flip: bool = False
+    keep_prob: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    expression_hidden: Annotated[int, Field(ge=0)] = 128
+    expression_relu_logits: bool = True
+    batch_size: Annotated[int, Field(ge=1)] = 90
+    epoch_size: Annotated[int, Field(ge=1)] = 100
+    epochs: Annotated[int, Field(ge=1)] = 10
+    optimizer: Literal["rmsprop_tf1", "rmsprop", "adam", "sgd"] = "rmsprop_tf1"
+    weights_optimizer: Literal["rmsprop_tf1", "rmsprop", "adam", "sgd"] = "rmsprop_tf1"
+    lr: Annotated[float, Field(gt=0.0)] = 1e-4
+    lr_schedule: str | None = None
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    rms_decay: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9
+    rms_eps: Annotated[float, Field(gt=0.0)] = 1.0
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    clip_norm: Annotated[float, Field(ge=0.0)] = 5.0
+    center_loss_factor: Annotated[float, Field(ge=0.0)] = 0.1
+    center_loss_alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    freeze_pretrained_bn: bool = True
+    identity_dropout: bool = False
+    selection: Literal["test_fold", "val_subjects", "last"] = "test_fold"
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    eval_mode: Literal["clean", "faithful"] = "clean"
+    eval_folds: Annotated[int, Field(ge=2)] = 10
+    far_targets: list[Annotated[float, Field(gt=0.0, le=1.0)]] = [1e-3, 1e-2]
+    seed: int = 666
+    amp: bool = True
+    channels_last: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FinetuneCommon:
+        if self.lr_schedule is not None:
+            parts = Path(self.lr_schedule).parts
+            if Path(self.lr_schedule).is_absolute() or parts[:2] != ("data", "protocols") or ".." in parts:
+                raise ValueError(f"lr_schedule {self.lr_schedule!r} must lie under data/protocols/ (a relative path): "
+                                 "the finetune stages depend on that folder")
+        return self
+
+
+class FinetuneMethod(BaseModel):
+    """``finetune.methods.<name>``: ``weighting`` (a strategy of :mod:`pipeline.weighting`) and its options, which
+    the strategy validates when the stage starts."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    weighting: str
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+_METHOD_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class FinetuneConfig(_Strict):
+    """``finetune``: the per-(fold, method) fine-tuning stages.
+
+    ``device``, ``eval_batch_size`` and ``threads`` change only the speed and are not tracked by DVC.
+    """
+
+    device: Device = "auto"
+    eval_batch_size: Annotated[int, Field(ge=1)] = 100
+    threads: Annotated[int, Field(ge=0)] = 0
+    common: FinetuneCommon = FinetuneCommon()
+    methods: dict[str, FinetuneMethod] = {}
+    run_methods: list[str] = []
+
+
+    @model_validator(mode="after")
+    def _methods(self) -> FinetuneConfig:
+        for name in self.methods:
+            if not _METHOD_NAME.match(name):
+                raise ValueError(f"methods: name {name!r} must be lower-case letters, digits and '_' (it is part of "
+                                 "the DVC stage name finetune@<fold>-<method>)")
+        unknown = [m for m in self.run_methods if m not in self.methods]
+        if unknown:
+            raise ValueError(f"run_methods: unknown method(s) {unknown}; defined: {sorted(self.methods)}")
+        if len(set(self.run_methods)) != len(self.run_methods):
+            raise ValueError(f"run_methods: repeated method in {self.run_methods}")
+        return self
+
+
+class PixelBaselineConfig(_Strict):
+    """``pixel_baseline``: the raw-pixel PCA baseline (stage ``pixel_baseline@<fold>``; pipeline/evaluation/pixel_pca).
+
+    The fold's centre crops (``finetune.common.crop``) resized to ``size`` px, colour or ``grey``, standardised per
+    image; PCA with ``components`` (optionally ``whiten``) fitted on the training images; expression from a logistic
+    regression (inverse regularisation ``expression_c``) on the training projections.
+    """
+
+    size: Annotated[int, Field(ge=4, le=512)] = 32
+    grey: bool = False
+    components: Annotated[int, Field(ge=1)] = 64
+    whiten: bool = False
+    expression_c: Annotated[float, Field(gt=0.0)] = 1.0
+
+
 class Params(_Strict):
     """The whole ``params.yaml``."""
 
@@ -329,6 +445,8 @@ class Params(_Strict):
     manifest: ManifestConfig = ManifestConfig()
     align: AlignConfig = AlignConfig()
     folds: FoldsConfig = FoldsConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    pixel_baseline: PixelBaselineConfig = PixelBaselineConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Params:
@@ -376,6 +494,15 @@ class Params(_Strict):
             if bad:
                 raise ValueError(f"{where}.pairs.required: unknown expression(s) {bad}; label set {label_set!r} "
                                  f"has {allowed}")
+        return self
+
+    @model_validator(mode="after")
+    def _finetune_cross_checks(self) -> Params:
+        ds = self.finetune.common.dataset
+        if self.finetune.run_methods and ds not in self.folds.datasets:
+            raise ValueError(f"finetune.common.dataset: {ds!r} has no fold settings (folds.datasets)")
+        if self.finetune.run_methods and self.datasets[ds].label_set is None:
+            raise ValueError(f"finetune.common.dataset: {ds!r} has no label_set (needed for expression labels)")
         return self
 
 

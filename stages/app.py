@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from stages import align, detect, download, folds, manifest, verify
+from stages import align, detect, download, embed, finetune, folds, manifest, pixel_baseline, verify
 
 app = typer.Typer(
     name="stages",
@@ -39,5 +39,8 @@ app.command("download", help=download.__doc__)(download.command)
 app.command("manifest", help=manifest.__doc__)(manifest.command)
 app.command("align", help=align.__doc__)(align.command)
 app.command("folds", help=folds.__doc__)(folds.command)
+app.command("finetune", help=finetune.__doc__)(finetune.command)
+app.command("pixel_baseline", help=pixel_baseline.__doc__)(pixel_baseline.command)
 app.command("detect", help=detect.__doc__)(detect.command)
 app.command("verify", help=verify.__doc__)(verify.command)
+app.command("embed", help=embed.__doc__)(embed.command)

@@ -105,10 +105,37 @@ class RunLogger:
         if self._mlflow:
             self._mlflow.set_tags(tags)
 
+    def log_rows(self, rows: Sequence[dict[str, Any]], step_key: str = "step", prefix: str = "") -> None:
+        """Log table rows as per-step metrics in batches (one series per numeric column; ``step_key`` = step).
+
+        Empty strings and non-numeric cells are skipped.
+        """
+        if not self._mlflow or not rows:
+            return
+        import time
+
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        now = int(time.time() * 1000)
+        batch: list[Metric] = []
+        for row in rows:
+            step = int(row[step_key])
+            for key, value in row.items():
+                if key == step_key or isinstance(value, str) or value is None:
+                    continue
+                batch.append(Metric(f"{prefix}{key}", float(value), now, step))
+                if len(batch) == 1000:
+                    client.log_batch(self.run_id, metrics=batch)
+                    batch = []
+        if batch:
+            client.log_batch(self.run_id, metrics=batch)
+
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str] = (), item: str | None = None
-              ) -> Iterator[RunLogger]:
+def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str] = (), item: str | None = None,
+              resume_file: Path | None = None) -> Iterator[RunLogger]:
     """Open one MLflow run for a stage invocation; it ends FAILED if the body raises.
 
     Args:
@@ -116,6 +143,9 @@ def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str] = (), it
         params: the stage's declared sections; logged flattened as run params.
         inputs: repo-relative input paths whose DVC md5 (from ``dvc.lock``) become tags.
         item: the foreach item (a dataset name), part of the run name.
+        resume_file: a file holding the id of this job's run: when it names a run that exists, that run is
+            reopened (a resumed job logs into its first run instead of a duplicate); the id of a new run is
+            written there.
     """
     if os.environ.get("DMTL_MLFLOW", "1").lower() in {"0", "false", "no", "off"}:
         yield RunLogger(None)
@@ -138,7 +168,26 @@ def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str] = (), it
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     run_name = os.environ.get("DVC_STAGE") or (f"{stage}@{item}" if item else stage)
-    with mlflow.start_run(run_name=run_name, tags=tags) as run:
+    previous = _previous_run(mlflow, resume_file)
+    start = {"run_id": previous} if previous else {"run_name": run_name}
+    with mlflow.start_run(**start, tags=tags) as run:
+        if resume_file is not None:
+            resume_file.parent.mkdir(parents=True, exist_ok=True)
+            resume_file.write_text(run.info.run_id + "\n")
+        if previous:
+            mlflow.set_tag("resumed", "true")
         flat = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.as_flat_dict().items()}
         mlflow.log_params(flat)
         yield RunLogger(mlflow, run.info.run_id)
+
+
+def _previous_run(mlflow: Any, resume_file: Path | None) -> str | None:
+    """The run id stored in ``resume_file`` if that run still exists."""
+    if resume_file is None or not resume_file.is_file():
+        return None
+    run_id = resume_file.read_text().strip()
+    try:
+        mlflow.get_run(run_id)
+    except Exception:  # noqa: BLE001 - a deleted run or another store: start a new one
+        return None
+    return run_id

@@ -24,13 +24,27 @@ def _command(stage: dict) -> str:
     return m.group(1)
 
 
+#: placeholders of the stage modules' DECLARED lists → their dvc.yaml spelling (foreach key, matrix items)
+PLACEHOLDERS = {"{name}": "${key}", "{method}": "${item.method}", "{fold}": "${item.fold}",
+                "{dataset}": "${finetune.common.dataset}"}
+
+
+def _dvc_spelling(section: str) -> str:
+    for placeholder, dvc in PLACEHOLDERS.items():
+        section = section.replace(placeholder, dvc)
+    return section
+
+
 @pytest.mark.parametrize("stage_name", sorted(DVC))
 def test_declared_params_match_stage_module(stage_name):
     stage = DVC[stage_name]
     body = stage.get("do", stage)
     module = importlib.import_module(f"stages.{_command(stage)}")
-    declared_in_code = [s.replace("{name}", "${key}") for s in module.DECLARED]
+    declared_in_code = [_dvc_spelling(s) for s in module.DECLARED]
     assert body["params"] == declared_in_code
+    # params read only for speed (RUNTIME) are neither tracked nor inside a tracked section
+    for runtime in getattr(module, "RUNTIME", []):
+        assert not any(runtime == d or runtime.startswith(d + ".") for d in body["params"]), runtime
     assert f"stages/{_command(stage)}.py" in body["deps"], "a stage depends on its own module"
     for dep in body["deps"]:
         if dep.startswith(("pipeline/", "stages/")):
@@ -97,3 +111,76 @@ def test_cli_lists_every_stage():
     assert result.exit_code == 0
     for stage in DVC.values():
         assert _command(stage) in result.output
+
+
+# --- the finetune matrix: one instance per (fold, method), each tracking only its own method block ------------------
+
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def _finetune_instances() -> set[str]:
+    return {f"finetune@{f}-{m}" for f in PARAMS["folds"]["run"] for m in PARAMS["finetune"]["run_methods"]}
+
+
+def test_dvc_stage_list_has_one_finetune_stage_per_fold_and_method():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    listed = {line.split()[0] for line in out.splitlines() if line.startswith("finetune@")}
+    assert listed == _finetune_instances()
+    assert len(listed) == len(PARAMS["folds"]["run"]) * len(PARAMS["finetune"]["run_methods"])
+
+
+@pytest.fixture
+def dvc_copy(tmp_path):
+    """dvc.yaml + a params.yaml in a scratch DVC repo; ``tracked()`` = {stage: its tracked param values}."""
+    import subprocess
+    import sys
+
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+
+    def tracked(params: dict) -> dict[str, dict]:
+        from dvc.dependency.param import ParamsDependency
+        from dvc.repo import Repo
+
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        with Repo(str(tmp_path)) as repo:
+            return {st.name: {k: v for d in st.deps if isinstance(d, ParamsDependency)
+                              for k, v in d.read_params().items()}
+                    for st in repo.index.stages}
+
+    return tracked
+
+
+def test_finetune_instance_tracks_its_declared_params(dvc_copy):
+    from stages import finetune
+
+    values = dvc_copy(PARAMS)
+    dataset = PARAMS["finetune"]["common"]["dataset"]
+    for m in PARAMS["finetune"]["run_methods"]:
+        expected = [s.format(method=m, dataset=dataset) for s in finetune.DECLARED]
+        assert list(values[f"finetune@0-{m}"]) == expected
+        assert values[f"finetune@0-{m}"][f"finetune.methods.{m}"] == PARAMS["finetune"]["methods"][m]
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    return {name for name in before if before[name] != after[name]}
+
+
+def test_changing_one_method_block_changes_only_that_methods_stages(dvc_copy):
+    import copy
+
+    before = dvc_copy(PARAMS)
+    params = copy.deepcopy(PARAMS)
+    params["finetune"]["methods"]["dynamic"]["lr_weights"] = 0.0123
+    assert _changed(before, dvc_copy(params)) == {f"finetune@{f}-dynamic" for f in PARAMS["folds"]["run"]}
+    params = copy.deepcopy(PARAMS)
+    params["finetune"]["common"]["epochs"] += 1
+    assert _changed(before, dvc_copy(params)) == _finetune_instances()
+    params = copy.deepcopy(PARAMS)  # read for speed only: no stage is stale
+    params["finetune"].update(device="cpu", eval_batch_size=7, threads=1)
+    assert _changed(before, dvc_copy(params)) == set()

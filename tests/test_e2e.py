@@ -17,8 +17,14 @@ from tests.conftest import REPO, tiny_params, write_params
 
 pytestmark = pytest.mark.e2e
 
-#: folds: the tiny demo has 3 subjects, so 3 folds of one test subject each (types 3/4 are skipped and counted)
-E2E_PARAMS = {"folds.k": 3}
+#: folds: the tiny demo has 3 subjects, so 3 folds of one test subject each (types 3/4 are skipped and counted);
+#: finetune: one fold, two methods, one short epoch of a small input on one thread
+E2E_PARAMS = {"folds.k": 3, "folds.run": [0], "finetune.run_methods": ["dynamic", "static"],
+              "finetune.common.input_size": 80, "finetune.common.batch_size": 4, "finetune.common.epoch_size": 2,
+              "finetune.common.epochs": 1, "finetune.threads": 1, "finetune.eval_batch_size": 32}
+FINETUNE = ["finetune@0-dynamic", "finetune@0-static"]
+#: per-fold stages of folds.run = [0] besides finetune
+PER_FOLD = ["pixel_baseline@0"]
 
 
 def _run(args, cwd, env, check=True):
@@ -37,7 +43,7 @@ def repo_copy(tmp_path_factory) -> tuple[Path, dict]:
     for rel in filter(None, files):
         src = REPO / rel
         if src.is_file() and not rel.startswith(("data/raw/", "data/manifests/", "data/aligned/", "data/folds/",
-                                                           "data/work/", "metrics/")):
+                                                           "data/finetune/", "data/work/", "metrics/")):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
     (dst / "dvc.lock").unlink(missing_ok=True)
@@ -76,7 +82,8 @@ def test_repro_logged_one_mlflow_run_per_stage(repo_copy):
     runs = client.search_runs([exp.experiment_id])
     names = sorted(r.info.run_name for r in runs)
     assert names == sorted(["download@demo_oulu", "download@demo_webface", "manifest@demo_oulu",
-                            "manifest@demo_webface", "align@demo_oulu", "align@demo_webface", "folds@demo_oulu"])
+                            "manifest@demo_webface", "align@demo_oulu", "align@demo_webface", "folds@demo_oulu",
+                            *FINETUNE, *PER_FOLD])
     sha = _run(["git", "rev-parse", "HEAD"], dst, env).stdout.strip()
     for r in runs:
         assert r.info.status == "FINISHED"
@@ -86,6 +93,12 @@ def test_repro_logged_one_mlflow_run_per_stage(repo_copy):
     lock = yaml.safe_load((dst / "dvc.lock").read_text())["stages"]
     (raw_out,) = lock["download@demo_oulu"]["outs"]
     assert manifest_run.data.tags["dvc.input.data/raw/demo_oulu.md5"] == raw_out["md5"]
+    (aligned_out,) = [o for o in lock["align@demo_oulu"]["outs"] if o["path"] == "data/aligned/demo_oulu"]
+    for r in runs:
+        if r.info.run_name in FINETUNE:
+            assert r.data.tags["dvc.input.data/aligned/demo_oulu.md5"] == aligned_out["md5"]
+            steps = client.get_metric_history(r.info.run_id, "weight_identity")
+            assert sorted(m.step for m in steps) == [1, 2]  # one epoch of 2 steps
 
 
 def test_second_repro_runs_nothing_and_params_hit_only_their_stage(repo_copy):
@@ -117,12 +130,15 @@ def test_repro_writes_every_fold_and_pairs(repo_copy):
 
 def test_folds_params_rerun_only_folds_and_run_is_not_a_param(repo_copy):
     dst, env, _ = repo_copy
-    write_params(dst / "params.yaml", tiny_params(**E2E_PARAMS, **{"folds.run": [0, 1]}))
-    assert _run([sys.executable, "-m", "dvc", "status", "-q"], dst, env, check=False).returncode == 0
+    write_params(dst / "params.yaml", tiny_params(**{**E2E_PARAMS, "folds.run": [0, 1]}))
+    status = json.loads(_run([sys.executable, "-m", "dvc", "status", "--json"], dst, env).stdout)
+    # only the new fold's stages (never run); folds itself is not stale
+    assert {"finetune@1-dynamic", "finetune@1-static"} <= set(status)
+    assert all(name.endswith("@1") or "@1-" in name for name in status), status
     write_params(dst / "params.yaml", tiny_params(**E2E_PARAMS, **{"folds.seed": 1}))
     status = json.loads(_run([sys.executable, "-m", "dvc", "status", "--json"], dst, env).stdout)
     assert set(status) == {"folds@demo_oulu"}
-    res = _run([sys.executable, "-m", "dvc", "repro"], dst, env)
+    res = _run([sys.executable, "-m", "dvc", "repro", "folds@demo_oulu"], dst, env)  # not the finetune stages after it
     assert [line for line in res.stdout.splitlines() if line.startswith("Running stage")] == [
         "Running stage 'folds@demo_oulu':"]
     write_params(dst / "params.yaml", tiny_params(**E2E_PARAMS))
@@ -151,4 +167,37 @@ def test_align_params_rerun_only_align_and_runtime_params_do_not(repo_copy):
     write_params(dst / "params.yaml", tiny_params(**E2E_PARAMS, **{"align.quality": 90}))
     status = json.loads(_run([sys.executable, "-m", "dvc", "status", "--json"], dst, env).stdout)
     assert set(status) == {"align@demo_oulu", "align@demo_webface"}
+    write_params(dst / "params.yaml", tiny_params(**E2E_PARAMS))
+
+
+def test_repro_finetunes_every_fold_and_method_after_folds(repo_copy):
+    from pipeline.models.checkpoint import load_model
+
+    dst, env, out = repo_copy
+    for stage in FINETUNE:
+        assert out.index("Running stage 'folds@demo_oulu'") < out.index(f"Running stage '{stage}'")
+    for method in ("dynamic", "static"):
+        model, meta = load_model(dst / f"data/finetune/demo_oulu/fold0-{method}/model.pt")
+        assert meta["method"] == method and model.config.input_size == 80
+        steps = (dst / f"data/finetune/demo_oulu/fold0-{method}/steps.csv").read_text().splitlines()
+        assert len(steps) == 1 + 2  # header + epochs × epoch_size
+        metrics = json.loads((dst / f"metrics/finetune/demo_oulu/fold0-{method}.json").read_text())
+        assert metrics["last"]["epoch"] == 1 and set(metrics["best"]) == {"selected_on", "verification",
+                                                                          "expression", "authentication"}
+    show = json.loads(_run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], dst, env).stdout)
+    assert "metrics/finetune/demo_oulu/fold0-static.json" in json.dumps(show)
+    assert not any((dst / "data/work/finetune").iterdir())  # checkpoints cleared after each finished stage
+
+
+def test_finetune_method_params_rerun_only_that_method_and_runtime_params_do_not(repo_copy):
+    dst, env, _ = repo_copy
+    write_params(dst / "params.yaml", tiny_params(**{**E2E_PARAMS, "finetune.threads": 2,
+                                                     "finetune.eval_batch_size": 7, "finetune.device": "cpu"}))
+    assert _run([sys.executable, "-m", "dvc", "status", "-q"], dst, env, check=False).returncode == 0
+    write_params(dst / "params.yaml", tiny_params(**E2E_PARAMS, **{"finetune.methods.dynamic.lr_weights": 0.0123}))
+    status = json.loads(_run([sys.executable, "-m", "dvc", "status", "--json"], dst, env).stdout)
+    assert set(status) == {"finetune@0-dynamic"}
+    write_params(dst / "params.yaml", tiny_params(**E2E_PARAMS, **{"finetune.common.keep_prob": 0.8}))
+    status = json.loads(_run([sys.executable, "-m", "dvc", "status", "--json"], dst, env).stdout)
+    assert set(status) == set(FINETUNE)
     write_params(dst / "params.yaml", tiny_params(**E2E_PARAMS))

@@ -1,0 +1,566 @@
+"""Throughput of the fine-tuning stage's own training step (``TrainStep``), vs. facenet-pytorch's single-task step.
+
+Issue 5 targets (H100, bf16, input 160): the reduced 2-task ``dynamic`` step at batch 512 ≥ 2× the img/s of
+facenet-pytorch's full single-task ``InceptionResnetV1`` step; ≥ 4,000 img/s at batch 90.
+
+What is timed, per (precision, batch, depth, method):
+
+- **step**: one call of :class:`pipeline.training.step.TrainStep` on a fixed pre-processed batch: forward (bf16
+  autocast when ``bf16``), both task losses + center loss, the weighting, both ``autograd.grad`` passes, global-norm
+  clipping, the single host copy of losses/weights/norms with its finiteness check, both optimiser steps, the center
+  update. Model, strategy, optimisers and centers are built exactly as ``pipeline/training/finetune.py`` builds them
+  for ``init: random`` (see :func:`build_ours`; the settings are ``params.yaml``'s ``finetune.common`` defaults
+  with the original's batch/input sizes), channels-last on CUDA.
+- **step + data**: the loop's whole per-batch work: next indices of the permutation stream, gather from a uint8
+  pool resident on the device (``LabelledImages.take``), :func:`pipeline.training.data.preprocess` (random 160 crop
+  of the stored 182 px faces, resize when ``--input-size`` differs, per-image standardisation, channels-last),
+  then the step. **preprocess** alone is also reported.
+- methods: ``dynamic`` (the paper's unit, ``fer`` variant, 2 tasks) and ``single_identity`` (same model, same
+  ``TrainStep``, one-hot weights); ``--methods`` takes any weighting name.
+- **peer**: facenet-pytorch's ``InceptionResnetV1(classify=True, num_classes=N)`` (always the full depth; one
+  identity task): forward, cross-entropy, ``backward``, ``torch.optim.Adam`` (``--peer-optimizer``) step,
+  ``zero_grad``, the loss copied to the host, as its ``training.pass_epoch`` does. Same batch, precision,
+  channels-last, data path. Only ``facenet_pytorch/models/inception_resnet_v1.py`` (+ ``utils/download.py``) is
+  loaded, by file path, so the package ``__init__`` (MTCNN: torchvision, PIL…) never runs; ``requests``/``tqdm``
+  (used only to download pretrained weights) are stubbed for that import when missing. Found on ``sys.path`` or
+  in ``--facenet-path DIR`` (DIR holds the ``facenet_pytorch`` package folder); rows are skipped when absent.
+
+Protocol: ``--warmup`` steps, then ``--steps`` timed steps, each between ``torch.cuda.synchronize()`` calls; the
+median step time gives img/s. Peak GPU memory is ``max_memory_allocated`` over the timed steps (the model, the
+optimiser states and the uint8 pool included). GFLOP/image = FLOPs of matmuls/convolutions counted by
+``torch.utils.flop_counter.FlopCounterMode`` over one whole step (forward + both backward passes), per image;
+with ``--peak-tflops`` (H100 SXM bf16 dense: 989) bf16 rows get the % of that peak. ``--compile`` adds rows with
+``model.compile()`` (compilation happens in the warm-up). ``--max-seconds`` bounds the run; configurations that no
+longer fit are listed as skipped (bf16 rows run first).
+
+Needs only torch (no numpy, pandas, pyarrow, OpenCV, pydantic, scikit-learn). ``preprocess`` imports its crop
+functions from ``pipeline.data.faces``, which needs pandas/pyarrow/OpenCV; where that import fails, those three
+functions are loaded from that file's source instead (noted in the JSON as ``preprocess_source``).
+
+CPU, here (facenet-pytorch 2.6.0 unpacked with ``--no-deps`` into /tmp/fpt_site)::
+
+    .venv/bin/python -m bench.train --device cpu --batch-sizes 16 --steps 3 --warmup 1 --threads 1 \
+        --facenet-path /tmp/fpt_site                                        # → reports/bench/train-cpu.json
+
+GPU box (torch only; a copy of /tmp/fpt_site at build/fpt_site; about 3-4 minutes, bounded by ``--max-seconds``)::
+
+    PYTHONPATH=. python -m bench.train --device cuda --facenet-path build/fpt_site --peak-tflops 989 \
+        --commit "<commit> + uncommitted"                                   # → reports/bench/train-cuda.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import importlib
+import importlib.util
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.common import device_name, loadavg, machine, print_table, write_json
+from pipeline.models.network import HeadSpec, ModelConfig, count_parameters
+from pipeline.training.build import FinetuneSpec, build_training
+from pipeline.training.data import LabelledImages, PermutationStream, preprocess
+from pipeline.training.schedule import LrSchedule
+from pipeline.training.step import NonFiniteError, TaskSpec, TrainStep
+
+PRECISIONS = ("bf16", "fp32")
+#: ``params.yaml`` ``finetune.methods`` blocks (minus ``weighting``) of the methods with options
+METHOD_OPTIONS: dict[str, dict[str, Any]] = {
+    "dynamic": {"variant": "fer", "sigma": 0.01, "detach_weights": False, "lr_weights": 0.1},
+    "static": {"weights": [0.5, 0.5]},
+    "dwa": {"temperature": 2.0},
+    "gradnorm": {"alpha": 1.5, "lr_weights": 0.025},
+}
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """The stage's settings that shape the step: ``params.yaml`` ``finetune.common`` (init: random)."""
+
+    optimizer: str = "rmsprop_tf1"
+    lr: float = 0.01
+    momentum: float = 0.9
+    rms_decay: float = 0.9
+    rms_eps: float = 1.0
+    weight_decay: float = 0.0
+    clip_norm: float = 5.0
+    center_loss_factor: float = 0.1
+    center_loss_alpha: float = 0.5
+    keep_prob: float = 0.5
+    expression_hidden: int = 128
+    expression_relu_logits: bool = True
+    stored_size: int = 182  #: side of the aligned faces (paper_182_44)
+    crop: int = 160
+    random_crop: bool = True
+    flip: bool = False
+    seed: int = 666
+
+
+# ------------------------------------------------------------------------------------------------ imports
+def ensure_preprocess() -> str:
+    """Where :func:`preprocess`'s crops come from (torch-only :mod:`pipeline.data.crops`, no pandas/OpenCV)."""
+    return "pipeline.data.crops"
+
+
+def _stub_modules() -> dict[str, types.ModuleType]:
+    """Stand-ins for ``requests`` and ``tqdm``: facenet-pytorch uses them only to download pretrained weights."""
+    requests = types.ModuleType("requests")
+    adapters = types.ModuleType("requests.adapters")
+    adapters.HTTPAdapter = type("HTTPAdapter", (), {})  # type: ignore[attr-defined]
+    requests.adapters = adapters  # type: ignore[attr-defined]
+    tqdm = types.ModuleType("tqdm")
+    tqdm_auto = types.ModuleType("tqdm.auto")
+    tqdm.tqdm = tqdm_auto.tqdm = type("tqdm", (), {})  # type: ignore[attr-defined]
+    tqdm.auto = tqdm_auto  # type: ignore[attr-defined]
+    return {"requests": requests, "requests.adapters": adapters, "tqdm": tqdm, "tqdm.auto": tqdm_auto}
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def load_facenet_irv1(facenet_path: Path | None) -> tuple[type[nn.Module] | None, str]:
+    """facenet-pytorch's ``InceptionResnetV1`` class, loaded by file path, or (None, why not)."""
+    if facenet_path is not None:
+        root = facenet_path / "facenet_pytorch"
+    else:
+        try:
+            spec = importlib.util.find_spec("facenet_pytorch")
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            return None, "facenet_pytorch not found on sys.path (give --facenet-path DIR)"
+        root = Path(next(iter(spec.submodule_search_locations)))
+    source = root / "models" / "inception_resnet_v1.py"
+    if not source.is_file():
+        return None, f"{source} not found"
+    version = "unknown"
+    for meta in sorted(root.parent.glob("facenet_pytorch-*.dist-info/METADATA")):
+        version = next((line.split(":", 1)[1].strip() for line in meta.read_text().splitlines()
+                        if line.startswith("Version:")), version)
+    pkg = "_bench_facenet_pytorch"  # a private package name: the real package's __init__ never runs
+    for name, folder in ((pkg, root), (f"{pkg}.models", root / "models"), (f"{pkg}.models.utils", root / "models"
+                                                                               / "utils")):
+        module = types.ModuleType(name)
+        module.__path__ = [str(folder)]
+        sys.modules[name] = module
+    stubbed = [top for top in ("requests", "tqdm") if not _importable(top)]
+    saved = {}
+    for name, stub in _stub_modules().items():
+        if name.split(".")[0] in stubbed:
+            saved[name] = sys.modules.get(name)
+            sys.modules[name] = stub
+    try:
+        module = importlib.import_module(f"{pkg}.models.inception_resnet_v1")
+    except Exception as exc:  # any problem in their module means "no peer rows"
+        return None, f"{source}: {type(exc).__name__}: {exc}"
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = old
+    note = f"facenet-pytorch {version} ({source})"
+    if stubbed:
+        note += f"; stubbed for the import (weight download only): {', '.join(stubbed)}"
+    return module.InceptionResnetV1, note
+
+
+# ------------------------------------------------------------------------------------------------ the steps
+def build_ours(method: str, depth: str, input_size: int, n_ids: int, n_expr: int, device: torch.device, *,
+               amp: bool, channels_last: bool, s: StageSettings) -> tuple[TrainStep, nn.Module]:
+    """The stage's ``TrainStep`` for ``method``, built as ``run_finetune`` builds it (``init: random``).
+
+    Model config and tasks as ``stages/finetune.py``'s ``build_spec``; model, strategy, optimisers, centers and step
+    from :func:`pipeline.training.build.build_training` (what ``run_finetune`` calls); train phase without frozen BN
+    or dropout (``init: random``).
+    """
+    torch.manual_seed(s.seed)
+    heads = (HeadSpec("identity", n_ids),
+             HeadSpec("expression", n_expr, s.expression_hidden or None, s.expression_relu_logits))
+    config = ModelConfig(heads=heads, depth=depth, keep_prob=s.keep_prob, input_size=input_size)  # type: ignore
+    spec = FinetuneSpec(
+        model=config, tasks=[TaskSpec("identity", s.center_loss_factor), TaskSpec("expression")],
+        weighting=method, weighting_options=METHOD_OPTIONS.get(method, {}), schedule=LrSchedule.constant(s.lr),
+        epochs=1, optimizer=s.optimizer, momentum=s.momentum, rms_decay=s.rms_decay, rms_eps=s.rms_eps,
+        weight_decay=s.weight_decay, clip_norm=s.clip_norm, center_loss_alpha=s.center_loss_alpha, amp=amp,
+        channels_last=channels_last, device=str(device))
+    parts = build_training(spec, device)
+    step, model = parts.step, parts.model
+    model.set_phase(train=True, frozen_bn=(), dropout_off=())
+    return step, model
+
+
+class PeerStep:
+    """facenet-pytorch's training step (``training.pass_epoch``) for one identity task, in the same precision."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, amp: bool) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.amp = amp
+
+    def __call__(self, x: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp and x.is_cuda else contextlib.nullcontext()
+        with ctx:
+            logits = self.model(x)
+        loss = nn.functional.cross_entropy(logits.float(), labels["identity"])
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return loss.detach().cpu()
+
+
+def build_peer(irv1: type[nn.Module], n_ids: int, device: torch.device, *, amp: bool, channels_last: bool,
+               optimizer: str, lr: float, seed: int) -> tuple[PeerStep, nn.Module]:
+    torch.manual_seed(seed)
+    model = irv1(classify=True, num_classes=n_ids).to(device)
+    if channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    opt = (torch.optim.Adam(model.parameters(), lr=lr) if optimizer == "adam"
+           else torch.optim.RMSprop(model.parameters(), lr=lr))
+    return PeerStep(model, opt, amp), model
+
+
+# ------------------------------------------------------------------------------------------------ timing
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], n: int, device: torch.device) -> list[float]:
+    times = []
+    for _ in range(n):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def peak_mib(device: torch.device) -> float | None:
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+@dataclass
+class Config:
+    model: str  #: ours | facenet-pytorch
+    method: str
+    depth: str
+    precision: str
+    batch: int
+    compile: bool
+
+    @property
+    def tasks(self) -> int:
+        return 1 if self.model == "facenet-pytorch" else 2
+
+    def label(self) -> str:
+        return (f"{self.model} {self.method} {self.depth} {self.precision} b{self.batch}"
+                + (" compiled" if self.compile else ""))
+
+
+def run_config(cfg: Config, make: Callable[[], tuple[Callable, nn.Module]], pool: LabelledImages,
+               prep_kw: dict[str, Any], device: torch.device, warmup: int, steps: int, seed: int,
+               flops_cache: dict[tuple, float]) -> dict[str, Any]:
+    """Build, warm up and time one configuration; returns its result row."""
+    t_build = time.perf_counter()
+    step_fn, model = make()
+    if cfg.compile:
+        model.compile()
+    build_s = time.perf_counter() - t_build
+    stream = PermutationStream(len(pool), seed + 1)
+    gen = torch.Generator(device=device).manual_seed(seed + 2)
+
+    def next_batch() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raw, labels = pool.take(stream.next(cfg.batch))
+        return preprocess(raw, generator=gen, **prep_kw), labels
+
+    x, labels = next_batch()
+    key = (cfg.model, cfg.method, cfg.depth, prep_kw["input_size"])
+    t_warm = time.perf_counter()
+    last: Any = None
+    if key not in flops_cache and not cfg.compile:  # one counted step doubles as the first warm-up step
+        flops_cache[key] = count_flops(lambda: step_fn(x, labels)) / cfg.batch / 1e9
+    for _ in range(warmup):
+        last = step_fn(x, labels)
+    warm_s = time.perf_counter() - t_warm
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    step_times = timed(lambda: step_fn(x, labels), steps, device)
+    peak = peak_mib(device)
+    result: list[Any] = []
+    loop_times = timed(lambda: result.append(step_fn(*next_batch())), steps, device)
+    prep_times = timed(next_batch, steps, device)
+    last = result[-1]
+    med, med_loop, med_prep = (statistics.median(t) for t in (step_times, loop_times, prep_times))
+    row: dict[str, Any] = {
+        **asdict(cfg), "tasks": cfg.tasks, "input": prep_kw["input_size"], "warmup": warmup, "steps": steps,
+        "img_per_s": cfg.batch / med, "ms_per_step": 1000 * med,
+        "ms_all": [round(1000 * t, 2) for t in step_times],
+        "img_per_s_with_data": cfg.batch / med_loop, "ms_per_step_with_data": 1000 * med_loop,
+        "preprocess_img_per_s": cfg.batch / med_prep, "peak_mib": peak,
+        "gflop_per_img": flops_cache.get(key), "params_m": round(count_parameters(model) / 1e6, 2),
+        "build_s": round(build_s, 2), "warmup_s": round(warm_s, 2),
+    }
+    if hasattr(last, "weights"):  # a StepResult: the logged values of the last step (sanity)
+        row.update(last_losses=[round(v, 4) for v in last.losses], last_weights=[round(v, 4) for v in last.weights])
+    else:
+        row["last_losses"] = [round(float(last), 4)]
+    return row
+
+
+# ------------------------------------------------------------------------------------------------ main
+def _dirty() -> bool | None:
+    try:
+        out = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return bool(out.strip())
+
+
+def configs(args: argparse.Namespace, precisions: list[str], peer: bool) -> Iterator[Config]:
+    """Order of the run: precision (bf16 first), batch, then the peer, then ours per depth and method; compiled
+    variants right after their eager row."""
+    for prec in precisions:
+        for b in args.batch_sizes:
+            for compiled in [False, True] if args.compile else [False]:
+                if peer:
+                    yield Config("facenet-pytorch", "single_identity", "full", prec, b, compiled)
+                for depth in args.depths:
+                    for method in args.methods:
+                        yield Config("ours", method, depth, prec, b, compiled)
+
+
+def add_derived(rows: list[dict[str, Any]], peak_tflops: float | None) -> None:
+    for r in rows:
+        if r.get("gflop_per_img") is not None:
+            r["tflops"] = r["gflop_per_img"] * r["img_per_s"] / 1e3
+            if peak_tflops and r["precision"] == "bf16":
+                r["pct_of_peak"] = 100 * r["tflops"] / peak_tflops
+        if r["model"] == "ours":
+            peer = next((p for p in rows if p["model"] == "facenet-pytorch" and p["precision"] == r["precision"]
+                         and p["batch"] == r["batch"] and p["compile"] == r["compile"]), None)
+            if peer:
+                r["ratio_to_peer"] = r["img_per_s"] / peer["img_per_s"]
+                r["ratio_to_peer_with_data"] = r["img_per_s_with_data"] / peer["img_per_s_with_data"]
+
+
+def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's two targets (reduced, dynamic, bf16, eager), where the rows exist."""
+    def find(model: str, method: str, depth: str, batch: int) -> dict | None:
+        return next((r for r in rows if r["model"] == model and r["method"] == method and r["depth"] == depth
+                     and r["precision"] == "bf16" and r["batch"] == batch and not r["compile"]), None)
+
+    out = []
+    ours, peer = find("ours", "dynamic", "reduced", 512), find("facenet-pytorch", "single_identity", "full", 512)
+    if ours and peer:
+        ratio = ours["img_per_s"] / peer["img_per_s"]
+        out.append({"target": "reduced dynamic bf16 b512 >= 2x peer (full single-task) img/s", "value": ratio,
+                    "goal": 2.0, "met": ratio >= 2.0})
+    ours = find("ours", "dynamic", "reduced", 90)
+    if ours:
+        out.append({"target": "reduced dynamic bf16 b90 >= 4000 img/s", "value": ours["img_per_s"], "goal": 4000.0,
+                    "met": ours["img_per_s"] >= 4000.0})
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: cuda if available)")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default 90 512 (--quick: 8)")
+    ap.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
+                    help="bf16 = bf16 autocast (CUDA only; skipped elsewhere)")
+    ap.add_argument("--depths", nargs="+", choices=["reduced", "full"], default=None,
+                    help="default reduced full (--quick: reduced)")
+    ap.add_argument("--methods", nargs="+", default=["dynamic", "single_identity"], help="weighting names")
+    ap.add_argument("--input-size", type=int, default=None,
+                    help="model input side, the crop is resized to it (default 160; --quick: 96)")
+    ap.add_argument("--crop", type=int, default=160, help="crop of the stored faces")
+    ap.add_argument("--stored-size", type=int, default=182, help="side of the stored (aligned) uint8 faces")
+    ap.add_argument("--identities", type=int, default=80, help="identity classes (Oulu-CASIA: 80 subjects)")
+    ap.add_argument("--expressions", type=int, default=6, help="expression classes")
+    ap.add_argument("--pool", type=int, default=None,
+                    help="uint8 images resident on the device (default 1440 as Oulu-CASIA; at least 2 batches)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="timed steps per configuration, median reported (default 15; --quick: 2)")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="untimed steps before (default 3; --quick: 1; compiled rows: at least 3)")
+    ap.add_argument("--compile", action="store_true", help="add rows with model.compile()")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                    help="channels-last model and input on CUDA (the stage's default)")
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark (stage: off)")
+    ap.add_argument("--facenet-path", type=Path, default=None,
+                    help="folder holding the facenet_pytorch package (default: sys.path)")
+    ap.add_argument("--no-peer", action="store_true", help="skip the facenet-pytorch rows")
+    ap.add_argument("--peer-optimizer", choices=["adam", "rmsprop"], default="adam",
+                    help="torch optimiser of the peer (facenet-pytorch's example: Adam, lr 1e-3)")
+    ap.add_argument("--peer-lr", type=float, default=1e-3)
+    ap.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak (H100 SXM: 989)")
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="time budget for the configurations (default 200 on CUDA, 900 on CPU)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    ap.add_argument("--commit", default=None, help="record this commit (e.g. on a copy without .git)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: the --quick defaults above")
+    ap.add_argument("--out", type=Path, default=None, help="JSON (default reports/bench/train-<device>.json)")
+    args = ap.parse_args(argv)
+    defaults = {"batch_sizes": [90, 512], "depths": ["reduced", "full"], "input_size": 160, "steps": 15, "warmup": 3,
+                "pool": 1440}
+    if args.quick:
+        defaults.update(batch_sizes=[8], depths=["reduced"], input_size=96, steps=2, warmup=1, pool=0)
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.steps < 1 or args.warmup < 0:
+        ap.error("--steps must be >= 1 and --warmup >= 0")
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    on_cuda = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    warmup = max(args.warmup, 3) if args.compile else args.warmup
+    max_seconds = args.max_seconds if args.max_seconds is not None else (200.0 if on_cuda else 900.0)
+    out = args.out or Path(f"reports/bench/train-{device.type}.json")
+    s = StageSettings(crop=min(args.crop, args.stored_size), stored_size=args.stored_size)
+    channels_last = args.channels_last and on_cuda
+
+    t_all = time.perf_counter()
+    load_start = loadavg()
+    prep_note = ensure_preprocess()
+    irv1, peer_note = (None, "not requested (--no-peer)") if args.no_peer else load_facenet_irv1(args.facenet_path)
+    print(f"preprocess: {prep_note}\npeer: {peer_note}", flush=True)
+
+    skipped: list[dict[str, Any]] = []
+    precisions = []
+    for p in args.precisions:
+        if p == "bf16" and not on_cuda:
+            skipped.append({"config": "all bf16 rows", "why": "bf16 autocast runs on CUDA only (TrainStep.amp)"})
+        else:
+            precisions.append(p)
+
+    gen = torch.Generator(device=device).manual_seed(s.seed)
+    n_pool = max(args.pool, 2 * max(args.batch_sizes))
+    pool = LabelledImages(
+        torch.randint(0, 256, (n_pool, 3, s.stored_size, s.stored_size), generator=gen, device=device,
+                      dtype=torch.uint8),
+        {"identity": torch.randint(0, args.identities, (n_pool,), generator=gen, device=device),
+         "expression": torch.randint(0, args.expressions, (n_pool,), generator=gen, device=device)},
+        [str(i) for i in range(n_pool)])
+    prep_kw = {"crop": s.crop, "input_size": args.input_size, "train": True, "random_crop": s.random_crop,
+               "flip": s.flip, "channels_last": channels_last}
+
+    rows: list[dict[str, Any]] = []
+    flops: dict[tuple, float] = {}
+    deadline = time.perf_counter() + max_seconds
+    for cfg in configs(args, precisions, irv1 is not None):
+        if time.perf_counter() > deadline:
+            skipped.append({"config": cfg.label(), "why": "time budget (--max-seconds)"})
+            continue
+        amp = cfg.precision == "bf16"
+        if cfg.model == "ours":
+            def make(cfg=cfg, amp=amp):
+                return build_ours(cfg.method, cfg.depth, args.input_size, args.identities, args.expressions, device,
+                                  amp=amp, channels_last=channels_last, s=s)
+        else:
+            def make(amp=amp):
+                return build_peer(irv1, args.identities, device, amp=amp, channels_last=channels_last,
+                                  optimizer=args.peer_optimizer, lr=args.peer_lr, seed=s.seed)
+        try:
+            row = run_config(cfg, make, pool, prep_kw, device, warmup, args.steps, s.seed, flops)
+        except torch.cuda.OutOfMemoryError as exc:
+            skipped.append({"config": cfg.label(), "why": f"CUDA out of memory: {exc}"[:200]})
+        except NonFiniteError as exc:
+            skipped.append({"config": cfg.label(), "why": str(exc)[:300]})
+        else:
+            rows.append(row)
+            print(f"  {cfg.label():52s} {row['img_per_s']:9.1f} img/s  {row['ms_per_step']:8.1f} ms/step  "
+                  f"with data {row['img_per_s_with_data']:9.1f} img/s  peak {row['peak_mib'] or '-'} MiB", flush=True)
+        gc.collect()
+        if on_cuda:
+            torch.cuda.empty_cache()
+
+    add_derived(rows, args.peak_tflops)
+    goals = targets(rows)
+    print(f"\nTrainStep on {device} ({device_name(device)}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, input {args.input_size} (crop {s.crop} of {s.stored_size}), "
+          f"channels_last {channels_last}, {warmup} warm-up + {args.steps} timed steps\n")
+    columns = ["model", "method", "depth", "precision", "batch", "compile", "img_per_s", "ms_per_step",
+               "img_per_s_with_data", "preprocess_img_per_s", "peak_mib", "gflop_per_img", "tflops", "pct_of_peak",
+               "ratio_to_peer"]
+    if rows:
+        print_table([{c: "-" if r.get(c) is None else r[c] for c in columns} for r in rows], columns)
+    if goals:
+        print()
+        print_table(goals, ["target", "value", "goal", "met"])
+    if skipped:
+        print("\nskipped: " + "; ".join(f"{k['config']} ({k['why']})" for k in skipped))
+
+    info = machine()
+    if args.commit:
+        info["commit"] = args.commit
+    else:
+        info["uncommitted_changes"] = _dirty()
+    payload = {
+        "benchmark": "train",
+        "machine": info,
+        "versions": {"torch": torch.__version__, "python": platform.python_version(),
+                     "cuda": torch.version.cuda if on_cuda else None,
+                     "cudnn": torch.backends.cudnn.version() if on_cuda else None},
+        "device": str(device),
+        "device_name": device_name(device),
+        "gpu": ({"capability": list(torch.cuda.get_device_capability(device)),
+                 "memory_gib": round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)}
+                if on_cuda else None),
+        "torch_threads": torch.get_num_threads(),
+        "settings": {**asdict(s), "input_size": args.input_size, "batch_sizes": args.batch_sizes,
+                     "precisions": args.precisions, "depths": args.depths, "methods": args.methods,
+                     "method_options": {m: METHOD_OPTIONS.get(m, {}) for m in args.methods},
+                     "identities": args.identities, "expressions": args.expressions, "pool": n_pool,
+                     "steps": args.steps, "warmup": warmup, "compile": args.compile, "channels_last": channels_last,
+                     "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                     "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+                     "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                     "peer_optimizer": args.peer_optimizer, "peer_lr": args.peer_lr,
+                     "peak_tflops": args.peak_tflops, "max_seconds": max_seconds, "quick": args.quick},
+        "preprocess_source": prep_note,
+        "facenet_pytorch": peer_note,
+        "results": rows,
+        "targets": goals,
+        "skipped": skipped,
+        "loadavg_1_5_15": {"start": load_start, "end": loadavg()},
+        "wall_s": round(time.perf_counter() - t_all, 1),
+    }
+    write_json(out, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training losses (torch only): the center loss of the original code."""

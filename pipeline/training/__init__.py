@@ -1,0 +1,1 @@
+"""Training core (torch/numpy only): optimisers, schedules and the training loop."""

@@ -1,0 +1,265 @@
+"""Multi-task fine-tuning of one (fold, method): the loop, per-epoch evaluation, model selection, resume.
+
+The loop (spec §4): for each 1-based epoch ``e``: the learning rate is ``schedule.at(e)``; ``epoch_size``
+batches of ``batch_size`` come from the permutation stream; each batch is one :class:`~pipeline.training.step.
+TrainStep`; then the model is evaluated on the test fold (and on held-out training subjects with
+``selection="val_subjects"``), the strategy sees the epoch's mean losses, and the whole training state is written
+to ``work/state.pt`` (atomic). A run that finds ``state.pt`` resumes after its epoch with the same model,
+optimiser, centers, strategy, sampler and RNG states, so an interrupted run ends bit-identical to an uninterrupted
+one on CPU.
+
+Model selection (spec §6.4, §9 item 15), per criterion ``verification`` (pair accuracy), ``expression`` (accuracy)
+and ``authentication`` (their product):
+
+- ``test_fold``: the best epoch on the test fold itself (the original's numbers; optimistic, labelled as such);
+- ``val_subjects``: the best epoch on held-out training subjects; the test-fold numbers of that epoch are reported;
+- ``last``: the last epoch for every criterion.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.models.network import MultiTaskInceptionResNetV1
+from pipeline.training.build import FinetuneSpec, build_training
+from pipeline.training.data import LabelledImages, PermutationStream, preprocess
+from pipeline.training.evaluate import EvalData, Predictions, evaluate, predict
+from pipeline.training.step import NonFiniteError, StepResult
+
+__all__ = ["CRITERIA", "FinetuneResult", "FinetuneSpec", "run_finetune", "step_columns"]
+
+CRITERIA = ("verification", "expression", "authentication")
+_CRITERION_KEY = {"verification": "verification_accuracy", "expression": "expression_accuracy",
+                  "authentication": "authentication"}
+STATE_FORMAT = "dmtl-finetune-state/1"
+
+
+@dataclass
+class FinetuneResult:
+    """The run's outcome (plain data for the stage to write)."""
+
+    model: MultiTaskInceptionResNetV1
+    rows: list[dict[str, float]]
+    history: list[dict[str, Any]]  #: per epoch: {"epoch", "test": M, "val": M | None}
+    metrics: dict[str, Any]  #: {"last": M, "best": {...}}
+    scores: dict[str, np.ndarray]  #: last_* and best_<criterion>_* score arrays
+    resumed_from: int  #: epoch the run resumed after (0 = fresh)
+    seconds: float
+    images_per_second: float
+
+
+def step_columns(task_names: list[str], extra: list[str] = ()) -> list[str]:
+    """Column order of ``steps.csv``."""
+    cols = ["step", "epoch", "lr", "lr_weights"]
+    cols += [f"loss_{t}" for t in task_names] + [f"weight_{t}" for t in task_names]
+    cols += ["total_loss", "weight_loss", "grad_norm", "grad_norm_weights", *extra]
+    return cols
+
+
+def _row(step: int, epoch: int, lr: float, lr_w: float | None, names: list[str], r: StepResult) -> dict[str, float]:
+    row: dict[str, float] = {"step": step, "epoch": epoch, "lr": lr, "lr_weights": lr_w if lr_w is not None else ""}
+    row.update({f"loss_{t}": v for t, v in zip(names, r.losses, strict=True)})
+    row.update({f"weight_{t}": v for t, v in zip(names, r.weights, strict=True)})
+    row.update({"total_loss": r.total, "weight_loss": r.aux if r.aux is not None else "",
+                "grad_norm": r.grad_norm, "grad_norm_weights": r.grad_norm_own if r.grad_norm_own is not None else ""})
+    row.update(r.extra)
+    return row
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class _Selector:
+    """Tracks the best epoch per criterion on the selection data."""
+
+    def __init__(self, selection: str) -> None:
+        self.selection = selection
+        self.best: dict[str, dict[str, Any]] = {}
+
+    def update(self, epoch: int, selected_on: dict[str, Any], test: dict[str, Any]) -> list[str]:
+        """Record epoch ``epoch``; returns the criteria it became best for."""
+        improved = []
+        for crit in CRITERIA:
+            key = _CRITERION_KEY[crit]
+            value = selected_on.get(key)
+            if value is None:
+                continue
+            cur = self.best.get(crit)
+            if self.selection == "last" or cur is None or value > cur["value"]:
+                self.best[crit] = {"epoch": epoch, "value": value, "metrics": test}
+                improved.append(crit)
+        return improved
+
+
+def run_finetune(spec: FinetuneSpec, train: LabelledImages, test: EvalData, work: Path, *,
+                 val: EvalData | None = None,
+                 on_epoch: Callable[[int, list[dict[str, float]], dict[str, Any]], None] | None = None,
+                 on_resume: Callable[[list[dict[str, float]], list[dict[str, Any]]], None] | None = None,
+                 progress: Callable[[int], None] | None = None) -> FinetuneResult:
+    """Train, evaluate every epoch, select, checkpoint; resume from ``work/state.pt`` when present.
+
+    Args:
+        spec: settings.
+        train: training images (``uint8``) and per-task labels; moved to ``spec.device``.
+        test: the test fold's images, pairs and expression labels.
+        work: the run's private folder (checkpoints); created if missing.
+        val: held-out training subjects (required for ``selection="val_subjects"``).
+        on_epoch: called after each epoch's checkpoint with ``(epoch, that epoch's step rows, history entry)``.
+        on_resume: called once when resuming, with the checkpoint's step rows and history (so a caller can log
+            epochs that were checkpointed but not yet reported when the run was killed).
+        progress: called with the number of images trained after every step.
+    """
+    if spec.selection == "val_subjects" and val is None:
+        raise ValueError("selection val_subjects needs held-out validation data")
+    device = torch.device(spec.device)
+    work.mkdir(parents=True, exist_ok=True)
+    state_path = work / "state.pt"
+    _seed_everything(spec.seed)
+    parts = build_training(spec, device)
+    model, strategy, optimizer, own_optimizer, centers, step_fn = (
+        parts.model, parts.strategy, parts.optimizer, parts.own_optimizer, parts.centers, parts.step)
+    names = [t.name for t in spec.tasks]
+    train = train.to(device)
+    test_images = test.images.to(device)
+    val_images = val.images.to(device) if val is not None else None
+    stream = PermutationStream(len(train), spec.seed + 1)
+    crop_gen = torch.Generator(device=device).manual_seed(spec.seed + 2)
+    selector = _Selector(spec.selection)
+    rows: list[dict[str, float]] = []
+    history: list[dict[str, Any]] = []
+    scores: dict[str, np.ndarray] = {}
+    start_epoch = 0
+
+    if state_path.is_file():
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        if st.get("format") != STATE_FORMAT:
+            raise ValueError(f"{state_path}: not a fine-tuning state file; delete the folder {work} to start over")
+        model.load_state_dict(st["model"])
+        strategy.load_state_dict(st["strategy"])
+        strategy.load_extra_state(st["strategy_extra"])
+        optimizer.load_state_dict(st["optimizer"])
+        if own_optimizer is not None:
+            own_optimizer.load_state_dict(st["own_optimizer"])
+        if centers is not None:
+            centers.load_state_dict(st["centers"])
+        stream.load_state_dict(st["stream"])
+        crop_gen.set_state(st["crop_gen"])
+        torch.set_rng_state(st["rng_cpu"])
+        if device.type == "cuda" and st.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(st["rng_cuda"], device)
+        random.setstate(st["rng_python"])
+        np.random.set_state(st["rng_numpy"])
+        selector.best = st["best"]
+        rows, history, scores = st["rows"], st["history"], st["scores"]
+        start_epoch = int(st["epoch"])
+        if on_resume is not None:
+            on_resume(rows, history)
+
+    frozen = spec.frozen_bn if spec.init else ()
+    dropout_off = spec.dropout_off if spec.init else ()
+    step = start_epoch * spec.epoch_size
+    t0 = time.perf_counter()
+    trained = 0
+    for epoch in range(start_epoch + 1, spec.epochs + 1):
+        lr = spec.schedule.at(epoch)
+        lr_w = strategy.own_lr.at(lr) if own_optimizer is not None else None
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        if own_optimizer is not None:
+            for g in own_optimizer.param_groups:
+                g["lr"] = lr_w
+        model.set_phase(train=True, frozen_bn=frozen, dropout_off=dropout_off)
+        epoch_rows = []
+        for _ in range(spec.epoch_size):
+            idx = stream.next(spec.batch_size)
+            raw, labels = train.take(idx)
+            x = preprocess(raw, crop=spec.crop, input_size=spec.model.input_size, train=True,
+                           random_crop=spec.random_crop, flip=spec.flip, generator=crop_gen,
+                           channels_last=spec.channels_last and device.type == "cuda")
+            result = step_fn(x, labels)
+            step += 1
+            trained += len(idx)
+            epoch_rows.append(_row(step, epoch, lr, lr_w, names, result))
+            if progress is not None:
+                progress(len(idx))
+        mean_losses = torch.tensor([np.mean([r[f"loss_{t}"] for r in epoch_rows]) for t in names],
+                                   dtype=torch.float32, device=device)
+        strategy.end_epoch(mean_losses)
+        entry, epoch_scores = _evaluate_epoch(spec, model, test, test_images, val, val_images, epoch)
+        history.append(entry)
+        rows.extend(epoch_rows)
+        selected_on = entry["val"] if spec.selection == "val_subjects" else entry["test"]
+        for crit in selector.update(epoch, selected_on, entry["test"]):
+            scores.update({f"best_{crit}_{k}": v for k, v in epoch_scores.items()})
+        scores.update({f"last_{k}": v for k, v in epoch_scores.items()})
+        _save_state(state_path, epoch=epoch, model=model, strategy=strategy, optimizer=optimizer,
+                    own_optimizer=own_optimizer, centers=centers, stream=stream, crop_gen=crop_gen, device=device,
+                    best=selector.best, rows=rows, history=history, scores=scores)
+        if on_epoch is not None:
+            on_epoch(epoch, epoch_rows, entry)
+    seconds = time.perf_counter() - t0
+    model.eval()
+    metrics = _metrics(spec, history, selector)
+    return FinetuneResult(model=model, rows=rows, history=history, metrics=metrics, scores=scores,
+                          resumed_from=start_epoch, seconds=seconds,
+                          images_per_second=trained / seconds if seconds > 0 else 0.0)
+
+
+def _evaluate_epoch(spec: FinetuneSpec, model: MultiTaskInceptionResNetV1, test: EvalData, test_images: torch.Tensor,
+                    val: EvalData | None, val_images: torch.Tensor | None, epoch: int
+                    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    kw = {"crop": spec.crop, "input_size": spec.model.input_size, "batch_size": spec.eval_batch_size,
+          "amp": spec.amp, "channels_last": spec.channels_last and test_images.device.type == "cuda"}
+    ev = {"mode": spec.eval_mode, "far_targets": spec.far_targets, "n_folds": spec.eval_folds, "seed": spec.seed}
+    m_test, scores = evaluate(_finite(predict(model, test_images, **kw), epoch), test, **ev)
+    m_val = None
+    if val is not None and val_images is not None:
+        m_val, _ = evaluate(_finite(predict(model, val_images, **kw), epoch), val, **ev)
+    return {"epoch": epoch, "test": m_test, "val": m_val}, scores
+
+
+def _finite(pred: Predictions, epoch: int) -> Predictions:
+    """``pred`` if every embedding and logit is finite, else :class:`NonFiniteError` (the epoch's last steps
+    diverged: their losses were finite, the updated weights are not usable)."""
+    arrays = [pred.embeddings, *pred.logits.values()]
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise NonFiniteError(f"non-finite model outputs when evaluating epoch {epoch}: its last steps diverged")
+    return pred
+
+
+def _metrics(spec: FinetuneSpec, history: list[dict[str, Any]], selector: _Selector) -> dict[str, Any]:
+    best = {"selected_on": spec.selection}
+    for crit in CRITERIA:
+        if crit in selector.best:
+            b = selector.best[crit]
+            best[crit] = {"epoch": b["epoch"], **b["metrics"]}
+    return {"epochs": spec.epochs, "last": {"epoch": history[-1]["epoch"], **history[-1]["test"]}, "best": best}
+
+
+def _save_state(path: Path, *, epoch: int, model, strategy, optimizer, own_optimizer, centers, stream, crop_gen,
+                device: torch.device, best, rows, history, scores) -> None:
+    state = {
+        "format": STATE_FORMAT, "epoch": epoch, "model": model.state_dict(), "strategy": strategy.state_dict(),
+        "strategy_extra": strategy.extra_state(), "optimizer": optimizer.state_dict(),
+        "own_optimizer": own_optimizer.state_dict() if own_optimizer is not None else None,
+        "centers": centers.state_dict() if centers is not None else None, "stream": stream.state_dict(),
+        "crop_gen": crop_gen.get_state(), "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "rng_python": random.getstate(), "rng_numpy": np.random.get_state(),
+        "best": best, "rows": rows, "history": history, "scores": scores,
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)

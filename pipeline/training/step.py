@@ -1,0 +1,210 @@
+"""One multi-task training step: forward once, both backward passes, clipping, finiteness check, both optimiser steps.
+
+This is the function the fine-tuning loop, the behaviour tests and ``bench/train.py`` all run. Per batch
+(spec §2, §3, §4.1):
+
+1. forward (bf16 autocast on CUDA when ``amp``); per-task losses ``L_t`` = mean softmax cross-entropy over the
+   samples that have a label for task ``t`` (label ``-1`` = none; no labelled sample gives ``L_t = 0``, spec §9
+   item 24), plus ``λc · ½‖e − c_y‖²`` for the tasks with a center loss (pre-update centers, spec §2.2);
+2. the weighting strategy turns ``L [T]`` and ``Mixed_7a`` into the total loss and its own loss;
+3. ``autograd.grad`` of the total loss over the network (+ the strategy's main parameters) and of the strategy's
+   loss over its own parameters, from the same graph;
+4. each gradient set is clipped to global norm ``clip_norm`` (TF ``clip_by_global_norm``);
+5. the losses, weights and gradient norms are copied to the host once; a non-finite value raises
+   :class:`NonFiniteError` **before** any parameter changes;
+6. both optimisers step, the centers move toward the batch means, the strategy's ``after_step`` runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pipeline.losses.center import CenterLoss
+from pipeline.training.optim import clip_by_global_norm_
+from pipeline.weighting.base import Weighting
+
+__all__ = ["NonFiniteError", "StepResult", "TaskSpec", "TrainStep", "task_losses"]
+
+
+class NonFiniteError(RuntimeError):
+    """A loss, weight or gradient norm became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How task ``name``'s loss is computed.
+
+    Attributes:
+        name: task (= model head) name.
+        center_loss_factor: λc of the center loss on the identity embeddings (0 = none).
+    """
+
+    name: str
+    center_loss_factor: float = 0.0
+
+
+@dataclass
+class StepResult:
+    """Host-side values of one step (for ``steps.csv`` and MLflow).
+
+    Attributes:
+        losses: per-task losses ``L_t`` (center term included).
+        weights: per-task weights.
+        total: the total loss the network minimised.
+        aux: the strategy's own loss, or None.
+        grad_norm: global gradient norm of the main set before clipping.
+        grad_norm_own: same for the strategy's own set (None without one).
+        extra: strategy-specific scalars.
+    """
+
+    losses: list[float]
+    weights: list[float]
+    total: float
+    aux: float | None
+    grad_norm: float
+    grad_norm_own: float | None
+    extra: dict[str, float]
+
+
+def _masked_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample CE ``[B]`` (0 where ``label < 0``) and the mask ``[B]`` (bool)."""
+    mask = labels >= 0
+    ce = nn.functional.cross_entropy(logits.float(), labels.clamp(min=0), reduction="none")
+    return torch.where(mask, ce, torch.zeros_like(ce)), mask
+
+
+def task_losses(out, labels: dict[str, torch.Tensor], tasks: Sequence[TaskSpec],
+                centers: CenterLoss | None) -> torch.Tensor:
+    """``Tensor[T]`` of per-task losses for a :class:`~pipeline.models.network.ModelOutput` ``out``.
+
+    ``L_t = Σ_i m_i (CE_i + λc ½‖e_i − c_{y_i}‖²) / max(Σ_i m_i, 1)`` with ``m_i`` = sample ``i`` has a label.
+    """
+    losses = []
+    for task in tasks:
+        y = labels[task.name]
+        per_sample, mask = _masked_ce(out.logits(task.name), y)
+        if task.center_loss_factor and centers is not None:
+            center = centers(out.embeddings, y.clamp(min=0))
+            per_sample = per_sample + task.center_loss_factor * torch.where(mask, center, torch.zeros_like(center))
+        losses.append(per_sample.sum() / mask.sum().clamp(min=1))
+    return torch.stack(losses)
+
+
+def _set_grads(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None]) -> None:
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g
+
+
+class TrainStep:
+    """A callable multi-task step bound to a model, a strategy, optimisers and centers.
+
+    Args:
+        model: a :class:`~pipeline.models.network.MultiTaskInceptionResNetV1` (or anything with the same
+            ``forward`` → ``ModelOutput`` and ``shared_parameters()``).
+        strategy: the task weighting.
+        tasks: loss settings per task, in the strategy's task order.
+        optimizer: the main optimiser over ``main_parameters`` (network + the strategy's main parameters).
+        own_optimizer: the strategy's optimiser over ``strategy.own_parameters()``, or None.
+        centers: the center-loss state (None: no center loss).
+        clip_norm: global-norm clipping per optimiser (spec §4.1: 5.0); ``0`` disables it.
+        amp: run the forward pass under bf16 autocast (CUDA only).
+        center_stats_hook: called with ``(sums, counts)`` before the centers move (a distributed run all-reduces
+            them there).
+    """
+
+    def __init__(self, model: nn.Module, strategy: Weighting, tasks: Sequence[TaskSpec],
+                 optimizer: torch.optim.Optimizer, own_optimizer: torch.optim.Optimizer | None,
+                 centers: CenterLoss | None, *, clip_norm: float = 5.0, amp: bool = False,
+                 center_stats_hook: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> None:
+        if [t.name for t in tasks] != strategy.task_names:
+            raise ValueError(f"task order {[t.name for t in tasks]} differs from the strategy's {strategy.task_names}")
+        self.model = model
+        self.strategy = strategy
+        self.tasks = list(tasks)
+        self.optimizer = optimizer
+        self.own_optimizer = own_optimizer
+        self.centers = centers
+        self.clip_norm = clip_norm
+        self.amp = amp
+        self.center_stats_hook = center_stats_hook
+        self.main_params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.own_params = [p for g in own_optimizer.param_groups for p in g["params"]] if own_optimizer else []
+        self.shared = list(model.shared_parameters()) if hasattr(model, "shared_parameters") else []
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.amp and device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def __call__(self, x: torch.Tensor, labels: dict[str, torch.Tensor]) -> StepResult:
+        """Train on one batch ``x [B, 3, S, S]`` (standardised) with ``labels[task] [B]`` (``-1`` = no label)."""
+        with self._autocast(x.device):
+            out = self.model(x)
+        losses = task_losses(out, labels, self.tasks, self.centers)
+        ws = self.strategy.compute(losses, out.features.float(), shared=self.shared)
+        has_aux = ws.aux is not None and bool(self.own_params)
+        grads = torch.autograd.grad(ws.total, self.main_params, retain_graph=has_aux, allow_unused=True)
+        _set_grads(self.main_params, grads)
+        norm = clip_by_global_norm_(self.main_params, self.clip_norm) if self.clip_norm else _norm(self.main_params)
+        norm_own = None
+        if has_aux:
+            own_grads = torch.autograd.grad(ws.aux, self.own_params, allow_unused=True)
+            _set_grads(self.own_params, own_grads)
+            norm_own = (clip_by_global_norm_(self.own_params, self.clip_norm) if self.clip_norm
+                        else _norm(self.own_params))
+        scalars = [losses.detach().float(), ws.weights.detach().float().reshape(-1),
+                   ws.total.detach().float().reshape(1), norm.detach().float().reshape(1)]
+        if has_aux:
+            scalars += [ws.aux.detach().float().reshape(1), norm_own.detach().float().reshape(1)]
+        extra_names = list(ws.extra)
+        scalars += [ws.extra[k].detach().float().reshape(1) for k in extra_names]
+        host = torch.cat(scalars).cpu()
+        if not bool(torch.isfinite(host).all()):
+            raise NonFiniteError(_describe(host, self.strategy.task_names, has_aux, extra_names))
+        self.optimizer.step()
+        if self.own_optimizer is not None and has_aux:
+            self.own_optimizer.step()
+        if self.centers is not None and any(t.center_loss_factor for t in self.tasks):
+            self._update_centers(out.embeddings.detach(), labels[self.tasks[0].name])
+        self.strategy.after_step()
+        return _result(host.tolist(), len(self.tasks), has_aux, extra_names)
+
+    def _update_centers(self, emb: torch.Tensor, y: torch.Tensor) -> None:
+        mask = y >= 0
+        sums, counts = self.centers.batch_statistics(emb[mask], y[mask])
+        if self.center_stats_hook is not None:
+            self.center_stats_hook(sums, counts)
+        self.centers.apply_update(sums, counts)
+
+
+def _norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=params[0].device if params else None)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def _result(v: list[float], t: int, has_aux: bool, extra_names: list[str]) -> StepResult:
+    losses, weights, total, norm = v[:t], v[t:2 * t], v[2 * t], v[2 * t + 1]
+    i = 2 * t + 2
+    aux = norm_own = None
+    if has_aux:
+        aux, norm_own = v[i], v[i + 1]
+        i += 2
+    extra = dict(zip(extra_names, v[i:], strict=True))
+    return StepResult(losses, weights, total, aux, norm, norm_own, extra)
+
+
+def _describe(host: torch.Tensor, names: list[str], has_aux: bool, extra_names: list[str]) -> str:
+    r = _result(host.tolist(), len(names), has_aux, extra_names)
+    parts = [f"loss_{n}={v:.4g}" for n, v in zip(names, r.losses, strict=True)]
+    parts += [f"weight_{n}={v:.4g}" for n, v in zip(names, r.weights, strict=True)]
+    parts += [f"total={r.total:.4g}", f"grad_norm={r.grad_norm:.4g}"]
+    if has_aux:
+        parts += [f"weight_loss={r.aux:.4g}", f"grad_norm_weights={r.grad_norm_own:.4g}"]
+    return "non-finite value in a training step: " + ", ".join(parts)

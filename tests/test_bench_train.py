@@ -1,0 +1,56 @@
+"""Smoke test of ``bench/train.py`` (the training-step benchmark), run as on a torch-only GPU box.
+
+The benchmark must run where only torch (and numpy) are installed, so the run below blocks every other heavy
+package; ``preprocess`` then gets its crop functions from ``pipeline/data/faces.py``'s source.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+BLOCKED = ["pandas", "pyarrow", "sklearn", "scipy", "pydantic", "mlflow", "dvc", "typer", "cv2", "PIL", "torchvision",
+           "yaml", "requests", "tqdm", "matplotlib", "facenet_pytorch"]
+
+# the blocked packages look uninstalled (find_spec → None), as on the GPU box
+RUNNER = """
+import runpy, sys
+from importlib.machinery import PathFinder
+BLOCKED = set(sys.argv[1].split(','))
+assert not BLOCKED & {m.split('.')[0] for m in sys.modules}
+_find = PathFinder.find_spec
+def find_spec(name, path=None, target=None):
+    return None if name.split('.')[0] in BLOCKED else _find(name, path, target)
+PathFinder.find_spec = staticmethod(find_spec)
+sys.argv = ['bench.train', *sys.argv[2:]]
+runpy.run_module('bench.train', run_name='__main__', alter_sys=True)
+"""
+
+
+def test_quick_run_on_torch_only(tmp_path):
+    out = tmp_path / "train.json"
+    args = ["--quick", "--device", "cpu", "--batch-sizes", "2", "--steps", "1", "--warmup", "0", "--threads", "1",
+            "--no-peer", "--out", str(out)]
+    res = subprocess.run([sys.executable, "-c", RUNNER, ",".join(BLOCKED), *args], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    payload = json.loads(out.read_text())
+    assert payload["benchmark"] == "train" and payload["device"] == "cpu"
+    assert payload["machine"]["python"] and payload["versions"]["torch"]
+    assert payload["preprocess_source"] == "pipeline.data.crops"  # torch-only crops: works with pandas blocked
+    rows = {(r["model"], r["method"]): r for r in payload["results"]}
+    assert set(rows) == {("ours", "dynamic"), ("ours", "single_identity")}
+    for r in rows.values():
+        assert r["depth"] == "reduced" and r["precision"] == "fp32" and r["batch"] == 2 and r["input"] == 96
+        assert r["img_per_s"] > 0 and r["ms_per_step"] > 0
+        assert r["img_per_s_with_data"] > 0 and r["preprocess_img_per_s"] > 0
+        assert r["gflop_per_img"] > 0.1 and r["tflops"] > 0 and r["peak_mib"] is None
+        assert len(r["last_losses"]) == 2 and len(r["last_weights"]) == 2
+    assert rows[("ours", "single_identity")]["last_weights"] == [1.0, 0.0]
+    # the dynamic unit adds its FC on Mixed_7a, nothing else differs
+    assert 0 < rows[("ours", "dynamic")]["gflop_per_img"] - rows[("ours", "single_identity")]["gflop_per_img"] < 0.01
+    assert any("bf16" in s["config"] for s in payload["skipped"])  # bf16 rows only on CUDA
+    assert "ours dynamic reduced fp32 b2" in res.stdout
