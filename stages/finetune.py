@@ -284,7 +284,7 @@ def _write_outputs(p: dict[str, Path], result, metrics: dict, spec, data, fold: 
 
     with staged_files(p["metrics"]) as (tmp_metrics,), atomic_dir(p["out"]) as tmp:
         meta = {"stage": "finetune", "dataset": dataset, "fold": fold, "method": method,
-                "epoch": result.metrics["last"]["epoch"], "test_subjects": sorted(set(_subjects(data.test_ids)))}
+                "epoch": result.metrics["last"]["epoch"], "test_subjects": data.test_subjects}
         save_model(result.model, tmp / "model.pt", meta=meta)
         names = [t.name for t in spec.tasks]
         extra = sorted({k for r in result.rows for k in r} - set(step_columns(names)))
@@ -298,10 +298,6 @@ def _write_outputs(p: dict[str, Path], result, metrics: dict, spec, data, fold: 
         write_json_atomic(result.history, tmp / "history.json")
         _plot_curves(result.rows, names, tmp / "curves.png", f"{dataset} fold {fold}: {method}")
         write_json_atomic(metrics, tmp_metrics)
-
-
-def _subjects(image_ids: list[str]) -> list[str]:
-    return [i.split("/")[1] if i.count("/") >= 2 else i for i in image_ids]
 
 
 def _plot_curves(rows: list[dict], names: list[str], path: Path, title: str) -> None:

@@ -57,8 +57,8 @@ def fold_data(test_seed: int = 1) -> FoldData:
     test = EvalData(images=torch.from_numpy(faces(test_subj, [max(e, 0) for e in test_expr], seed=test_seed)),
                     pair_a=a, pair_b=b, same=same,
                     expression=np.array(test_expr), class_names=CLASSES)
-    return FoldData(train=train, test=test, test_ids=[f"te/{k}" for k in range(16)], val=None, n_identities=6,
-                    class_names=CLASSES, counts={"train_images": 48, "test_images": 16})
+    return FoldData(train=train, test=test, test_ids=[f"te/{k}" for k in range(16)], test_subjects=["te"], val=None,
+                    n_identities=6, class_names=CLASSES, counts={"train_images": 48, "test_images": 16})
 
 
 EVAL = {"eval_mode": "clean", "eval_folds": 4, "far_targets": (1e-3, 1e-2), "seed": 5}

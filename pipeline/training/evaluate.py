@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from pipeline.evaluation.expression import evaluate_expression
-from pipeline.evaluation.verification import evaluate_distances
+from pipeline.evaluation.verification import evaluate_distances, squared_distances
 from pipeline.training.data import preprocess
 
 __all__ = ["EvalData", "Predictions", "evaluate", "predict"]
@@ -82,8 +82,7 @@ def evaluate(pred: Predictions, data: EvalData, *, mode: str = "clean", far_targ
     m: dict[str, Any] = {}
     scores: dict[str, np.ndarray] = {}
     if len(data.same):
-        a, b = pred.embeddings[data.pair_a], pred.embeddings[data.pair_b]
-        dist = np.sum(np.square(a.astype(np.float64) - b.astype(np.float64)), axis=1)
+        dist = squared_distances(pred.embeddings[data.pair_a], pred.embeddings[data.pair_b], normalize=False)
         result = evaluate_distances(dist, data.same, n_folds=n_folds, far_targets=far_targets, mode=mode, seed=seed)
         m["verification"] = result.to_dict()
         m["verification_accuracy"] = result.accuracy

@@ -42,6 +42,7 @@ class FoldData:
     train: LabelledImages
     test: EvalData
     test_ids: list[str]
+    test_subjects: list[str]
     val: EvalData | None
     n_identities: int
     class_names: list[str]
@@ -129,5 +130,6 @@ def load_fold_data(manifest: pd.DataFrame, aligned: Path, fold_file: Path, pairs
     counts.update({"train_images": len(kept), "train_images_not_aligned": n_train_missing,
                    "test_images": len(test_ids), "test_images_labelled": int((test.expression >= 0).sum()),
                    **{f"test_{k}": v for k, v in tc.items()}})
-    return FoldData(train=train, test=test, test_ids=test_ids, val=val, n_identities=n_ids,
+    return FoldData(train=train, test=test, test_ids=test_ids, test_subjects=sorted(fold["test_subjects"]), val=val,
+                    n_identities=n_ids,
                     class_names=list(label_set.classes), counts=counts)
