@@ -340,6 +340,7 @@ class FinetuneCommon(_Strict):
     random_crop: bool = True
     flip: bool = False
     keep_prob: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    bn_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.995
     expression_hidden: Annotated[int, Field(ge=0)] = 128
     expression_relu_logits: bool = True
     batch_size: Annotated[int, Field(ge=1)] = 90

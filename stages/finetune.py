@@ -105,7 +105,8 @@ def build_spec(common: Any, method_name: str, method: Any, n_identities: int, cl
     heads = (HeadSpec("identity", n_identities),
              HeadSpec("expression", len(class_names), common.expression_hidden or None, common.expression_relu_logits))
     model = ModelConfig(heads=heads, depth=common.depth, keep_prob=common.keep_prob, input_size=common.input_size,
-                        alignment=alignment, crop=common.crop, class_names={"expression": list(class_names)})
+                        alignment=alignment, crop=common.crop, class_names={"expression": list(class_names)},
+                        bn_decay=common.bn_decay)
     try:
         schedule = read_schedule(common.lr_schedule) if common.lr_schedule else LrSchedule.constant(common.lr)
     except ValueError as exc:
@@ -191,19 +192,19 @@ def command(
         run.set_tags({"fold": str(fold), "method": method, "weighting": method_cfg.weighting, "dataset": dataset,
                       "device": device})
         run.log_metrics({f"data_{k}": v for k, v in data.counts.items()})
-        def log_epoch(epoch: int, rows: list[dict], entry: dict) -> None:
-            if epoch > _logged_epoch(work):
-                run.log_rows(rows)
-                run.log_metrics(_epoch_scalars(entry), step=epoch)
-                (work / "mlflow_logged_epoch").write_text(f"{epoch}\n")
 
         def on_resume(rows: list[dict], history: list[dict]) -> None:
-            """Log the checkpointed epochs that a killed run saved but had not logged yet."""
+            """Log what a killed run checkpointed but had not (fully) logged; MLflow says which steps it has."""
+            keys = {k for r in rows for k in r if k != "step"} | {k for e in history for k in _epoch_scalars(e)}
+            done = run.logged_steps(sorted(keys))
             for entry in history:
-                log_epoch(entry["epoch"], [r for r in rows if r["epoch"] == entry["epoch"]], entry)
+                epoch = entry["epoch"]
+                run.log_rows([r for r in rows if r["epoch"] == epoch], skip=done)
+                run.log_metrics(_epoch_scalars(entry), step=epoch, skip=done)
 
         def on_epoch(epoch: int, rows: list[dict], entry: dict) -> None:
-            log_epoch(epoch, rows, entry)
+            run.log_rows(rows)
+            run.log_metrics(_epoch_scalars(entry), step=epoch)
             test = entry["test"]
             log.info("epoch %d: verification %.4f, expression %.4f", epoch, test.get("verification_accuracy", -1),
                      test.get("expression_accuracy", -1))
@@ -234,14 +235,6 @@ def command(
     typer.echo(f"{item}: last epoch verification {last.get('verification_accuracy', float('nan')):.4f}, "
                f"expression {last.get('expression_accuracy', float('nan')):.4f} "
                f"({result.images_per_second:.0f} img/s on {device}) -> {p['out']}, {p['metrics']}")
-
-
-def _logged_epoch(work: Path) -> int:
-    f = work / "mlflow_logged_epoch"
-    try:
-        return int(f.read_text().strip())
-    except (OSError, ValueError):
-        return 0
 
 
 def _clean_stale(dataset: str, fold: int, method: str, keep: Path) -> None:

@@ -16,7 +16,7 @@ import json
 import os
 import subprocess
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +89,27 @@ class RunLogger:
     def enabled(self) -> bool:
         return self._mlflow is not None
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None,
+                    skip: Mapping[str, Set[int]] | None = None) -> None:
+        """Log scalars at ``step``; a key whose ``step`` is in ``skip[key]`` (see :meth:`logged_steps`) is left out."""
         if self._mlflow:
-            self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+            if skip is not None and step is not None:
+                metrics = {k: v for k, v in metrics.items() if step not in skip.get(k, ())}
+            if metrics:
+                self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def logged_steps(self, keys: Iterable[str]) -> dict[str, set[int]]:
+        """The steps this run already holds for each metric key (empty when tracking is off).
+
+        A resumed stage passes this as ``skip`` so that a kill in the middle of logging an epoch leaves every
+        step logged exactly once: MLflow, not a side file, is the record of what reached it.
+        """
+        if not self._mlflow or self.run_id is None:
+            return {}
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        return {k: {m.step for m in client.get_metric_history(self.run_id, k)} for k in keys}
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         if self._mlflow:
@@ -105,10 +123,11 @@ class RunLogger:
         if self._mlflow:
             self._mlflow.set_tags(tags)
 
-    def log_rows(self, rows: Sequence[dict[str, Any]], step_key: str = "step", prefix: str = "") -> None:
+    def log_rows(self, rows: Sequence[dict[str, Any]], step_key: str = "step", prefix: str = "",
+                 skip: Mapping[str, Set[int]] | None = None) -> None:
         """Log table rows as per-step metrics in batches (one series per numeric column; ``step_key`` = step).
 
-        Empty strings and non-numeric cells are skipped.
+        Empty strings and non-numeric cells are skipped, and so is a (key, step) found in ``skip``.
         """
         if not self._mlflow or not rows:
             return
@@ -124,6 +143,8 @@ class RunLogger:
             step = int(row[step_key])
             for key, value in row.items():
                 if key == step_key or isinstance(value, str) or value is None:
+                    continue
+                if skip is not None and step in skip.get(f"{prefix}{key}", ()):
                     continue
                 batch.append(Metric(f"{prefix}{key}", float(value), now, step))
                 if len(batch) == 1000:

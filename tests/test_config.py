@@ -30,6 +30,7 @@ def test_repo_params_validate():
         ("label_sets.oulu_seven.neutral", "Calm", "neutral class 'Calm' is not in classes"),
         ("datasets.demo_oulu.source.expressions", ["Angry"], "expressions: unknown ['Angry']"),
         ("datasets.demo_oulu.source.expressions", ["Anger", "Anger"], "without repeats"),
+        ("finetune.common.bn_decay", 1.0, "finetune.common.bn_decay: Input should be less than 1"),
         ("datasets.demo_oulu.options.keep_lst", 3,
          "datasets.demo_oulu: Value error, options: unknown option 'keep_lst'"),
     ],

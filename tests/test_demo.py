@@ -144,7 +144,7 @@ def test_neutral_frames_show_the_same_person(tmp_path: Path) -> None:
 
 def test_peak_expressions_differ_in_mouth_and_brows() -> None:
     size = (160, 160)
-    peaks = {e: render_expression_sequence(1, 0, e, frames=(4, 4), image_size=size, nuisance=False)
+    peaks = {e: render_expression_sequence(1, 0, e, frames=(6, 6), image_size=size, nuisance=False)
              for e in EXPRESSIONS}
     x0, y0, x1, y1 = (int(v) for v in peaks["Anger"][0].face_box)
     h = y1 - y0
@@ -156,13 +156,15 @@ def test_peak_expressions_differ_in_mouth_and_brows() -> None:
             d_up = float(np.abs(gray[e][upper] - gray[f][upper]).mean())
             d_lo = float(np.abs(gray[e][lower] - gray[f][lower]).mean())
             assert d_up + d_lo > 3.0, (e, f, d_up, d_lo)
-    # every expression moves its face away from neutral, and ease-in makes frame 1 close to frame 0
+    # every expression moves its face away from neutral; the onset starts slowly (frame 1 close to frame 0) and the
+    # three frames the Oulu-CASIA protocol labels are all near the apex (the first of them close to the last)
     for e, seq in peaks.items():
         g = [cv2.cvtColor(r.image, cv2.COLOR_RGB2GRAY).astype(np.float32)[y0:y1, x0:x1] for r in seq]
         to_peak = float(np.abs(g[-1] - g[0]).mean())
         assert to_peak > 1.0, e
         assert float(np.abs(g[1] - g[0]).mean()) < 0.5 * to_peak, e
-        assert [round(r.intensity, 3) for r in seq] == [0.0, round(1 / 9, 3), round(4 / 9, 3), 1.0]
+        assert float(np.abs(g[-3] - g[-1]).mean()) < 0.5 * to_peak, e
+        assert [round(r.intensity, 3) for r in seq] == [0.0, 0.1, 0.4, 0.9, 0.95, 1.0]
 
 
 def test_faces_inside_image_with_expected_scale() -> None:

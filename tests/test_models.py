@@ -167,6 +167,37 @@ def test_bn_normalises_with_batch_statistics_and_updates_running_stats_with_mome
     torch.testing.assert_close(y_eval, expected_eval, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("decay", [0.995, 0.9])
+def test_bn_decay_sets_how_fast_every_moving_statistic_follows_the_batches(decay):
+    """After n training batches with per-channel mean μ, a moving mean started at 0 holds (1 − decay^n)·μ: with the
+    original's 0.995 a 72-step demo run leaves 30 % of the initial 0 in every statistic evaluation uses."""
+    model = _model(bn_decay=decay)
+    assert {bn.momentum for bn in _bn_layers(model)} == {round(1 - decay, 12)}
+    first = model.trunk.conv2d_1a[1]
+    x = torch.randn(4, 3, 80, 80) + 1.5
+    model.train()
+    n = 5
+    for _ in range(n):
+        model(x)
+    conv = model.trunk.conv2d_1a[0]
+    with torch.no_grad():
+        mu = conv(x).mean(dim=(0, 2, 3))
+    torch.testing.assert_close(first.running_mean, (1 - decay**n) * mu, rtol=1e-4, atol=1e-6)
+
+
+def test_bn_decay_travels_with_the_checkpoint_and_old_checkpoints_get_the_original(tmp_path):
+    model = _model(bn_decay=0.9)
+    path = save_model(model, tmp_path / "model.pt")
+    loaded, _ = load_model(path)
+    assert loaded.config.bn_decay == 0.9 and all(bn.momentum == pytest.approx(0.1) for bn in _bn_layers(loaded))
+    config = model.config.to_dict()
+    del config["bn_decay"]  # a checkpoint written before the field existed
+    assert ModelConfig.from_dict(config).bn_decay == 0.995
+    assert all(bn.momentum == 0.005 for bn in _bn_layers(MultiTaskInceptionResNetV1(ModelConfig.from_dict(config))))
+    with pytest.raises(ValueError, match="bn_decay"):
+        _config(bn_decay=1.0)
+
+
 def test_conv_units_have_no_bias_and_up_convs_have_one():
     model = _model()
     units = [m for m in model.modules() if isinstance(m, ConvUnit)]

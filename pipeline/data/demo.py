@@ -881,7 +881,7 @@ def render_expression_sequence(
     image_size: tuple[int, int] = (320, 240),
     nuisance: bool = True,
 ) -> list[Rendered]:
-    """All frames of one Oulu-style sequence (neutral -> peak, ease-in); image_size is (W, H).
+    """All frames of one Oulu-style sequence (neutral -> apex, see :func:`_intensity`); image_size is (W, H).
 
     The scene (background, clothing, lighting, head position) is fixed per sequence, as in a
     video; every frame adds a little head motion and fresh sensor noise.
@@ -898,13 +898,33 @@ def render_expression_sequence(
     background, pose, camera, clothing = _scene(rng, ident, width, height, nuisance)
     out = []
     for f in range(n):
-        t = (f / (n - 1)) ** 2 if n > 1 else 1.0
+        t = _intensity(f, n)
         frng = _rng(seed, _STREAM_FRAME, identity, seq, f)
         fpose = _jitter_pose(frng, pose, ident, width, height) if nuisance and f > 0 else pose
         image, box = _compose(background, ident, NEUTRAL.blend(peak, t), fpose, camera, clothing,
                               frng if nuisance else None)
         out.append(Rendered(image, box, identity, expression, t))
     return out
+
+
+APEX_FRAMES = 3
+"""Frames at the end of a sequence held near the apex, as the last frames of a posed Oulu-CASIA clip (the frames
+the protocol labels): an expression of intensity ≈ 0.4 is hard to tell from neutral even by eye."""
+
+
+def _intensity(frame: int, n: int) -> float:
+    """Expression intensity of ``frame`` (0-based) of an ``n``-frame sequence.
+
+    Neutral at frame 0, an ease-in onset that reaches 0.9 at frame ``n − APEX_FRAMES``, then held near the apex:
+    the last three frames are 0.9, 0.95 and 1.0 (9 frames: 0, .025, .1, .225, .4, .625, .9, .95, 1). A sequence
+    shorter than ``APEX_FRAMES + 1`` frames keeps its neutral first frame and is near the apex after it.
+    """
+    if n == 1:
+        return 1.0
+    onset = max(n - APEX_FRAMES, 1)
+    if frame < onset:
+        return 0.9 * (frame / onset) ** 2
+    return 1.0 - 0.05 * (n - 1 - frame)
 
 
 def _scene(rng: np.random.Generator, ident: IdentityParams, width: int, height: int, nuisance: bool

@@ -68,6 +68,9 @@ class ModelConfig:
         alignment: the alignment convention the model was trained on (``paper_182_44``…), for ``embed``.
         crop: side of the centre crop taken from the stored faces before resizing to ``input_size`` (evaluation).
         class_names: optional class names per head (``{"expression": ["Anger", …]}``).
+        bn_decay: decay of the BatchNorm moving statistics (TF convention, PyTorch ``momentum = 1 − decay``); the
+            original's 0.995 needs thousands of steps before the moving statistics (used in evaluation) forget
+            their initial mean 0 / variance 1.
     """
 
     heads: tuple[HeadSpec, ...]
@@ -77,6 +80,7 @@ class ModelConfig:
     alignment: str = "paper_182_44"
     crop: int = 160
     class_names: dict[str, list[str]] = field(default_factory=dict)
+    bn_decay: float = 0.995
 
     def __post_init__(self) -> None:
         if self.depth not in DEPTHS:
@@ -88,6 +92,8 @@ class ModelConfig:
             raise ValueError(f"head names must be unique, got {names}")
         if not 0.0 < self.keep_prob <= 1.0:
             raise ValueError(f"keep_prob must be in (0, 1], got {self.keep_prob}")
+        if not 0.0 <= self.bn_decay < 1.0:
+            raise ValueError(f"bn_decay must be in [0, 1), got {self.bn_decay}")
         if self.input_size < 75:
             raise ValueError(f"input_size must be >= 75 (Mixed_7a needs a 1x1 grid), got {self.input_size}")
 
@@ -199,6 +205,9 @@ class MultiTaskInceptionResNetV1(nn.Module):
         self.config = config
         self.trunk = Trunk(config.depth)
         self.branches = nn.ModuleDict({h.name: Branch(h, config.depth, config.keep_prob) for h in config.heads})
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = round(1.0 - config.bn_decay, 12)  # 0.995 -> exactly 0.005, not 0.0050000000000000044
         init_weights(self)
 
     @property
