@@ -185,6 +185,14 @@ def command(
     key = work_key(settings, [p["fold"], p["pairs"], p["aligned"] / "alignment.parquet"])
     work = WORK / f"{dataset}-fold{fold}-{method}-{key}"
     _clean_stale(dataset, fold, method, keep=work)
+    if spec.init is not None:
+        from pipeline.models.checkpoint import CheckpointError
+        from pipeline.training.build import build_model
+
+        try:  # before any run, bar or output: a checkpoint that cannot initialise this model is a one-line error
+            build_model(spec, torch.device("cpu"))
+        except CheckpointError as exc:
+            raise UserError(f"finetune.common.init: {exc}") from None
     total = spec.epochs * spec.epoch_size * spec.batch_size
     item = f"{dataset}/fold{fold}/{method}"
     with stage_run("finetune", sp, item=item, inputs=[str(p["fold"]), str(p["aligned"])],
@@ -219,6 +227,7 @@ def command(
             except NonFiniteError as exc:
                 raise UserError(f"{exc}; training stopped, the last good epoch is checkpointed in {work}/state.pt "
                                 "(lower the learning rate or change the method's options)") from None
+
         if result.resumed_from:
             typer.echo(f"resumed after epoch {result.resumed_from} from {work}", err=True)
         metrics = {"dataset": dataset, "fold": fold, "method": method, "weighting": method_cfg.weighting,

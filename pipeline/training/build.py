@@ -15,7 +15,8 @@ import torch
 
 import pipeline.weighting as _weighting
 from pipeline.losses.center import CenterLoss
-from pipeline.models.checkpoint import read_checkpoint
+from pipeline.models.checkpoint import CheckpointError, read_checkpoint
+from pipeline.models.facenet_import import import_facenet, read_facenet_state_dict
 from pipeline.models.network import ModelConfig, MultiTaskInceptionResNetV1
 from pipeline.training.optim import build_optimizer
 from pipeline.training.schedule import LrSchedule
@@ -31,7 +32,9 @@ class FinetuneSpec:
 
     ``init``: None = random initialisation (BN trains everywhere); a checkpoint path = a pretrained trunk +
     identity branch (spec §4.5 path A: the expression branch is copied from the identity branch, and
-    ``frozen_bn``/``dropout_off`` apply).
+    ``frozen_bn``/``dropout_off`` apply). The checkpoint is one of ours (``model.pt``) or a facenet-pytorch
+    ``InceptionResnetV1`` state dict (the public VGGFace2 / CASIA-WebFace files; ``depth: full``; see
+    :mod:`pipeline.models.facenet_import`).
     """
 
     model: ModelConfig
@@ -80,22 +83,35 @@ class TrainingParts:
     step: TrainStep
 
 
+def _load_pretrained(model: MultiTaskInceptionResNetV1, spec: FinetuneSpec) -> None:
+    """Trunk + first branch from ``spec.init``: one of our checkpoints, else a facenet-pytorch state dict."""
+    try:
+        ckpt = read_checkpoint(spec.init)
+    except CheckpointError as ours:
+        try:
+            state = read_facenet_state_dict(spec.init)
+        except CheckpointError:
+            raise ours from None  # neither: report it as a bad checkpoint of ours
+        import_facenet(state, model, source=str(spec.init))
+        return
+    src = ckpt["model"]
+    own = model.state_dict()
+    first = spec.model.heads[0].name
+    take = {k: v for k, v in src.items()
+            if k in own and own[k].shape == v.shape
+            and (k.startswith("trunk.") or (k.startswith(f"branches.{first}.") and ".logits." not in k
+                                            and ".hidden." not in k))}
+    missing = [k for k in own if k.startswith("trunk.") and k not in take]
+    if missing:
+        raise CheckpointError(f"checkpoint {spec.init} does not fit this model: trunk weights missing or of "
+                              f"another shape, e.g. {missing[0]} (depth {spec.model.depth}?)")
+    model.load_state_dict(take, strict=False)
+
+
 def build_model(spec: FinetuneSpec, device: torch.device) -> MultiTaskInceptionResNetV1:
     model = MultiTaskInceptionResNetV1(spec.model)
     if spec.init:
-        ckpt = read_checkpoint(spec.init)
-        src = ckpt["model"]
-        own = model.state_dict()
-        first = spec.model.heads[0].name
-        take = {k: v for k, v in src.items()
-                if k in own and own[k].shape == v.shape
-                and (k.startswith("trunk.") or (k.startswith(f"branches.{first}.") and ".logits." not in k
-                                                and ".hidden." not in k))}
-        missing = [k for k in own if k.startswith("trunk.") and k not in take]
-        if missing:
-            raise ValueError(f"checkpoint {spec.init} does not fit this model: trunk weights missing or of another "
-                             f"shape, e.g. {missing[0]} (depth {spec.model.depth}?)")
-        model.load_state_dict(take, strict=False)
+        _load_pretrained(model, spec)
         if spec.copy_branch:
             model.copy_branch(*spec.copy_branch)
     model = model.to(device)
