@@ -86,19 +86,18 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
+#: :class:`FinetuneSpec` defaults the benchmark relies on, recorded with its results
+SPEC_DEFAULTS = ("optimizer", "momentum", "rms_decay", "rms_eps", "weight_decay", "clip_norm", "center_loss_alpha")
+
+
 @dataclass(frozen=True)
 class StageSettings:
-    """The stage's settings that shape the step: ``params.yaml`` ``finetune.common`` (init: random)."""
+    """The stage's settings that shape the step besides :class:`FinetuneSpec`'s own defaults (optimiser, its
+    hyper-parameters, clipping and the center-loss α come from there): ``params.yaml`` ``finetune.common``
+    (init: random)."""
 
-    optimizer: str = "rmsprop_tf1"
     lr: float = 0.01
-    momentum: float = 0.9
-    rms_decay: float = 0.9
-    rms_eps: float = 1.0
-    weight_decay: float = 0.0
-    clip_norm: float = 5.0
     center_loss_factor: float = 0.1
-    center_loss_alpha: float = 0.5
     keep_prob: float = 0.5
     expression_hidden: int = 128
     expression_relu_logits: bool = True
@@ -198,9 +197,7 @@ def build_ours(method: str, depth: str, input_size: int, n_ids: int, n_expr: int
     spec = FinetuneSpec(
         model=config, tasks=[TaskSpec("identity", s.center_loss_factor), TaskSpec("expression")],
         weighting=method, weighting_options=METHOD_OPTIONS.get(method, {}), schedule=LrSchedule.constant(s.lr),
-        epochs=1, optimizer=s.optimizer, momentum=s.momentum, rms_decay=s.rms_decay, rms_eps=s.rms_eps,
-        weight_decay=s.weight_decay, clip_norm=s.clip_norm, center_loss_alpha=s.center_loss_alpha, amp=amp,
-        channels_last=channels_last, device=str(device))
+        epochs=1, amp=amp, channels_last=channels_last, device=str(device))
     parts = build_training(spec, device)
     step, model = parts.step, parts.model
     model.set_phase(train=True, frozen_bn=(), dropout_off=())
@@ -540,7 +537,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "memory_gib": round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)}
                 if on_cuda else None),
         "torch_threads": torch.get_num_threads(),
-        "settings": {**asdict(s), "input_size": args.input_size, "batch_sizes": args.batch_sizes,
+        "settings": {**asdict(s), **{k: getattr(FinetuneSpec, k) for k in SPEC_DEFAULTS},
+                     "input_size": args.input_size, "batch_sizes": args.batch_sizes,
                      "precisions": args.precisions, "depths": args.depths, "methods": args.methods,
                      "method_options": {m: METHOD_OPTIONS.get(m, {}) for m in args.methods},
                      "identities": args.identities, "expressions": args.expressions, "pool": n_pool,

@@ -65,3 +65,15 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
 @pytest.fixture
 def no_mlflow(monkeypatch):
     monkeypatch.setenv("DMTL_MLFLOW", "0")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for a module of tiny-tensor tests: as fast, and much faster on a busy 2-core box
+    (use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -65,17 +65,11 @@ def tiny_model(input_size: int = 80, alignment: str = "paper_182_44", seed: int 
     return MultiTaskInceptionResNetV1(config).eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: the shared 2-core test machines are much faster without oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, _one_thread):
+def setup(tmp_path_factory, one_torch_thread):
     """Checkpoint, aligned folder (4 subjects x 4 faces + one failed image), pairs file."""
     from pipeline.models.checkpoint import save_model
 

@@ -30,13 +30,7 @@ def _seeded() -> Iterator[None]:
     yield
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny batches: one intra-op thread is as fast, and much faster on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(input_size: int = 96, depth: str = "reduced", keep_prob: float = 0.5, relu_logits: bool = True,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -31,13 +30,7 @@ KEY = {"verification": "verification_accuracy", "expression": "expression_accura
        "authentication": "authentication"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads() -> Iterator[None]:
-    """One intra-op thread: tiny batches gain nothing from more, and a busy 2-core CI box loses a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data() -> tuple[LabelledImages, EvalData]:

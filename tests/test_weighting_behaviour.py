@@ -10,7 +10,6 @@ over after the swap; the naive unit must do the opposite (spec §3: it pushes we
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -33,13 +32,7 @@ PHASE = 250  # steps per half; the noise swaps tasks after PHASE steps
 SETTLED = slice(150, PHASE)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny matrices: one intra-op thread is faster and deterministic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: faster, deterministic
 
 
 @dataclass
