@@ -17,7 +17,8 @@ import torch
 
 from pipeline.models.network import ModelConfig, MultiTaskInceptionResNetV1
 
-__all__ = ["FORMAT", "CheckpointError", "load_model", "read_checkpoint", "save_model"]
+__all__ = ["FORMAT", "CheckpointError", "checked_checkpoint", "load_file", "load_model", "read_checkpoint",
+           "save_model"]
 
 FORMAT = "dmtl-model/1"
 
@@ -37,19 +38,29 @@ def save_model(model: MultiTaskInceptionResNetV1, path: str | Path, meta: dict[s
     return path
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dict; :class:`CheckpointError` with one line for a missing or foreign file."""
+def load_file(path: str | Path, *, name: str = "checkpoint",
+              expected: str = "a model checkpoint of this project") -> Any:
+    """``torch.load`` (``weights_only``, on CPU) of a file; :class:`CheckpointError` with one line when it is missing
+    (``"<name> not found: <path>"``) or unreadable (``"<path> is not <expected> (torch.load: <error>)"``)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"{name} not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling problem is the same user error
-        raise CheckpointError(f"{path} is not a model checkpoint of this project (torch.load: "
-                              f"{type(exc).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not {expected} (torch.load: {type(exc).__name__})") from None
+
+
+def checked_checkpoint(obj: Any, path: str | Path) -> dict[str, Any]:
+    """``obj`` (a loaded file) if it is one of our checkpoints, else :class:`CheckpointError` naming ``path``."""
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a model checkpoint of this project (expected format {FORMAT!r})")
-    return ckpt
+    return obj
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dict; :class:`CheckpointError` with one line for a missing or foreign file."""
+    return checked_checkpoint(load_file(path), path)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[MultiTaskInceptionResNetV1, dict]:

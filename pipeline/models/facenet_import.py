@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from pipeline.models.blocks import BN_EPS, ConvUnit
-from pipeline.models.checkpoint import CheckpointError
+from pipeline.models.checkpoint import CheckpointError, load_file
 from pipeline.models.network import MultiTaskInceptionResNetV1
 
 __all__ = ["FACENET_EPS", "FacenetImport", "facenet_units", "import_facenet", "is_facenet_state_dict",
@@ -71,7 +71,8 @@ class FacenetImport:
 
 @dataclass(frozen=True)
 class _Unit:
-    """One conv of the facenet state dict: ``prefix`` of its weight, with a BN (``bn``) or a bias."""
+    """One conv of the facenet state dict: the key of its weight, and the key prefix of its BN or the key of its
+    bias (the other is None)."""
 
     weight: str
     bn: str | None
@@ -115,13 +116,7 @@ def read_facenet_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Raises:
         CheckpointError: missing or unreadable file, or not a facenet-pytorch ``InceptionResnetV1`` state dict.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"facenet-pytorch checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise CheckpointError(f"{path}: not a readable PyTorch file ({type(exc).__name__})") from None
+    state = load_file(path, name="facenet-pytorch checkpoint", expected="a readable PyTorch file")
     if not isinstance(state, Mapping) or not is_facenet_state_dict(state):
         raise CheckpointError(f"{path}: not a facenet-pytorch InceptionResnetV1 state dict "
                               "(expected keys conv2d_1a.conv.weight, mixed_7a.branch0.0.conv.weight, ...)")

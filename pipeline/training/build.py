@@ -7,6 +7,7 @@ strategy's own optimiser, the center-loss state and the :class:`~pipeline.traini
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,8 +16,8 @@ import torch
 
 import pipeline.weighting as _weighting
 from pipeline.losses.center import CenterLoss
-from pipeline.models.checkpoint import CheckpointError, read_checkpoint
-from pipeline.models.facenet_import import import_facenet, read_facenet_state_dict
+from pipeline.models.checkpoint import CheckpointError, checked_checkpoint, load_file
+from pipeline.models.facenet_import import import_facenet, is_facenet_state_dict
 from pipeline.models.network import ModelConfig, MultiTaskInceptionResNetV1
 from pipeline.training.optim import build_optimizer
 from pipeline.training.schedule import LrSchedule
@@ -85,16 +86,11 @@ class TrainingParts:
 
 def _load_pretrained(model: MultiTaskInceptionResNetV1, spec: FinetuneSpec) -> None:
     """Trunk + first branch from ``spec.init``: one of our checkpoints, else a facenet-pytorch state dict."""
-    try:
-        ckpt = read_checkpoint(spec.init)
-    except CheckpointError as ours:
-        try:
-            state = read_facenet_state_dict(spec.init)
-        except CheckpointError:
-            raise ours from None  # neither: report it as a bad checkpoint of ours
-        import_facenet(state, model, source=str(spec.init))
+    loaded = load_file(spec.init)  # once: either kind
+    if isinstance(loaded, Mapping) and is_facenet_state_dict(loaded):
+        import_facenet(loaded, model, source=str(spec.init))
         return
-    src = ckpt["model"]
+    src = checked_checkpoint(loaded, spec.init)["model"]
     own = model.state_dict()
     first = spec.model.heads[0].name
     take = {k: v for k, v in src.items()
