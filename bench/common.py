@@ -65,3 +65,30 @@ def loadavg() -> list[float] | None:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return None
+
+
+def print_results(rows: list[dict[str, Any]], columns: list[str], goals: list[dict[str, Any]],
+                  skipped: list[dict[str, str]]) -> None:
+    """The results table (``-`` for missing cells), the targets table and the skipped configurations."""
+    if rows:
+        print_table([{c: "-" if r.get(c) is None else r[c] for c in columns} for r in rows], columns)
+    if goals:
+        print()
+        print_table(goals, ["target", "value", "goal", "met"])
+    if skipped:
+        print("\nskipped: " + "; ".join(f"{k['config']} ({k['why']})" for k in skipped))
+
+
+def run_info(commit: str | None, cwd: Path | None = None) -> dict[str, Any]:
+    """:func:`machine` with ``commit`` overridden when given, else whether the work tree has uncommitted changes."""
+    info = machine()
+    if commit:
+        info["commit"] = commit
+        return info
+    try:
+        out = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=True,
+                             cwd=cwd).stdout
+        info["uncommitted_changes"] = bool(out.strip())
+    except (OSError, subprocess.CalledProcessError):
+        info["uncommitted_changes"] = None
+    return info

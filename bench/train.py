@@ -57,7 +57,6 @@ import importlib
 import importlib.util
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import types
@@ -69,7 +68,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.common import device_name, loadavg, machine, print_table, write_json
+from bench.common import device_name, loadavg, print_results, run_info, write_json
 from pipeline.models.network import HeadSpec, ModelConfig, count_parameters
 from pipeline.training.build import FinetuneSpec, build_training
 from pipeline.training.data import LabelledImages, PermutationStream, preprocess
@@ -333,14 +332,6 @@ def run_config(cfg: Config, make: Callable[[], tuple[Callable, nn.Module]], pool
 
 
 # ------------------------------------------------------------------------------------------------ main
-def _dirty() -> bool | None:
-    try:
-        out = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return bool(out.strip())
-
-
 def configs(args: argparse.Namespace, precisions: list[str], peer: bool) -> Iterator[Config]:
     """Order of the run: precision (bf16 first), batch, then the peer, then ours per depth and method; compiled
     variants right after their eager row."""
@@ -512,19 +503,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     columns = ["model", "method", "depth", "precision", "batch", "compile", "img_per_s", "ms_per_step",
                "img_per_s_with_data", "preprocess_img_per_s", "peak_mib", "gflop_per_img", "tflops", "pct_of_peak",
                "ratio_to_peer"]
-    if rows:
-        print_table([{c: "-" if r.get(c) is None else r[c] for c in columns} for r in rows], columns)
-    if goals:
-        print()
-        print_table(goals, ["target", "value", "goal", "met"])
-    if skipped:
-        print("\nskipped: " + "; ".join(f"{k['config']} ({k['why']})" for k in skipped))
-
-    info = machine()
-    if args.commit:
-        info["commit"] = args.commit
-    else:
-        info["uncommitted_changes"] = _dirty()
+    print_results(rows, columns, goals, skipped)
+    info = run_info(args.commit)
     payload = {
         "benchmark": "train",
         "machine": info,

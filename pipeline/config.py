@@ -324,12 +324,91 @@ class FoldsConfig(_Strict):
         return self
 
 
+class PretrainVerification(_Strict):
+    """``pretrain.verification``: the pairs set evaluated during pretraining (LFW protocol, 10-fold accuracy).
+
+    ``dataset`` is a dataset with fold settings (``folds.datasets``); the pairs of its ``folds`` (the folds stage's
+    ``fold<k>-pairs.parquet``) are pooled: the demo's expression pairs, or LFW's ten folds (``pairs.kind: lfw``).
+    """
+
+    dataset: str = "demo_oulu"
+    folds: list[Annotated[int, Field(ge=0)]] = [0]
+
+
+class PretrainSettings(_Strict):
+    """``pretrain.train``: what the pretrained model depends on (tracked by DVC).
+
+    ``processes`` is tracked (per-process BatchNorm statistics make a 2-process run differ from a 1-process one);
+    ``batch_size`` is the global batch, split evenly over the processes.
+    """
+
+    dataset: str = "demo_webface"
+    processes: Annotated[int, Field(ge=1, le=64)] = 1
+    init: str = "random"
+    depth: Literal["reduced", "full"] = "reduced"
+    input_size: Annotated[int, Field(ge=75, le=512)] = 160
+    crop: Annotated[int, Field(ge=32, le=512)] = 160
+    random_crop: bool = True
+    flip: bool = True
+    keep_prob: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    bn_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.995
+    freeze_bn: bool = False
+    batch_size: Annotated[int, Field(ge=1)] = 90
+    steps: Annotated[int, Field(ge=1)] = 90000
+    optimizer: Literal["rmsprop_tf1", "rmsprop", "adam", "sgd"] = "rmsprop_tf1"
+    lr: Annotated[float, Field(gt=0.0)] = 0.1
+    lr_boundaries: list[Annotated[int, Field(ge=1)]] = [60000, 80000]
+    lr_factor: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    rms_decay: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9
+    rms_eps: Annotated[float, Field(gt=0.0)] = 1.0
+    weight_decay: Annotated[float, Field(ge=0.0)] = 5e-5
+    clip_norm: Annotated[float, Field(ge=0.0)] = 0.0
+    center_loss_factor: Annotated[float, Field(ge=0.0)] = 0.1
+    center_loss_alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    shuffle_window: Annotated[int, Field(ge=0)] = 0
+    checkpoint_every: Annotated[int, Field(ge=1)] = 1000
+    eval_every: Annotated[int, Field(ge=1)] = 1000
+    log_every: Annotated[int, Field(ge=1)] = 10
+    verification: PretrainVerification = PretrainVerification()
+    eval_mode: Literal["clean", "faithful"] = "clean"
+    eval_folds: Annotated[int, Field(ge=2)] = 10
+    far_targets: list[Annotated[float, Field(gt=0.0, le=1.0)]] = [1e-3, 1e-2]
+    seed: int = 666
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PretrainSettings:
+        if self.batch_size % self.processes:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of processes {self.processes} "
+                             "(it is the global batch, split evenly)")
+        if list(self.lr_boundaries) != sorted(set(self.lr_boundaries)):
+            raise ValueError(f"lr_boundaries must be increasing steps, got {self.lr_boundaries}")
+        return self
+
+
+class PretrainConfig(_Strict):
+    """``pretrain``: single-task identity pretraining of the trunk + identity branch (stage ``pretrain``; spec §4.5).
+
+    ``device``, ``workers`` (DataLoader processes per training process), ``threads`` and ``eval_batch_size`` change
+    only the speed and are not tracked by DVC; ``train`` holds everything else.
+    """
+
+    device: Device = "auto"
+    workers: Annotated[int, Field(ge=0, le=64)] = 4
+    threads: Annotated[int, Field(ge=0)] = 0
+    eval_batch_size: Annotated[int, Field(ge=1)] = 100
+    train: PretrainSettings = PretrainSettings()
+
+
 class FinetuneCommon(_Strict):
     """``finetune.common``: settings shared by every (fold, method) fine-tuning run (spec §4; README table).
 
-    ``init``: ``random`` (BN trains everywhere) or a checkpoint path (pretrained trunk + identity branch; then
-    ``freeze_pretrained_bn`` and ``identity_dropout`` apply, spec §4.3). ``lr_schedule``: a schedule file under
-    ``data/protocols/`` (spec §5.6) used instead of the constant ``lr``.
+    ``init``: ``random`` (BN trains everywhere), ``pretrain`` (the pretrain stage's ``model.pt``) or a checkpoint
+    path (a pretrained trunk + identity branch: then ``freeze_pretrained_bn`` and ``identity_dropout`` apply, spec
+    §4.3). ``lr_schedule``: a schedule file under ``data/protocols/`` (spec §5.6) used instead of the constant ``lr``.
     """
 
     dataset: str = "demo_oulu"
@@ -385,6 +464,9 @@ class FinetuneMethod(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     weighting: str
+    #: this method's epochs instead of ``common.epochs``; ``0`` = no training: the initial (pretrained) model is
+    #: evaluated once, as epoch 0 (the paper's "pretrained, no fine-tuning" row)
+    epochs: Annotated[int, Field(ge=0)] | None = None
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -446,6 +528,7 @@ class Params(_Strict):
     manifest: ManifestConfig = ManifestConfig()
     align: AlignConfig = AlignConfig()
     folds: FoldsConfig = FoldsConfig()
+    pretrain: PretrainConfig = PretrainConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     pixel_baseline: PixelBaselineConfig = PixelBaselineConfig()
 
@@ -495,6 +578,20 @@ class Params(_Strict):
             if bad:
                 raise ValueError(f"{where}.pairs.required: unknown expression(s) {bad}; label set {label_set!r} "
                                  f"has {allowed}")
+        return self
+
+    @model_validator(mode="after")
+    def _pretrain_cross_checks(self) -> Params:
+        pt = self.pretrain.train
+        if pt.dataset not in self.datasets:
+            raise ValueError(f"pretrain.train.dataset: unknown dataset {pt.dataset!r} (not in datasets)")
+        vd = pt.verification.dataset
+        if vd not in self.folds.datasets:
+            raise ValueError(f"pretrain.train.verification.dataset: {vd!r} has no fold settings (folds.datasets)")
+        bad = [f for f in pt.verification.folds if f >= self.folds.k]
+        if bad or not pt.verification.folds:
+            raise ValueError(f"pretrain.train.verification.folds: {pt.verification.folds} must be a non-empty list of "
+                             f"folds in 0..{self.folds.k - 1}")
         return self
 
     @model_validator(mode="after")

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from stages import align, detect, download, embed, finetune, folds, manifest, pixel_baseline, verify
+from stages import align, detect, download, embed, finetune, folds, manifest, pixel_baseline, pretrain, verify
 
 app = typer.Typer(
     name="stages",
@@ -39,6 +39,7 @@ app.command("download", help=download.__doc__)(download.command)
 app.command("manifest", help=manifest.__doc__)(manifest.command)
 app.command("align", help=align.__doc__)(align.command)
 app.command("folds", help=folds.__doc__)(folds.command)
+app.command("pretrain", help=pretrain.__doc__)(pretrain.command)
 app.command("finetune", help=finetune.__doc__)(finetune.command)
 app.command("pixel_baseline", help=pixel_baseline.__doc__)(pixel_baseline.command)
 app.command("detect", help=detect.__doc__)(detect.command)

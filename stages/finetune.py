@@ -21,8 +21,6 @@ interruption continues from the last epoch and reopens the same MLflow run.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -34,10 +32,12 @@ import typer
 from pipeline.errors import DatasetError, ParamsError, UserError
 from stages.common import atomic_dir, load_stage_params, progress_bar, staged_files, user_errors, write_json_atomic
 from stages.tracking import stage_run
+from stages.training_runs import resolve_device, work_key
 
 #: ``folds.datasets.<d>.pairs.required`` is used only by ``selection: val_subjects`` (the validation pairs)
 DECLARED = ["finetune.common", "finetune.methods.{method}", "datasets.{dataset}.label_set",
-            "datasets.{dataset}.align_convention", "folds.datasets.{dataset}.pairs.required", "label_sets"]
+            "datasets.{dataset}.align_convention", "folds.datasets.{dataset}.pairs.required", "label_sets",
+            "pretrain.train.dataset"]
 #: read but not tracked by DVC: they change only the speed
 RUNTIME = ["finetune.device", "finetune.eval_batch_size", "finetune.threads"]
 MANIFESTS = Path("data/manifests")
@@ -46,10 +46,6 @@ FOLDS = Path("data/folds")
 OUT = Path("data/finetune")
 METRICS = Path("metrics/finetune")
 WORK = Path("data/work/finetune")
-#: code whose change invalidates a half-finished run's checkpoint
-CODE = ["pipeline/models", "pipeline/training", "pipeline/weighting", "pipeline/losses", "pipeline/evaluation",
-        "pipeline/data/crops.py", "pipeline/data/faces.py"]
-CODE_ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("stages.finetune")
 
@@ -62,41 +58,10 @@ def paths(dataset: str, fold: int, method: str) -> dict[str, Path]:
             "out": OUT / dataset / tag, "metrics": METRICS / dataset / f"{tag}.json"}
 
 
-def resolve_device(name: str) -> str:
-    """``auto`` → ``cuda`` when available, else ``cpu``; an unavailable CUDA device is a user error."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"finetune.device is {name!r} but CUDA is not available here: set it to auto or cpu")
-    return name
-
-
-def _digest(paths_: list[Path], base: Path | None = None) -> str:
-    """sha256 over the files (names relative to ``base`` when given, so the key does not depend on the cwd)."""
-    h = hashlib.sha256()
-    for root in paths_:
-        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-        for f in files:
-            if "__pycache__" in f.parts or f.suffix == ".pyc":
-                continue
-            h.update(str(f.relative_to(base) if base is not None else f.name).encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()
-
-
-def work_key(settings: dict[str, Any], inputs: list[Path]) -> str:
-    """Key of a run's checkpoint folder: params + input files + training code."""
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    h.update(_digest(list(inputs)).encode())
-    h.update(_digest([CODE_ROOT / c for c in CODE], base=CODE_ROOT).encode())
-    return h.hexdigest()[:16]
-
-
 def build_spec(common: Any, method_name: str, method: Any, n_identities: int, class_names: list[str],
-               alignment: str, device: str, eval_batch_size: int):
-    """The :class:`~pipeline.training.finetune.FinetuneSpec` of one method from its params."""
+               alignment: str, device: str, eval_batch_size: int, pretrained: Path | None = None):
+    """The :class:`~pipeline.training.finetune.FinetuneSpec` of one method from its params (``pretrained``: the
+    checkpoint ``init: pretrain`` stands for)."""
     from pipeline.models.network import HeadSpec, ModelConfig
     from pipeline.training.finetune import FinetuneSpec
     from pipeline.training.schedule import LrSchedule, read_schedule
@@ -111,12 +76,18 @@ def build_spec(common: Any, method_name: str, method: Any, n_identities: int, cl
         schedule = read_schedule(common.lr_schedule) if common.lr_schedule else LrSchedule.constant(common.lr)
     except ValueError as exc:
         raise UserError(f"finetune.common.lr_schedule: {exc}") from None
-    init = None if common.init == "random" else common.init
+    init = {"random": None, "pretrain": str(pretrained)}.get(common.init, common.init)
     if init is not None and not Path(init).is_file():
-        raise UserError(f"finetune.common.init: checkpoint not found: {init} (use 'random' or a model.pt path)")
+        hint = " (run the pretrain stage: dvc repro pretrain)" if common.init == "pretrain" else \
+            " (use 'random', 'pretrain' or a model.pt path)"
+        raise UserError(f"finetune.common.init: checkpoint not found: {init}{hint}")
+    epochs = common.epochs if method.epochs is None else method.epochs
+    if epochs == 0 and init is None:
+        raise UserError(f"finetune.methods.{method_name}.epochs is 0 (evaluate the initial model) but "
+                        "finetune.common.init is random: there is nothing to evaluate")
     return FinetuneSpec(
         model=model, tasks=[TaskSpec("identity", common.center_loss_factor), TaskSpec("expression")],
-        weighting=method.weighting, weighting_options=method.options(), schedule=schedule, epochs=common.epochs,
+        weighting=method.weighting, weighting_options=method.options(), schedule=schedule, epochs=epochs,
         batch_size=common.batch_size, epoch_size=common.epoch_size, init=init, optimizer=common.optimizer,
         weights_optimizer=common.weights_optimizer,
         momentum=common.momentum, rms_decay=common.rms_decay, rms_eps=common.rms_eps,
@@ -179,8 +150,10 @@ def command(
                           val_fraction=common.val_fraction if common.selection == "val_subjects" else None,
                           val_required=list(sp.get(f"folds.datasets.{dataset}.pairs.required")), seed=common.seed)
     alignment = sp.get(f"datasets.{dataset}.align_convention")
+    from stages.pretrain import checkpoint_path
+
     spec = build_spec(common, method, method_cfg, data.n_identities, data.class_names, alignment, device,
-                      sp.get("finetune.eval_batch_size"))
+                      sp.get("finetune.eval_batch_size"), checkpoint_path(sp.get("pretrain.train.dataset")))
     settings = {k: v for k, v in sp.as_flat_dict().items() if not any(k.startswith(r) for r in RUNTIME)}
     key = work_key(settings, [p["fold"], p["pairs"], p["aligned"] / "alignment.parquet"])
     work = WORK / f"{dataset}-fold{fold}-{method}-{key}"

@@ -32,6 +32,11 @@ def tiny_params(**overrides) -> dict:
     params["datasets"]["demo_oulu"]["expected"] = {"subjects": 3, "sequences": 18}
     params["datasets"]["demo_webface"]["expected"] = {"subjects": 3, "images": 9}
     params["demo"]["workers"] = 1
+    # pretraining on the 9 faces of the tiny demo_webface: a few steps of a small batch on one thread
+    params["pretrain"].update(device="cpu", workers=0, threads=1, eval_batch_size=32)
+    params["pretrain"]["train"].update(batch_size=4, steps=4, checkpoint_every=2, eval_every=2, log_every=1,
+                                       lr_boundaries=[3], eval_folds=2)
+    params["pretrain"]["train"]["verification"]["folds"] = [0, 1]
     for dotted, value in overrides.items():
         node = params
         *head, last = dotted.split(".")
@@ -44,6 +49,36 @@ def tiny_params(**overrides) -> dict:
 def write_params(path: Path, params: dict) -> Path:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+def run_upstream(root: Path, params: dict, commands: list[tuple[str, str]]) -> Path:
+    """Run stage ``commands`` (``(command, dataset)``, in order, in-process, without MLflow) in a fresh folder
+    ``root`` with ``params``: the real upstream outputs a downstream stage test reads."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from stages.app import app
+
+    cwd = os.getcwd()
+    saved = {k: os.environ.get(k) for k in ("DMTL_MLFLOW", "DVC_ROOT")}
+    os.chdir(root)
+    os.environ.update(DMTL_MLFLOW="0", DVC_ROOT=str(root))
+    try:
+        write_params(root / "params.yaml", params)
+        (root / "data").mkdir()
+        (root / "data/protocols").symlink_to(REPO / "data/protocols")
+        for cmd, name in commands:
+            res = CliRunner().invoke(app, ["--params", "params.yaml", cmd, name])
+            assert res.exit_code == 0, f"{cmd} {name}: {res.output}"
+    finally:
+        os.chdir(cwd)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return root
 
 
 @pytest.fixture

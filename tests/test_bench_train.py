@@ -7,35 +7,19 @@ package; ``preprocess`` then gets its crop functions from ``pipeline/data/faces.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from tests.conftest import REPO
+from tests.blocked_imports import run_blocked
 
 BLOCKED = ["pandas", "pyarrow", "sklearn", "scipy", "pydantic", "mlflow", "dvc", "typer", "cv2", "PIL", "torchvision",
            "yaml", "requests", "tqdm", "matplotlib", "facenet_pytorch"]
 
-# the blocked packages look uninstalled (find_spec → None), as on the GPU box
-RUNNER = """
-import runpy, sys
-from importlib.machinery import PathFinder
-BLOCKED = set(sys.argv[1].split(','))
-assert not BLOCKED & {m.split('.')[0] for m in sys.modules}
-_find = PathFinder.find_spec
-def find_spec(name, path=None, target=None):
-    return None if name.split('.')[0] in BLOCKED else _find(name, path, target)
-PathFinder.find_spec = staticmethod(find_spec)
-sys.argv = ['bench.train', *sys.argv[2:]]
-runpy.run_module('bench.train', run_name='__main__', alter_sys=True)
-"""
 
 
 def test_quick_run_on_torch_only(tmp_path):
     out = tmp_path / "train.json"
     args = ["--quick", "--device", "cpu", "--batch-sizes", "2", "--steps", "1", "--warmup", "0", "--threads", "1",
             "--no-peer", "--out", str(out)]
-    res = subprocess.run([sys.executable, "-c", RUNNER, ",".join(BLOCKED), *args], cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
+    res = run_blocked("bench.train", BLOCKED, args, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     payload = json.loads(out.read_text())
     assert payload["benchmark"] == "train" and payload["device"] == "cpu"

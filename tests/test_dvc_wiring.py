@@ -26,7 +26,7 @@ def _command(stage: dict) -> str:
 
 #: placeholders of the stage modules' DECLARED lists → their dvc.yaml spelling (foreach key, matrix items)
 PLACEHOLDERS = {"{name}": "${key}", "{method}": "${item.method}", "{fold}": "${item.fold}",
-                "{dataset}": "${finetune.common.dataset}"}
+                "{dataset}": "${finetune.common.dataset}", "{pretrain_dataset}": "${pretrain.train.dataset}"}
 
 
 def _dvc_spelling(section: str) -> str:
@@ -184,3 +184,18 @@ def test_changing_one_method_block_changes_only_that_methods_stages(dvc_copy):
     params = copy.deepcopy(PARAMS)  # read for speed only: no stage is stale
     params["finetune"].update(device="cpu", eval_batch_size=7, threads=1)
     assert _changed(before, dvc_copy(params)) == set()
+
+
+def test_pretrain_tracks_its_training_settings_but_not_its_speed_settings(dvc_copy):
+    import copy
+
+    before = dvc_copy(PARAMS)
+    params = copy.deepcopy(PARAMS)
+    params["pretrain"].update(device="cpu", workers=7, threads=1, eval_batch_size=7)
+    assert _changed(before, dvc_copy(params)) == set()
+    params = copy.deepcopy(PARAMS)
+    params["pretrain"]["train"]["steps"] += 1  # finetune re-runs through its dep on model.pt, not through params
+    assert _changed(before, dvc_copy(params)) == {"pretrain"}
+    params = copy.deepcopy(PARAMS)
+    params["pretrain"]["train"]["dataset"] = "demo_oulu"  # finetune's init: pretrain names the pretrain dataset
+    assert _changed(before, dvc_copy(params)) == {"pretrain"} | _finetune_instances()

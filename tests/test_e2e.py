@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from pipeline.data.manifest import read_manifest
@@ -19,10 +20,12 @@ pytestmark = pytest.mark.e2e
 
 #: folds: the tiny demo has 3 subjects, so 3 folds of one test subject each (types 3/4 are skipped and counted);
 #: finetune: one fold, two methods, one short epoch of a small input on one thread
-E2E_PARAMS = {"folds.k": 3, "folds.run": [0], "finetune.run_methods": ["dynamic", "static"],
+E2E_PARAMS = {"folds.k": 3, "folds.run": [0], "finetune.run_methods": ["pretrained", "dynamic", "static"],
               "finetune.common.input_size": 80, "finetune.common.batch_size": 4, "finetune.common.epoch_size": 2,
               "finetune.common.epochs": 1, "finetune.threads": 1, "finetune.eval_batch_size": 32}
-FINETUNE = ["finetune@0-dynamic", "finetune@0-static"]
+FINETUNE = ["finetune@0-pretrained", "finetune@0-dynamic", "finetune@0-static"]
+#: stages that fine-tune (the pretrained method evaluates only)
+TRAINED = ["finetune@0-dynamic", "finetune@0-static"]
 #: per-fold stages of folds.run = [0] besides finetune
 PER_FOLD = ["pixel_baseline@0"]
 
@@ -42,8 +45,9 @@ def repo_copy(tmp_path_factory) -> tuple[Path, dict]:
                            check=True).stdout.decode().split("\0")
     for rel in filter(None, files):
         src = REPO / rel
-        if src.is_file() and not rel.startswith(("data/raw/", "data/manifests/", "data/aligned/", "data/folds/",
-                                                           "data/finetune/", "data/work/", "metrics/")):
+        generated = ("data/raw/", "data/manifests/", "data/aligned/", "data/folds/", "data/finetune/", "data/pretrain/",
+                     "data/work/", "metrics/")
+        if src.is_file() and not rel.startswith(generated):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
     (dst / "dvc.lock").unlink(missing_ok=True)
@@ -83,7 +87,7 @@ def test_repro_logged_one_mlflow_run_per_stage(repo_copy):
     names = sorted(r.info.run_name for r in runs)
     assert names == sorted(["download@demo_oulu", "download@demo_webface", "manifest@demo_oulu",
                             "manifest@demo_webface", "align@demo_oulu", "align@demo_webface", "folds@demo_oulu",
-                            *FINETUNE, *PER_FOLD])
+                            "pretrain", *FINETUNE, *PER_FOLD])
     sha = _run(["git", "rev-parse", "HEAD"], dst, env).stdout.strip()
     for r in runs:
         assert r.info.status == "FINISHED"
@@ -95,7 +99,7 @@ def test_repro_logged_one_mlflow_run_per_stage(repo_copy):
     assert manifest_run.data.tags["dvc.input.data/raw/demo_oulu.md5"] == raw_out["md5"]
     (aligned_out,) = [o for o in lock["align@demo_oulu"]["outs"] if o["path"] == "data/aligned/demo_oulu"]
     for r in runs:
-        if r.info.run_name in FINETUNE:
+        if r.info.run_name in TRAINED:
             assert r.data.tags["dvc.input.data/aligned/demo_oulu.md5"] == aligned_out["md5"]
             steps = client.get_metric_history(r.info.run_id, "weight_identity")
             assert sorted(m.step for m in steps) == [1, 2]  # one epoch of 2 steps
@@ -176,6 +180,8 @@ def test_repro_finetunes_every_fold_and_method_after_folds(repo_copy):
     dst, env, out = repo_copy
     for stage in FINETUNE:
         assert out.index("Running stage 'folds@demo_oulu'") < out.index(f"Running stage '{stage}'")
+        assert out.index("Running stage 'pretrain'") < out.index(f"Running stage '{stage}'")
+    pretrained, _ = load_model(dst / "data/pretrain/demo_webface/model.pt")
     for method in ("dynamic", "static"):
         model, meta = load_model(dst / f"data/finetune/demo_oulu/fold0-{method}/model.pt")
         assert meta["method"] == method and model.config.input_size == 80
@@ -184,6 +190,17 @@ def test_repro_finetunes_every_fold_and_method_after_folds(repo_copy):
         metrics = json.loads((dst / f"metrics/finetune/demo_oulu/fold0-{method}.json").read_text())
         assert metrics["last"]["epoch"] == 1 and set(metrics["best"]) == {"selected_on", "verification",
                                                                           "expression", "authentication"}
+        fine = load_model(dst / f"data/finetune/demo_oulu/fold0-{method}/model.pt")[0].state_dict()
+        # init: pretrain — the expression branch's blocks start as copies of the pretrained identity branch's, and
+        # with the trunk's BN frozen its moving statistics are the pretrained ones
+        pre = pretrained.state_dict()
+        key = "trunk.conv2d_1a.1.running_mean"
+        assert torch.equal(fine[key], pre[key]), key
+    metrics = json.loads((dst / "metrics/finetune/demo_oulu/fold0-pretrained.json").read_text())
+    assert metrics["epochs"] == 0 and metrics["last"]["epoch"] == 0
+    assert "verification_accuracy" in metrics["last"] and "expression_accuracy" not in metrics["last"]
+    pm = json.loads((dst / "metrics/pretrain/demo_webface.json").read_text())
+    assert pm["steps"] == 4 and pm["verification"]["last"]["step"] == 4
     show = json.loads(_run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], dst, env).stdout)
     assert "metrics/finetune/demo_oulu/fold0-static.json" in json.dumps(show)
     assert not any((dst / "data/work/finetune").iterdir())  # checkpoints cleared after each finished stage

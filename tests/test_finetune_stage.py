@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from pipeline.evaluation.verification import evaluate_distances
 from pipeline.models.checkpoint import load_model
 from stages.app import app
-from tests.conftest import REPO, tiny_params, write_params
+from tests.conftest import REPO, run_upstream, tiny_params, write_params
 
 runner = CliRunner()
 EPOCHS, EPOCH_SIZE, BATCH = 3, 2, 4
@@ -37,7 +37,7 @@ STAGE_PARAMS = {
     "folds.k": 3, "folds.run": [0], "align.workers": 0, "align.batch_size": 8,
     "finetune.device": "cpu", "finetune.threads": 1, "finetune.eval_batch_size": 32,
     "finetune.common.input_size": 80, "finetune.common.batch_size": BATCH, "finetune.common.epoch_size": EPOCH_SIZE,
-    "finetune.common.epochs": EPOCHS, "finetune.run_methods": ["dynamic", "static"],
+    "finetune.common.epochs": EPOCHS, "finetune.run_methods": ["dynamic", "static"], "finetune.common.init": "random",
 }
 
 
@@ -52,26 +52,8 @@ LR_WEIGHTS = _params()["finetune"]["methods"]["dynamic"]["lr_weights"]
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
     """A folder with the tiny demo generated, its manifest, aligned faces and folds (shared, read-only)."""
-    root = tmp_path_factory.mktemp("finetune-inputs")
-    cwd = os.getcwd()
-    saved = {k: os.environ.get(k) for k in ("DMTL_MLFLOW", "DVC_ROOT")}
-    os.chdir(root)
-    os.environ.update(DMTL_MLFLOW="0", DVC_ROOT=str(root))
-    try:
-        write_params(root / "params.yaml", _params())
-        (root / "data").mkdir()
-        (root / "data/protocols").symlink_to(REPO / "data/protocols")
-        for cmd in ("download", "manifest", "align", "folds"):
-            res = runner.invoke(app, ["--params", "params.yaml", cmd, "demo_oulu"])
-            assert res.exit_code == 0, f"{cmd}: {res.output}"
-    finally:
-        os.chdir(cwd)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return root
+    steps = [(c, "demo_oulu") for c in ("download", "manifest", "align", "folds")]
+    return run_upstream(tmp_path_factory.mktemp("finetune-inputs"), _params(), steps)
 
 
 def _workdir(path: Path, inputs: Path, params: dict, *, folds: list[int] | None = None) -> Path:
@@ -336,7 +318,7 @@ def test_an_interruption_while_logging_an_epoch_leaves_every_step_logged_once(in
 
 def test_resume_key_does_not_depend_on_the_working_directory(inputs, tmp_path, monkeypatch):
     """The checkpoint key hashes the training code; it must find that code wherever the stage is started from."""
-    from stages.finetune import work_key
+    from stages.training_runs import work_key
 
     files = [inputs / "data/folds/demo_oulu/fold0.json", inputs / "data/aligned/demo_oulu/alignment.parquet"]
     monkeypatch.chdir(REPO)

@@ -7,7 +7,6 @@ strategy's own optimiser, the center-loss state and the :class:`~pipeline.traini
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -16,15 +15,14 @@ import torch
 
 import pipeline.weighting as _weighting
 from pipeline.losses.center import CenterLoss
-from pipeline.models.checkpoint import CheckpointError, checked_checkpoint, load_file
-from pipeline.models.facenet_import import import_facenet, is_facenet_state_dict
 from pipeline.models.network import ModelConfig, MultiTaskInceptionResNetV1
+from pipeline.models.pretrained import load_pretrained
 from pipeline.training.optim import build_optimizer
 from pipeline.training.schedule import LrSchedule
 from pipeline.training.step import TaskSpec, TrainStep
 from pipeline.weighting.base import Weighting
 
-__all__ = ["FinetuneSpec", "TrainingParts", "build_training"]
+__all__ = ["FinetuneSpec", "TrainingParts", "build_model", "build_training"]
 
 
 @dataclass
@@ -84,30 +82,10 @@ class TrainingParts:
     step: TrainStep
 
 
-def _load_pretrained(model: MultiTaskInceptionResNetV1, spec: FinetuneSpec) -> None:
-    """Trunk + first branch from ``spec.init``: one of our checkpoints, else a facenet-pytorch state dict."""
-    loaded = load_file(spec.init)  # once: either kind
-    if isinstance(loaded, Mapping) and is_facenet_state_dict(loaded):
-        import_facenet(loaded, model, source=str(spec.init))
-        return
-    src = checked_checkpoint(loaded, spec.init)["model"]
-    own = model.state_dict()
-    first = spec.model.heads[0].name
-    take = {k: v for k, v in src.items()
-            if k in own and own[k].shape == v.shape
-            and (k.startswith("trunk.") or (k.startswith(f"branches.{first}.") and ".logits." not in k
-                                            and ".hidden." not in k))}
-    missing = [k for k in own if k.startswith("trunk.") and k not in take]
-    if missing:
-        raise CheckpointError(f"checkpoint {spec.init} does not fit this model: trunk weights missing or of "
-                              f"another shape, e.g. {missing[0]} (depth {spec.model.depth}?)")
-    model.load_state_dict(take, strict=False)
-
-
 def build_model(spec: FinetuneSpec, device: torch.device) -> MultiTaskInceptionResNetV1:
     model = MultiTaskInceptionResNetV1(spec.model)
     if spec.init:
-        _load_pretrained(model, spec)
+        load_pretrained(model, spec.init, spec.model)
         if spec.copy_branch:
             model.copy_branch(*spec.copy_branch)
     model = model.to(device)

@@ -167,6 +167,15 @@ def run_finetune(spec: FinetuneSpec, train: LabelledImages, test: EvalData, work
         if on_resume is not None:
             on_resume(rows, history)
 
+    if spec.epochs == 0:  # no training: the initial (pretrained) model, evaluated once as epoch 0
+        entry, epoch_scores = _evaluate_epoch(spec, model, test, test_images, val, val_images, 0, heads=1)
+        history = [entry]
+        selected_on = entry["val"] if spec.selection == "val_subjects" else entry["test"]
+        selector.update(0, selected_on, entry["test"])
+        scores = {f"{p}_{k}": v for k, v in epoch_scores.items()
+                  for p in ("last", *(f"best_{c}" for c in selector.best))}
+        if on_epoch is not None:
+            on_epoch(0, [], entry)
     frozen = spec.frozen_bn if spec.init else ()
     dropout_off = spec.dropout_off if spec.init else ()
     step = start_epoch * spec.epoch_size
@@ -218,15 +227,23 @@ def run_finetune(spec: FinetuneSpec, train: LabelledImages, test: EvalData, work
 
 
 def _evaluate_epoch(spec: FinetuneSpec, model: MultiTaskInceptionResNetV1, test: EvalData, test_images: torch.Tensor,
-                    val: EvalData | None, val_images: torch.Tensor | None, epoch: int
+                    val: EvalData | None, val_images: torch.Tensor | None, epoch: int, heads: int | None = None
                     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Test (and validation) metrics of the current model; ``heads=1`` evaluates the identity head only (an
+    untrained expression head's accuracy would be noise)."""
     kw = {"crop": spec.crop, "input_size": spec.model.input_size, "batch_size": spec.eval_batch_size,
           "amp": spec.amp, "channels_last": spec.channels_last and test_images.device.type == "cuda"}
     ev = {"mode": spec.eval_mode, "far_targets": spec.far_targets, "n_folds": spec.eval_folds, "seed": spec.seed}
-    m_test, scores = evaluate(_finite(predict(model, test_images, **kw), epoch), test, **ev)
+    keep = [t.name for t in spec.tasks][:heads]
+
+    def run(images: torch.Tensor) -> Predictions:
+        pred = _finite(predict(model, images, **kw), epoch)
+        return Predictions(pred.embeddings, {k: v for k, v in pred.logits.items() if k in keep})
+
+    m_test, scores = evaluate(run(test_images), test, **ev)
     m_val = None
     if val is not None and val_images is not None:
-        m_val, _ = evaluate(_finite(predict(model, val_images, **kw), epoch), val, **ev)
+        m_val, _ = evaluate(run(val_images), val, **ev)
     return {"epoch": epoch, "test": m_test, "val": m_val}, scores
 
 

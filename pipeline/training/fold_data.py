@@ -32,7 +32,7 @@ from pipeline.errors import DatasetError
 from pipeline.training.data import LabelledImages
 from pipeline.training.evaluate import EvalData
 
-__all__ = ["FoldData", "load_fold_data"]
+__all__ = ["FoldData", "load_fold_data", "pairs_eval_data"]
 
 
 @dataclass
@@ -49,8 +49,10 @@ class FoldData:
     counts: dict[str, int]
 
 
-def _eval_data(source: FaceSource, ids: list[str], labels: dict[str, int], pairs: pd.DataFrame,
+def pairs_eval_data(source: FaceSource, ids: list[str], labels: dict[str, int], pairs: pd.DataFrame,
                class_names: list[str]) -> tuple[EvalData, list[str], dict[str, int]]:
+    """The aligned faces of ``ids`` (in order) with the ``pairs`` among them and expression ``labels`` (``-1`` for
+    ids without one); pairs with an unaligned side are dropped. Returns ``(data, kept ids, counts)``."""
     from pipeline.folds.pairs import drop_unaligned
 
     sub, n_missing = source.subset(ids)
@@ -109,7 +111,7 @@ def load_fold_data(manifest: pd.DataFrame, aligned: Path, fold_file: Path, pairs
                                      [seed, 1000 + int(fold["fold"])]).pairs
         subject_of = dict(zip(manifest["image_id"].astype(str), manifest["subject"].astype(str), strict=True))
         val_ids = [i for i in fold["train_image_ids"] if subject_of[i] in val_subjects]
-        val, _, vc = _eval_data(source, val_ids, expr_of, val_pairs, list(label_set.classes))
+        val, _, vc = pairs_eval_data(source, val_ids, expr_of, val_pairs, list(label_set.classes))
         counts.update({f"val_{k}": v for k, v in vc.items()})
         counts["val_subjects"] = len(val_subjects)
         train_ids = [i for i in fold["train_image_ids"] if subject_of[i] not in val_subjects and i in expr_of]
@@ -126,7 +128,7 @@ def load_fold_data(manifest: pd.DataFrame, aligned: Path, fold_file: Path, pairs
                 expr_task: torch.tensor([expr_of[i] for i in kept], dtype=torch.int64)},
         image_ids=kept,
     )
-    test, test_ids, tc = _eval_data(source, list(fold["test_image_ids"]), expr_of, pairs, list(label_set.classes))
+    test, test_ids, tc = pairs_eval_data(source, list(fold["test_image_ids"]), expr_of, pairs, list(label_set.classes))
     counts.update({"train_images": len(kept), "train_images_not_aligned": n_train_missing,
                    "test_images": len(test_ids), "test_images_labelled": int((test.expression >= 0).sum()),
                    **{f"test_{k}": v for k, v in tc.items()}})

@@ -1,0 +1,360 @@
+"""Single-task identity pretraining of the trunk + identity branch (spec §4.5): the step, the loop, resume.
+
+The paper fine-tunes from a face-recognition model pretrained on MS-Celeb-1M that is no longer available, so the
+pipeline pretrains its own. Per step (global batch ``G`` split over ``world`` ranks):
+
+1. this rank's ``G / world`` faces come from the shards (:mod:`pipeline.training.shard_data`), are cropped (random
+   ``crop`` of the stored 182 px faces), optionally flipped, resized to ``input_size`` and standardised;
+2. loss ``= mean_i CE_i + λc · mean_i ½‖e_i − c_{y_i}‖²`` (spec §2; the centers before this step's update);
+3. ``loss.backward()`` through :class:`~torch.nn.parallel.DistributedDataParallel` (gradients averaged over the
+   ranks, so the update equals one process with the global batch), global-norm clipping (``clip_norm``, 0 = off),
+   a finiteness check of loss, accuracy and gradient norm averaged over the ranks (every rank stops together);
+4. the optimiser steps; the centers move toward the batch means with per-class sums and counts **all-reduced**
+   over the ranks (:meth:`pipeline.losses.center.CenterLoss.apply_update`), so they stay identical everywhere.
+
+Randomness is a function of ``(seed, step, rank)``: before each step the global RNG (dropout) and the
+augmentation generator are reseeded from it, and the data order is a function of ``(seed, step)``
+(:class:`~pipeline.training.shard_data.ShardBatchSampler`). A checkpoint therefore needs no RNG or loader state:
+``work/state.pt`` (model, optimiser, centers, step, logged rows, evaluations; written atomically every
+``checkpoint_every`` steps by rank 0) is enough for a killed run to continue bit-identically on CPU.
+
+Every ``eval_every`` steps rank 0 evaluates LFW-protocol verification on a pairs set (``verify``; the others wait).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.losses.center import CenterLoss
+from pipeline.models.network import ModelConfig, MultiTaskInceptionResNetV1
+from pipeline.training.data import preprocess
+from pipeline.training.distributed import DistContext
+from pipeline.training.optim import build_optimizer, clip_by_global_norm_
+from pipeline.training.shard_data import ShardBatchSampler, ShardFaces, make_loader
+from pipeline.training.step import NonFiniteError
+
+if TYPE_CHECKING:  # evaluation needs scikit-learn and SciPy: imported when a run verifies, not by bench/pretrain.py
+    from pipeline.training.evaluate import EvalData
+
+__all__ = ["ROW_COLUMNS", "PretrainResult", "PretrainSpec", "PretrainStep", "lr_at", "run_pretrain", "step_seed"]
+
+STATE_FORMAT = "dmtl-pretrain-state/1"
+#: columns of ``steps.csv`` (means over the ``log_every`` steps ending at ``step``)
+ROW_COLUMNS = ["step", "epoch", "lr", "loss", "cross_entropy", "center_loss", "train_accuracy", "grad_norm"]
+
+
+@dataclass
+class PretrainSpec:
+    """Everything one pretraining run needs besides the data (resolved from ``params.yaml`` by the stage).
+
+    Attributes:
+        model: the network (one head: ``identity`` with one class per training identity).
+        steps: optimiser steps in all.
+        batch_size: the **global** batch (split evenly over the processes).
+        init: None = random (spec §1.1 initialisation), or a checkpoint to continue from (ours or facenet-pytorch).
+        lr, lr_boundaries, lr_factor: piecewise-constant rate: ``lr · lr_factor^k`` after ``k`` boundaries (steps).
+        freeze_bn: BN uses its moving statistics while training (for the multi-process equivalence test).
+        window: data order (see :class:`~pipeline.training.shard_data.ShardBatchSampler`).
+        checkpoint_every, eval_every, log_every: in steps (the last step always checkpoints and evaluates).
+        compile: ``torch.compile`` the training forward.
+    """
+
+    model: ModelConfig
+    steps: int
+    batch_size: int = 90
+    init: str | None = None
+    optimizer: str = "rmsprop_tf1"
+    lr: float = 0.1
+    lr_boundaries: tuple[int, ...] = (60000, 80000)
+    lr_factor: float = 0.1
+    momentum: float = 0.9
+    rms_decay: float = 0.9
+    rms_eps: float = 1.0
+    weight_decay: float = 5e-5
+    clip_norm: float = 0.0
+    center_loss_factor: float = 0.1
+    center_loss_alpha: float = 0.5
+    crop: int = 160
+    random_crop: bool = True
+    flip: bool = True
+    freeze_bn: bool = False
+    window: int = 0
+    workers: int = 2
+    checkpoint_every: int = 1000
+    eval_every: int = 1000
+    log_every: int = 10
+    eval_mode: str = "clean"
+    eval_folds: int = 10
+    far_targets: tuple[float, ...] = (1e-3, 1e-2)
+    eval_batch_size: int = 100
+    seed: int = 666
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PretrainResult:
+    """The run's outcome (plain data for the stage to write)."""
+
+    model: MultiTaskInceptionResNetV1
+    centers: CenterLoss | None
+    rows: list[dict[str, float]]  #: one per ``log_every`` steps (and at each checkpoint), :data:`ROW_COLUMNS`
+    history: list[dict[str, Any]]  #: per evaluation: ``{"step", "verification_accuracy", "verification": {...}}``
+    metrics: dict[str, Any]
+    resumed_from: int  #: step the run resumed after (0 = fresh)
+    seconds: float  #: training time of this process's run (after resume)
+    images_per_second: float  #: global images per second over this run
+    data_wait_fraction: float  #: share of the training time rank 0 waited for the next batch
+
+
+def lr_at(spec: PretrainSpec, step: int) -> float:
+    """Learning rate of 0-based step ``step``."""
+    return spec.lr * spec.lr_factor ** sum(step >= b for b in spec.lr_boundaries)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of the global RNG and the augmentation generator at ``step`` on ``rank``."""
+    return ((seed * 1_000_003 + step) * 1009 + rank) % (2**63 - 1)
+
+
+class PretrainStep:
+    """One single-task identity step (see the module docstring); ``forward`` may be a DDP or compiled wrapper of
+    ``model``.
+
+    Args:
+        dist: the process group (world of one without torchrun).
+    """
+
+    def __init__(self, model: MultiTaskInceptionResNetV1, forward: nn.Module, optimizer: torch.optim.Optimizer,
+                 centers: CenterLoss | None, dist: DistContext, *, center_loss_factor: float, clip_norm: float,
+                 amp: bool) -> None:
+        self.model, self.forward, self.optimizer, self.centers, self.dist = model, forward, optimizer, centers, dist
+        self.center_loss_factor = center_loss_factor
+        self.clip_norm = clip_norm
+        self.amp = amp
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.head = model.task_names[0]
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Train on ``x [B, 3, S, S]`` (standardised) with identities ``y [B]``; returns the rank-mean
+        ``loss, cross_entropy, center_loss, train_accuracy, grad_norm``.
+
+        Raises:
+            NonFiniteError: on every rank, before any parameter changes.
+        """
+        amp = self.amp and x.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
+            out = self.forward(x)
+        logits = out.logits(self.head).float()
+        ce = nn.functional.cross_entropy(logits, y)
+        if self.centers is not None and self.center_loss_factor:
+            center = self.centers(out.embeddings, y).mean()
+        else:
+            center = torch.zeros((), device=x.device)
+        loss = ce + self.center_loss_factor * center
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip_norm:
+            norm = clip_by_global_norm_(self.params, self.clip_norm)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in self.params
+                                                         if p.grad is not None]))
+        acc = (logits.argmax(1) == y).float().mean()
+        # in ROW_COLUMNS order: loss, cross_entropy, center_loss, train_accuracy, grad_norm
+        scalars = self.dist.mean(torch.stack([loss.detach(), ce.detach(), center.detach().float(), acc,
+                                              norm.detach().float()])).cpu()
+        if not bool(torch.isfinite(scalars).all()):
+            v = scalars.tolist()
+            raise NonFiniteError(f"non-finite value in a pretraining step: loss={v[0]:.4g}, cross_entropy={v[1]:.4g},"
+                                 f" center_loss={v[2]:.4g}, grad_norm={v[4]:.4g}")
+        self.optimizer.step()
+        if self.centers is not None and self.center_loss_factor:
+            sums, counts = self.centers.batch_statistics(out.embeddings.detach(), y)
+            self.dist.all_reduce_sum_(sums, counts)
+            self.centers.apply_update(sums, counts)
+        return dict(zip(ROW_COLUMNS[3:], scalars.tolist(), strict=True))
+
+
+def build_pretrain_model(spec: PretrainSpec) -> MultiTaskInceptionResNetV1:
+    """The network at its initial weights (the global RNG must be seeded first); ``spec.init`` loads the trunk and
+    the identity branch (bottleneck and classifier stay fresh: another set of identities)."""
+    model = MultiTaskInceptionResNetV1(spec.model)
+    if spec.init:
+        from pipeline.models.pretrained import load_pretrained
+
+        load_pretrained(model, spec.init, spec.model)
+    return model
+
+
+def run_pretrain(spec: PretrainSpec, train: ShardFaces, work: Path, dist: DistContext, *,
+                 verify: EvalData | None = None,
+                 on_log: Callable[[list[dict[str, float]]], None] | None = None,
+                 on_eval: Callable[[dict[str, Any]], None] | None = None,
+                 on_resume: Callable[[list[dict[str, float]], list[dict[str, Any]]], None] | None = None,
+                 progress: Callable[[int], None] | None = None) -> PretrainResult:
+    """Train ``spec.steps`` steps from ``work/state.pt`` if present (see the module docstring).
+
+    Args:
+        train: the training faces (this process reads only its slice of each batch).
+        work: the run's private folder (rank 0 writes ``state.pt`` there; every rank reads it on resume).
+        dist: the process group.
+        verify: the pairs set evaluated every ``eval_every`` steps (rank 0), or None.
+        on_log: rank 0, with the new rows after every ``log_every`` steps.
+        on_eval: rank 0, with each evaluation entry.
+        on_resume: rank 0, once when resuming, with the checkpoint's rows and evaluations.
+        progress: called with the global number of images after every step (rank 0).
+    """
+    device = torch.device(dist.device)
+    state_path = work / "state.pt"
+    if dist.is_main:
+        work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(spec.seed)
+    model = build_pretrain_model(spec).to(device)
+    if spec.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(spec.optimizer, params, lr_at(spec, 0), momentum=spec.momentum,
+                                decay=spec.rms_decay, eps=spec.rms_eps, weight_decay=spec.weight_decay)
+    centers = None
+    if spec.center_loss_factor:
+        centers = CenterLoss(spec.model.heads[0].n_classes, model.feature_shape()[0],
+                             alpha=spec.center_loss_alpha).to(device)
+    rows: list[dict[str, float]] = []
+    history: list[dict[str, Any]] = []
+    step = 0
+    if state_path.is_file():
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        if st.get("format") != STATE_FORMAT:
+            raise ValueError(f"{state_path}: not a pretraining state file; delete the folder {work} to start over")
+        model.load_state_dict(st["model"])
+        optimizer.load_state_dict(st["optimizer"])
+        if centers is not None:
+            centers.load_state_dict(st["centers"])
+        rows, history, step = st["rows"], st["history"], int(st["step"])
+        if on_resume is not None and dist.is_main:
+            on_resume(rows, history)
+    resumed_from = step
+
+    forward: nn.Module = model
+    if dist.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                          broadcast_buffers=True)
+    if spec.compile:
+        forward = torch.compile(forward)
+    step_fn = PretrainStep(model, forward, optimizer, centers, dist, center_loss_factor=spec.center_loss_factor,
+                           clip_norm=spec.clip_norm, amp=spec.amp)
+    sampler = ShardBatchSampler(train.shard, spec.batch_size, seed=spec.seed, rank=dist.rank, world=dist.world,
+                                window=spec.window, start_step=step)
+    per_epoch = sampler.batches_per_epoch
+    gen = torch.Generator(device=device)
+    channels_last = spec.channels_last and device.type == "cuda"
+    frozen = ("trunk", model.task_names[0]) if spec.freeze_bn else ()
+
+    pending: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    waited = 0.0
+    done_images = 0
+    loader = make_loader(train, sampler, workers=spec.workers, pin_memory=device.type == "cuda") \
+        if step < spec.steps else None
+    batches = iter(loader) if loader is not None else iter(())
+    try:
+        while step < spec.steps:
+            lr = lr_at(spec, step)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            model.set_phase(train=True, frozen_bn=frozen)
+            tw = time.perf_counter()
+            raw, y = next(batches)
+            waited += time.perf_counter() - tw
+            raw = raw.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            seed = step_seed(spec.seed, step, dist.rank)
+            torch.manual_seed(seed)
+            gen.manual_seed(seed)
+            x = preprocess(raw, crop=spec.crop, input_size=spec.model.input_size, train=True,
+                           random_crop=spec.random_crop, flip=spec.flip, generator=gen, channels_last=channels_last)
+            values = step_fn(x, y)
+            step += 1
+            done_images += spec.batch_size
+            pending.append(values)
+            if progress is not None and dist.is_main:
+                progress(spec.batch_size)
+            last = step == spec.steps
+            if step % spec.log_every == 0 or step % spec.checkpoint_every == 0 or last:
+                row = {"step": step, "epoch": step / per_epoch, "lr": lr}
+                row.update({k: float(np.mean([p[k] for p in pending])) for k in ROW_COLUMNS[3:]})
+                pending = []
+                rows.append(row)
+                if on_log is not None and dist.is_main:
+                    on_log([row])
+            if verify is not None and (step % spec.eval_every == 0 or last):
+                if dist.is_main:
+                    entry = _evaluate(spec, model, verify, step)
+                    history.append(entry)
+                    if on_eval is not None:
+                        on_eval(entry)
+                dist.barrier()
+            if step % spec.checkpoint_every == 0 or last:
+                if dist.is_main:
+                    _save_state(state_path, step=step, model=model, optimizer=optimizer, centers=centers, rows=rows,
+                                history=history)
+                dist.barrier()
+    finally:
+        del batches
+        loader = None
+    seconds = time.perf_counter() - t0
+    model.eval()
+    metrics = _metrics(spec, rows, history, dist.world)
+    return PretrainResult(model=model, centers=centers, rows=rows, history=history, metrics=metrics,
+                          resumed_from=resumed_from, seconds=seconds,
+                          images_per_second=done_images / seconds if seconds > 0 else 0.0,
+                          data_wait_fraction=waited / seconds if seconds > 0 else 0.0)
+
+
+def _evaluate(spec: PretrainSpec, model: MultiTaskInceptionResNetV1, verify: EvalData, step: int) -> dict[str, Any]:
+    from pipeline.training.evaluate import evaluate, predict
+
+    images = verify.images.to(next(model.parameters()).device)
+    pred = predict(model, images, crop=spec.crop, input_size=spec.model.input_size, batch_size=spec.eval_batch_size,
+                   amp=spec.amp, channels_last=spec.channels_last and images.device.type == "cuda")
+    if not np.isfinite(pred.embeddings).all():
+        raise NonFiniteError(f"non-finite embeddings when evaluating step {step}: the last steps diverged")
+    m, _ = evaluate(pred, verify, mode=spec.eval_mode, far_targets=spec.far_targets, n_folds=spec.eval_folds,
+                    seed=spec.seed)
+    return {"step": step, "verification_accuracy": m.get("verification_accuracy"),
+            "verification": m.get("verification")}
+
+
+def _metrics(spec: PretrainSpec, rows: list[dict[str, float]], history: list[dict[str, Any]],
+             world: int) -> dict[str, Any]:
+    last_row = rows[-1] if rows else {}
+    out: dict[str, Any] = {"steps": spec.steps, "batch_size": spec.batch_size, "processes": world,
+                           "images_seen": spec.steps * spec.batch_size,
+                           "last": {k: last_row.get(k) for k in ROW_COLUMNS}}
+    if history:
+        best = max(history, key=lambda e: e["verification_accuracy"] or 0.0)
+        out["verification"] = {"last": history[-1], "best_step": best["step"],
+                               "best_accuracy": best["verification_accuracy"]}
+    return out
+
+
+def _save_state(path: Path, *, step: int, model, optimizer, centers, rows, history) -> None:
+    state = {"format": STATE_FORMAT, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "centers": centers.state_dict() if centers is not None else None, "rows": rows, "history": history}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,158 @@
+"""Streaming training data for pretraining: faces read from the align stage's tar shards by worker processes.
+
+Large identity datasets (CASIA-WebFace: 0.5 M faces, MS-Celeb-1M: 5–10 M) do not fit in memory, so pretraining
+reads each batch from the shards on demand (one ``pread`` + one JPEG decode per face, in DataLoader worker
+processes) instead of holding the set as ``uint8`` like fine-tuning does.
+
+- :class:`ShardFaces`: a map-style dataset over ``(shard, offset, length, label)`` arrays. Its ``__getitems__``
+  returns a whole batch as one ``uint8 [B, 3, S, S]`` tensor (one transfer per batch from a worker, not B).
+  It needs only numpy, OpenCV and torch (no pandas), so ``bench/pretrain.py`` runs it on a bare GPU box.
+- :class:`ShardBatchSampler`: the order. Every data epoch is a fresh seeded permutation (the original's
+  uniform sampling, spec §4.2); ``window = k > 0`` instead shuffles shard order and mixes ``k`` shards at a time
+  (shuffling across and within shards while each worker reads few files at once; for network file systems). The
+  permutation of epoch ``e`` depends only on ``(seed, e)`` and global batch ``b`` takes positions
+  ``[b·G, (b+1)·G)`` of it, so the data position of a run is its step counter: a resumed run restarts the sampler
+  at its step and reads the same batches. Rank ``r`` of ``world`` takes slice ``r`` of each global batch, so the
+  ranks read disjoint faces and together see exactly what one process with the global batch would see.
+- :func:`make_loader`: the DataLoader (workers, pinned memory on CUDA, prefetching).
+
+Augmentation (random crop, flip) happens after batching, in the training process on the device, from a
+generator seeded by the step (:mod:`pipeline.training.pretrain`), so it does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from pipeline.align.shards import ShardReader
+
+__all__ = ["ShardBatchSampler", "ShardFaces", "make_loader"]
+
+
+class ShardFaces(Dataset):
+    """Faces in tar shards, by position: item ``i`` is ``(uint8 [3, S, S], label)``.
+
+    Args:
+        shard_dir: the ``shards/`` folder of an align output.
+        shard, offset, length: ``int64 [N]`` location of each face's encoded bytes (the alignment table's columns).
+        labels: ``int64 [N]`` class of each face.
+        crop_size: ``S``, the side of the stored crops (checked on every decode).
+    """
+
+    def __init__(self, shard_dir: str | Path, shard: np.ndarray, offset: np.ndarray, length: np.ndarray,
+                 labels: np.ndarray, crop_size: int) -> None:
+        arrays = [np.asarray(a, dtype=np.int64).reshape(-1) for a in (shard, offset, length, labels)]
+        if len({len(a) for a in arrays}) != 1:
+            raise ValueError(f"shard/offset/length/labels differ in length: {[len(a) for a in arrays]}")
+        self.shard, self.offset, self.length, self.labels = arrays
+        self.crop_size = int(crop_size)
+        self.reader = ShardReader(Path(shard_dir))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _read(self, i: int) -> np.ndarray:
+        img = self.reader.read(int(self.shard[i]), int(self.offset[i]), int(self.length[i]))
+        if img.shape[:2] != (self.crop_size, self.crop_size):
+            raise ValueError(f"{self.reader.path(int(self.shard[i]))} offset {self.offset[i]}: a "
+                             f"{img.shape[1]}x{img.shape[0]} crop, expected {self.crop_size}: re-run the align stage")
+        return img
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(self._read(i)).permute(2, 0, 1).contiguous(), int(self.labels[i])
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch at once: ``(uint8 [B, 3, S, S], int64 [B])``."""
+        s = self.crop_size
+        out = np.empty((len(indices), s, s, 3), dtype=np.uint8)
+        for k, i in enumerate(indices):
+            out[k] = self._read(int(i))
+        idx = np.asarray(indices, dtype=np.int64)
+        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(self.labels[idx].copy())
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class ShardBatchSampler(Sampler[list[int]]):
+    """This rank's part of each global batch, from global step ``start_step`` on (endless; see the module doc).
+
+    Args:
+        shard: ``int64 [N]`` shard of each face (used by ``window``).
+        global_batch: faces per step over all ranks (a multiple of ``world``).
+        seed: the order's seed.
+        rank, world: this process and the number of processes.
+        window: ``0`` = one uniform permutation per epoch; ``k`` = shuffled shard order, ``k`` shards mixed at a time.
+        start_step: the first global step to yield (a resumed run's step counter).
+    """
+
+    def __init__(self, shard: np.ndarray, global_batch: int, *, seed: int, rank: int = 0, world: int = 1,
+                 window: int = 0, start_step: int = 0) -> None:
+        shard = np.asarray(shard, dtype=np.int64).reshape(-1)
+        if global_batch < 1 or global_batch % world:
+            raise ValueError(f"global batch {global_batch} must be a positive multiple of the {world} processes")
+        if len(shard) < global_batch:
+            raise ValueError(f"{len(shard)} training faces are fewer than one batch of {global_batch}")
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside 0..{world - 1}")
+        if window < 0:
+            raise ValueError(f"window must be >= 0, got {window}")
+        self.shard = shard
+        self.global_batch, self.seed, self.rank, self.world, self.window = global_batch, seed, rank, world, window
+        self.local = global_batch // world
+        self.start_step = start_step
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Global batches per data epoch (the last partial batch of a permutation is dropped)."""
+        return len(self.shard) // self.global_batch
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The permutation of data epoch ``epoch`` (0-based), ``int64 [N]``; the same on every rank."""
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.window == 0:
+            return rng.permutation(len(self.shard))
+        shards = rng.permutation(np.unique(self.shard))
+        parts = []
+        for k in range(0, len(shards), self.window):
+            members = np.flatnonzero(np.isin(self.shard, shards[k : k + self.window]))
+            parts.append(rng.permutation(members))
+        return np.concatenate(parts)
+
+    def batch(self, step: int, order: np.ndarray | None = None) -> np.ndarray:
+        """This rank's indices ``int64 [global_batch / world]`` of global step ``step`` (0-based)."""
+        epoch, b = divmod(step, self.batches_per_epoch)
+        order = self.epoch_order(epoch) if order is None else order
+        start = b * self.global_batch + self.rank * self.local
+        return order[start : start + self.local]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start_step
+        epoch, order = -1, None
+        while True:
+            e = step // self.batches_per_epoch
+            if e != epoch:
+                epoch, order = e, self.epoch_order(e)
+            yield self.batch(step, order).tolist()
+            step += 1
+
+    def __len__(self) -> int:  # DataLoader asks; the stream is endless, the loop stops it
+        return 2**62
+
+
+def _passthrough(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch
+
+
+def make_loader(dataset: ShardFaces, sampler: ShardBatchSampler, *, workers: int = 4, pin_memory: bool = False,
+                prefetch: int = 4) -> DataLoader:
+    """Batches ``(uint8 [B, 3, S, S], int64 [B])`` in the sampler's order, decoded by ``workers`` processes
+    (``0``: in this process). Workers stay alive between batches (``persistent_workers``)."""
+    kw = {"prefetch_factor": prefetch, "persistent_workers": True} if workers > 0 else {}
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=_passthrough,
+                      pin_memory=pin_memory, **kw)

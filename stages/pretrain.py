@@ -1,0 +1,245 @@
+"""Pretrain the trunk + identity branch on an identity dataset (softmax + center loss); verify every N steps.
+
+The paper fine-tunes from a face-recognition model pretrained on MS-Celeb-1M that is no longer available; this
+stage trains that model (spec §4.5) on the align stage's shards of ``pretrain.train.dataset`` (the demo's
+``demo_webface``, CASIA-WebFace or MS-Celeb-1M), on one process or, with ``pretrain.train.processes > 1``, under
+``torchrun`` (DDP; NCCL on CUDA, gloo on CPU), which the stage launches itself. Only rank 0 writes.
+
+Writes (``<d>`` = ``pretrain.train.dataset``):
+
+- ``data/pretrain/<d>/``: ``model.pt`` (trunk + identity branch + classifier, with its config: the
+  ``finetune.common.init: pretrain`` checkpoint), ``steps.csv`` (every ``log_every`` steps: lr, loss, cross
+  entropy, center loss, batch accuracy, gradient norm), ``history.json`` (each verification), ``curves.png``;
+- ``metrics/pretrain/<d>.json``: last losses, verification accuracy on the configured pairs (last and best step),
+  data counts.
+
+Resume: the state is checkpointed every ``checkpoint_every`` steps into ``data/work/pretrain/<d>-<key>/`` (``key``
+hashes the params, the inputs and the training code); re-running after an interruption continues from there and
+reopens the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from pipeline.errors import DatasetError, UserError
+from stages.common import atomic_dir, load_stage_params, progress_bar, staged_files, user_errors, write_json_atomic
+from stages.tracking import RunLogger, stage_run
+from stages.training_runs import resolve_device, work_key
+
+#: params DVC tracks (``{pretrain_dataset}`` = pretrain.train.dataset)
+DECLARED = ["pretrain.train", "datasets.{pretrain_dataset}.align_convention"]
+#: read but not tracked by DVC: they change only the speed
+RUNTIME = ["pretrain.device", "pretrain.workers", "pretrain.threads", "pretrain.eval_batch_size"]
+MANIFESTS = Path("data/manifests")
+ALIGNED = Path("data/aligned")
+FOLDS = Path("data/folds")
+OUT = Path("data/pretrain")
+METRICS = Path("metrics/pretrain")
+WORK = Path("data/work/pretrain")
+
+log = logging.getLogger("stages.pretrain")
+
+
+def paths(dataset: str, verify: str, folds: list[int]) -> dict[str, Any]:
+    """The stage's inputs and outputs (as in dvc.yaml)."""
+    return {"manifest": MANIFESTS / f"{dataset}.parquet", "aligned": ALIGNED / dataset,
+            "verify_aligned": ALIGNED / verify, "pairs": [FOLDS / verify / f"fold{k}-pairs.parquet" for k in folds],
+            "out": OUT / dataset, "metrics": METRICS / f"{dataset}.json"}
+
+
+def checkpoint_path(dataset: str) -> Path:
+    """The pretrained model fine-tuning starts from with ``finetune.common.init: pretrain``."""
+    return OUT / dataset / "model.pt"
+
+
+def build_spec(t: Any, n_classes: int, alignment: str, *, workers: int, eval_batch_size: int):
+    """The :class:`~pipeline.training.pretrain.PretrainSpec` of ``pretrain.train`` ``t``."""
+    from pipeline.models.network import HeadSpec, ModelConfig
+    from pipeline.training.pretrain import PretrainSpec
+
+    model = ModelConfig(heads=(HeadSpec("identity", n_classes),), depth=t.depth, keep_prob=t.keep_prob,
+                        input_size=t.input_size, alignment=alignment, crop=t.crop, bn_decay=t.bn_decay)
+    init = None if t.init == "random" else t.init
+    if init is not None and not Path(init).is_file():
+        raise UserError(f"pretrain.train.init: checkpoint not found: {init} (use 'random' or a checkpoint path)")
+    return PretrainSpec(
+        model=model, steps=t.steps, batch_size=t.batch_size, init=init, optimizer=t.optimizer, lr=t.lr,
+        lr_boundaries=tuple(t.lr_boundaries), lr_factor=t.lr_factor, momentum=t.momentum, rms_decay=t.rms_decay,
+        rms_eps=t.rms_eps, weight_decay=t.weight_decay, clip_norm=t.clip_norm,
+        center_loss_factor=t.center_loss_factor, center_loss_alpha=t.center_loss_alpha, crop=t.crop,
+        random_crop=t.random_crop, flip=t.flip, freeze_bn=t.freeze_bn, window=t.shuffle_window, workers=workers,
+        checkpoint_every=t.checkpoint_every, eval_every=t.eval_every, log_every=t.log_every, eval_mode=t.eval_mode,
+        eval_folds=t.eval_folds, far_targets=tuple(t.far_targets), eval_batch_size=eval_batch_size, seed=t.seed,
+        amp=t.amp, channels_last=t.channels_last, compile=t.compile)
+
+
+def _torchrun(ctx: typer.Context, processes: int) -> None:
+    """Run this command under ``torchrun --standalone --nproc_per_node=<processes>`` and wait."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+           "-m", "stages", "--params", str(ctx.obj["params_path"]), "pretrain"]
+    log.info("launching %s", " ".join(cmd))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    code = subprocess.call(cmd, env=env)
+    if code != 0:
+        raise UserError(f"pretrain: torchrun exited with code {code} (the failing rank's message is above); the "
+                        f"last checkpoint in {WORK} is resumed by the next run")
+
+
+@user_errors
+def command(ctx: typer.Context) -> None:
+    import torch
+
+    from pipeline.config import load_params
+    from pipeline.training.distributed import from_env, launched_by_torchrun
+
+    params = load_params(ctx.obj["params_path"])
+    t = params.pretrain.train
+    dataset, vds = t.dataset, t.verification.dataset
+    sp = load_stage_params(ctx, [s.format(pretrain_dataset=dataset) for s in DECLARED] + RUNTIME)
+    t = sp.get("pretrain.train")
+    p = paths(dataset, vds, list(t.verification.folds))
+    for f in [p["manifest"], p["aligned"], p["verify_aligned"], *p["pairs"]]:
+        if not f.exists():
+            raise DatasetError(f"{f} not found: run the upstream stages first (dvc repro pretrain)")
+    if t.processes > 1 and not launched_by_torchrun():
+        _torchrun(ctx, t.processes)
+        return
+    threads = sp.get("pretrain.threads")
+    if threads:
+        torch.set_num_threads(threads)
+    dist = from_env(resolve_device(sp.get("pretrain.device"), "pretrain.device"))
+    try:
+        _train(sp, t, dataset, p, dist)
+    finally:
+        dist.close()
+
+
+def _train(sp, t, dataset: str, p: dict[str, Any], dist) -> None:
+    from pipeline.data.manifest import read_manifest
+    from pipeline.training.pretrain_data import load_identity_faces, load_verification_pairs
+
+    ids = load_identity_faces(read_manifest(p["manifest"]), p["aligned"])
+    if ids.faces.__len__() < t.batch_size:
+        raise DatasetError(f"{p['aligned']}: {len(ids.faces)} aligned faces are fewer than one batch "
+                           f"(pretrain.train.batch_size {t.batch_size})")
+    verify, vcounts = load_verification_pairs(p["verify_aligned"], p["pairs"])
+    spec = build_spec(t, ids.n_classes, sp.get(f"datasets.{dataset}.align_convention"),
+                      workers=sp.get("pretrain.workers"), eval_batch_size=sp.get("pretrain.eval_batch_size"))
+    if spec.init is not None and dist.is_main:
+        from pipeline.models.checkpoint import CheckpointError
+        from pipeline.training.pretrain import build_pretrain_model
+
+        try:  # a checkpoint that cannot initialise this model is a one-line error before anything runs
+            build_pretrain_model(spec)
+        except CheckpointError as exc:
+            raise UserError(f"pretrain.train.init: {exc}") from None
+    settings = {k: v for k, v in sp.as_flat_dict().items() if not any(k.startswith(r) for r in RUNTIME)}
+    inputs = [p["aligned"] / "alignment.parquet", p["verify_aligned"] / "alignment.parquet", *p["pairs"]]
+    work = WORK / f"{dataset}-{work_key(settings, inputs)}"
+    if dist.is_main:
+        for d in WORK.glob(f"{dataset}-*"):  # states of other params/code can never resume
+            if d != work and d.is_dir():
+                shutil.rmtree(d, ignore_errors=True)
+    dist.barrier()
+    counts = {**ids.counts, **{f"verification_{k}": v for k, v in vcounts.items()}}
+    run_ctx = (stage_run("pretrain", sp, item=dataset, inputs=[str(p["aligned"])], resume_file=work / "mlflow_run_id")
+               if dist.is_main else contextlib.nullcontext(RunLogger(None)))
+    with run_ctx as run:
+        run.set_tags({"dataset": dataset, "device": dist.device, "processes": str(dist.world)})
+        run.log_metrics({f"data_{k}": v for k, v in counts.items()})
+
+        def on_resume(rows: list[dict], history: list[dict]) -> None:
+            keys = {k for r in rows for k in r if k != "step"} | {"verification_accuracy"}
+            done = run.logged_steps(sorted(keys))
+            run.log_rows(rows, skip=done)
+            for e in history:
+                run.log_metrics({"verification_accuracy": e["verification_accuracy"]}, step=e["step"], skip=done)
+
+        def on_eval(entry: dict) -> None:
+            run.log_metrics({"verification_accuracy": entry["verification_accuracy"]}, step=entry["step"])
+            log.info("step %d: verification accuracy %.4f", entry["step"], entry["verification_accuracy"])
+
+        from pipeline.training.pretrain import run_pretrain
+        from pipeline.training.step import NonFiniteError
+
+        bar = progress_bar(f"pretrain {dataset}", spec.steps * spec.batch_size) if dist.is_main \
+            else contextlib.nullcontext(None)
+        with bar as advance:
+            try:
+                result = run_pretrain(spec, ids.faces, work, dist, verify=verify, on_log=run.log_rows,
+                                      on_eval=on_eval, on_resume=on_resume, progress=advance)
+            except NonFiniteError as exc:
+                raise UserError(f"{exc}; training stopped, the last good state is checkpointed in {work}/state.pt "
+                                "(lower pretrain.train.lr)") from None
+        if not dist.is_main:
+            return
+        if result.resumed_from:
+            typer.echo(f"resumed after step {result.resumed_from} from {work}", err=True)
+        metrics = {"dataset": dataset, "verification_dataset": t.verification.dataset,
+                   "verification_folds": list(t.verification.folds), "data": counts, **result.metrics}
+        _write_outputs(p, result, metrics, spec, ids, dataset)
+        speed = {"seconds": result.seconds, "images_per_second": result.images_per_second,
+                 "data_wait_fraction": result.data_wait_fraction}
+        run.log_metrics(speed)
+        for name in ("steps.csv", "curves.png", "history.json"):
+            run.log_artifact(p["out"] / name)
+        run.log_dict(metrics, "metrics.json")
+    shutil.rmtree(work, ignore_errors=True)
+    acc = (result.metrics.get("verification") or {}).get("last", {}).get("verification_accuracy")
+    typer.echo(f"pretrain {dataset}: {spec.steps} steps, last loss {result.metrics['last']['loss']:.4f}, "
+               f"verification {acc if acc is None else f'{acc:.4f}'} ({result.images_per_second:.0f} img/s on "
+               f"{dist.world} x {dist.device}, data wait {100 * result.data_wait_fraction:.1f} %) -> {p['out']}")
+
+
+def _write_outputs(p: dict[str, Any], result, metrics: dict, spec, ids, dataset: str) -> None:
+    from pipeline.models.checkpoint import save_model
+    from pipeline.training.pretrain import ROW_COLUMNS
+
+    with staged_files(p["metrics"]) as (tmp_metrics,), atomic_dir(p["out"]) as tmp:
+        meta = {"stage": "pretrain", "dataset": dataset, "steps": spec.steps, "identities": ids.n_classes}
+        save_model(result.model, tmp / "model.pt", meta=meta)
+        with open(tmp / "steps.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=ROW_COLUMNS)
+            writer.writeheader()
+            writer.writerows(result.rows)
+        write_json_atomic(result.history, tmp / "history.json")
+        _plot(result.rows, result.history, tmp / "curves.png", f"pretrain {dataset}")
+        write_json_atomic(metrics, tmp_metrics)
+
+
+def _plot(rows: list[dict], history: list[dict], path: Path, title: str) -> None:
+    """Loss (top), batch accuracy and verification accuracy (bottom) per step."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    top.plot(steps, [r["loss"] for r in rows], label="loss", linewidth=1)
+    top.plot(steps, [r["cross_entropy"] for r in rows], label="cross entropy", linewidth=1)
+    top.set_ylabel("loss")
+    top.legend(loc="best", fontsize=8)
+    bottom.plot(steps, [r["train_accuracy"] for r in rows], label="batch accuracy", linewidth=1)
+    if history:
+        bottom.plot([e["step"] for e in history], [e["verification_accuracy"] for e in history], "o-",
+                    label="verification accuracy", linewidth=1)
+    bottom.set_ylabel("accuracy")
+    bottom.set_xlabel("step")
+    bottom.legend(loc="best", fontsize=8)
+    top.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,224 @@
+"""Pretraining (pipeline/training/pretrain.py, shard_data.py): data order, learning, resume, DDP equivalence.
+
+Synthetic shards: 4 identities x 6 faces of 88 px whose colour layout depends on the identity, written with the
+align stage's own shard writer, so the real streaming reader decodes real JPEGs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.align.shards import write_shard
+from pipeline.models.network import HeadSpec, ModelConfig
+from pipeline.training.distributed import DistContext
+from pipeline.training.pretrain import PretrainSpec, lr_at, run_pretrain
+from pipeline.training.shard_data import ShardBatchSampler, ShardFaces, make_loader
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+N_IDS, PER_ID, SIZE = 4, 6, 88
+
+
+def _face(identity: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    img = rng.integers(0, 40, (SIZE, SIZE, 3)).astype(np.uint8)
+    q = SIZE // 2
+    img[(identity // 2) * q:(identity // 2 + 1) * q, (identity % 2) * q:(identity % 2 + 1) * q, identity % 3] += 180
+    img[:, :, (k % 3)] += 10
+    return img
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """Two shards (12 faces each, identities interleaved) + ``index.npz`` (shard, offset, length, labels, size)."""
+    root = tmp_path_factory.mktemp("shards")
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(N_IDS), PER_ID)
+    rng.shuffle(labels)
+    half = len(labels) // 2
+    shard, offset, length = [], [], []
+    for s, part in enumerate((labels[:half], labels[half:])):
+        ranges = write_shard(root / f"shard-{s:05d}.tar", [_face(int(y), k, rng) for k, y in enumerate(part)])
+        shard += [s] * len(part)
+        offset += [o for o, _ in ranges]
+        length += [n for _, n in ranges]
+    np.savez(root / "index.npz", shard=np.array(shard), offset=np.array(offset), length=np.array(length),
+             labels=labels, size=SIZE)
+    return root
+
+
+def _faces(root: Path) -> ShardFaces:
+    m = np.load(root / "index.npz")
+    return ShardFaces(root, m["shard"], m["offset"], m["length"], m["labels"], int(m["size"]))
+
+
+def _spec(**kw) -> PretrainSpec:
+    base = dict(model=ModelConfig(heads=(HeadSpec("identity", N_IDS),), keep_prob=0.8, input_size=80, crop=80,
+                                  bn_decay=0.9),
+                steps=6, batch_size=8, optimizer="adam", lr=1e-3, lr_boundaries=(), clip_norm=5.0, crop=80,
+                workers=0, checkpoint_every=2, eval_every=1000, log_every=1, amp=False, seed=5)
+    base.update(kw)
+    return PretrainSpec(**base)
+
+
+# --- the data order ------------------------------------------------------------------------------------------------
+
+
+def test_each_epoch_is_a_permutation_and_the_ranks_split_each_global_batch(shards):
+    faces = _faces(shards)
+    one = ShardBatchSampler(faces.shard, 8, seed=1)
+    two = [ShardBatchSampler(faces.shard, 8, seed=1, rank=r, world=2) for r in (0, 1)]
+    assert one.batches_per_epoch == 3
+    seen = np.concatenate([one.batch(s) for s in range(3)])
+    assert sorted(seen.tolist()) == list(range(24))  # one epoch = every face once
+    for step in range(7):
+        assert np.array_equal(np.concatenate([two[0].batch(step), two[1].batch(step)]), one.batch(step))
+        assert not set(two[0].batch(step)) & set(two[1].batch(step))
+    assert not np.array_equal(one.epoch_order(0), one.epoch_order(1))  # a fresh permutation every epoch
+
+
+def test_window_shuffle_mixes_whole_shards_and_resumes_mid_stream(shards):
+    faces = _faces(shards)
+    s = ShardBatchSampler(faces.shard, 4, seed=2, window=1)
+    order = s.epoch_order(0)
+    first = faces.shard[order[:12]]
+    assert len(set(first)) == 1 and len(set(faces.shard[order[12:]])) == 1  # one shard at a time
+    assert sorted(order.tolist()) == list(range(24))
+    it = iter(ShardBatchSampler(faces.shard, 4, seed=2, window=1, start_step=7))
+    assert next(it) == s.batch(7).tolist()
+    with pytest.raises(ValueError, match="multiple of the 3 processes"):
+        ShardBatchSampler(faces.shard, 8, seed=0, world=3)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        ShardBatchSampler(faces.shard, 32, seed=0)
+
+
+def test_loader_workers_deliver_the_samplers_batches_in_order(shards):
+    faces = _faces(shards)
+    sampler = ShardBatchSampler(faces.shard, 6, seed=4)
+    loader = make_loader(faces, sampler, workers=2, prefetch=2)
+    batches = [b for _, b in zip(range(5), loader, strict=False)]
+    for step, (x, y) in enumerate(batches):
+        idx = sampler.batch(step)
+        assert x.dtype == torch.uint8 and x.shape == (6, 3, SIZE, SIZE)
+        assert torch.equal(y, torch.from_numpy(faces.labels[idx]))
+        assert torch.equal(x[0], faces[int(idx[0])][0])
+
+
+def test_a_corrupt_shard_is_a_clear_error(tmp_path, shards):
+    m = np.load(shards / "index.npz")
+    bad = tmp_path / "shards"
+    bad.mkdir()
+    for f in shards.glob("shard-*.tar"):
+        data = bytearray(f.read_bytes())
+        data[int(m["offset"][0]) : int(m["offset"][0]) + 64] = b"\0" * 64
+        (bad / f.name).write_bytes(bytes(data))
+    faces = ShardFaces(bad, m["shard"], m["offset"], m["length"], m["labels"], int(m["size"]))
+    with pytest.raises(Exception, match="shard-00000.tar"):
+        faces.__getitems__([0])
+
+
+# --- the loop ------------------------------------------------------------------------------------------------------
+
+
+def test_lr_boundaries_divide_the_rate():
+    spec = _spec(lr=0.1, lr_boundaries=(60000, 80000), lr_factor=0.1)
+    assert [lr_at(spec, s) for s in (0, 59999, 60000, 79999, 80000)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
+
+
+def test_pretraining_learns_the_identities_and_moves_the_centers(shards, tmp_path):
+    result = run_pretrain(_spec(steps=24, checkpoint_every=24, log_every=4), _faces(shards), tmp_path / "w",
+                          DistContext())
+    for r in result.rows:  # means over 4 steps of batch 8: accuracies are multiples of 1/32
+        assert 0.0 <= r["train_accuracy"] <= 1.0 and (r["train_accuracy"] * 32) == pytest.approx(
+            round(r["train_accuracy"] * 32))
+        assert r["loss"] == pytest.approx(r["cross_entropy"] + 0.1 * r["center_loss"], rel=1e-5)
+        assert r["grad_norm"] > 0
+    ce = [r["cross_entropy"] for r in result.rows]
+    assert ce[-1] < 0.5 * ce[0]  # chance is ln 4 = 1.39
+    assert result.rows[-1]["train_accuracy"] >= 0.75
+    assert float(result.centers.centers.norm(dim=1).min()) > 0.1  # every identity's center left zero
+    assert [r["step"] for r in result.rows] == [4, 8, 12, 16, 20, 24]
+    assert result.metrics["last"]["step"] == 24 and result.metrics["images_seen"] == 24 * 8
+
+
+def test_verification_is_evaluated_every_eval_every_steps(shards, tmp_path):
+    from pipeline.training.evaluate import EvalData
+
+    faces = _faces(shards)
+    images = torch.stack([faces[i][0] for i in range(len(faces))])
+    a, b = np.triu_indices(len(faces), 1)
+    same = faces.labels[a] == faces.labels[b]
+    verify = EvalData(images=images, pair_a=a, pair_b=b, same=same, expression=np.full(len(faces), -1),
+                      class_names=[])
+    seen = []
+    result = run_pretrain(_spec(steps=4, eval_every=2, eval_folds=2), faces, tmp_path / "w", DistContext(),
+                          verify=verify, on_eval=seen.append)
+    assert [e["step"] for e in result.history] == [2, 4] and seen == result.history
+    assert 0.0 <= result.history[-1]["verification_accuracy"] <= 1.0
+    assert result.metrics["verification"]["last"]["step"] == 4
+
+
+def test_resume_from_a_checkpoint_ends_bit_identical(shards, tmp_path):
+    faces = _faces(shards)
+    full = run_pretrain(_spec(), faces, tmp_path / "full", DistContext())
+    # a run stopped after its checkpoint at step 4, then resumed (the state file is all that survives)
+    part_dir = tmp_path / "part"
+    run_pretrain(_spec(steps=4), faces, part_dir, DistContext())
+    resumed = run_pretrain(_spec(), faces, part_dir, DistContext())
+    assert resumed.resumed_from == 4
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert torch.equal(full.centers.centers, resumed.centers.centers)
+    assert full.rows == resumed.rows
+
+
+def test_a_state_file_of_another_kind_is_refused(shards, tmp_path):
+    (tmp_path / "w").mkdir()
+    torch.save({"format": "something-else"}, tmp_path / "w" / "state.pt")
+    with pytest.raises(ValueError, match="not a pretraining state file"):
+        run_pretrain(_spec(), _faces(shards), tmp_path / "w", DistContext())
+
+
+def test_a_diverging_run_stops_with_a_clear_message_before_updating(shards, tmp_path):
+    from pipeline.training.step import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match="non-finite value in a pretraining step"):
+        run_pretrain(_spec(lr=float("inf"), optimizer="sgd", steps=3), _faces(shards), tmp_path / "w", DistContext())
+
+
+# --- DDP under torchrun --------------------------------------------------------------------------------------------
+
+
+def _worker(args: list[str], torchrun: int | None) -> None:
+    script = str(REPO / "tests" / "pretrain_ddp_worker.py")
+    cmd = [sys.executable, script, *args] if torchrun is None else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}", script, *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(shards, tmp_path):
+    """torchrun --nproc_per_node=2 (gloo, DDP): after 2 steps the parameters, BN buffers and center-loss centers
+    equal a single process's with the same global batch; without the all-reduce of the center statistics each rank
+    would move the centers toward its own half-batch only."""
+    _worker([str(shards), str(tmp_path / "one"), "2", "8"], None)
+    _worker([str(shards), str(tmp_path / "two"), "2", "8"], 2)
+    one = torch.load(tmp_path / "one" / "rank0.pt")
+    ranks = [torch.load(tmp_path / "two" / f"rank{r}.pt") for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    for k, v in one["model"].items():
+        for r in ranks:
+            torch.testing.assert_close(r["model"][k], v, rtol=1e-4, atol=1e-6, msg=k)
+    for r in ranks:
+        torch.testing.assert_close(r["centers"], one["centers"], rtol=1e-5, atol=1e-7)
+    assert float(one["centers"].abs().sum()) > 0
+    for key in ("loss", "cross_entropy", "center_loss", "train_accuracy"):  # rank-means = the global batch's
+        assert ranks[0]["rows"][-1][key] == pytest.approx(one["rows"][-1][key], rel=1e-4, abs=1e-6)
