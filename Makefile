@@ -34,6 +34,7 @@ demo: $(STAMP)
 	echo; echo "demo finished in $$((end - start)) s (wall time of dvc repro)"; \
 	echo "  manifests:   data/manifests/   metrics: metrics/   (dvc metrics show)"; \
 	echo "  aligned:     data/aligned/<dataset>/ (alignment.parquet + shards/*.tar)   folds: data/folds/<dataset>/"; \
+	echo "  pretraining: data/pretrain/<dataset>/ (model.pt, steps.csv, curves.png)   metrics/pretrain/<dataset>.json"; \
 	echo "  fine-tuning: data/finetune/<dataset>/fold<k>-<method>/ (model.pt, steps.csv, curves.png)   metrics/finetune/<dataset>/"; \
 	echo "  reports:     reports/"; \
 	echo "  MLflow runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db   (then open http://127.0.0.1:5000)"
