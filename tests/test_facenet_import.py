@@ -131,3 +131,24 @@ def test_finetune_init_accepts_a_facenet_file_and_copies_the_branch(tmp_path):
         for name in ("identity", "expression"):
             torch.testing.assert_close(model.branches[name](features).prelogits, ref, rtol=1e-4,
                                        atol=1e-4 * float(ref.abs().max()))
+
+
+def test_a_facenet_file_initialises_pretraining_and_its_features_survive(tmp_path):
+    """``pretrain.train.init``: the pretraining model (one identity head, other classes) starts from the file; its
+    1792-d features in evaluation mode are facenet-pytorch's."""
+    from pipeline.training.pretrain import PretrainSpec, build_pretrain_model
+
+    net = _facenet(1)
+    path = tmp_path / "casia-like.pt"
+    torch.save(net.state_dict(), path)
+    spec = PretrainSpec(model=ModelConfig(heads=(HeadSpec("identity", 11),), depth="full", input_size=96), steps=1,
+                        init=str(path))
+    model = build_pretrain_model(spec).eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        ours = model.branches["identity"](model.trunk(x)).prelogits
+        torch.testing.assert_close(ours, _facenet_features(net, x), rtol=1e-4, atol=1e-4)
+    reduced = PretrainSpec(model=ModelConfig(heads=(HeadSpec("identity", 11),), depth="reduced", input_size=96),
+                           steps=1, init=str(path))
+    with pytest.raises(CheckpointError):
+        build_pretrain_model(reduced)

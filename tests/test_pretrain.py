@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from pipeline.align.shards import write_shard
+from pipeline.errors import DatasetError
 from pipeline.models.network import HeadSpec, ModelConfig
 from pipeline.training.distributed import DistContext
 from pipeline.training.pretrain import PretrainSpec, lr_at, run_pretrain
-from pipeline.training.shard_data import ShardBatchSampler, ShardFaces, make_loader
+from pipeline.training.shard_data import ShardBatchSampler, ShardFaces, make_loader, next_batch
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -120,8 +121,19 @@ def test_a_corrupt_shard_is_a_clear_error(tmp_path, shards):
         data[int(m["offset"][0]) : int(m["offset"][0]) + 64] = b"\0" * 64
         (bad / f.name).write_bytes(bytes(data))
     faces = ShardFaces(bad, m["shard"], m["offset"], m["length"], m["labels"], int(m["size"]))
-    with pytest.raises(Exception, match="shard-00000.tar"):
+    with pytest.raises(DatasetError, match="shard-00000.tar"):
         faces.__getitems__([0])
+    # through a worker process: the same single line, not DataLoader's wrapper with the worker's traceback
+    first = int(np.flatnonzero(m["shard"] == 0)[0])
+    order = [first] + [i for i in range(len(faces)) if i != first]
+    sampler = ShardBatchSampler(faces.shard, 4, seed=0)
+    sampler.epoch_order = lambda epoch: np.array(order)  # the corrupt face in the first batch
+    batches = iter(make_loader(faces, sampler, workers=1, prefetch=1))
+    with pytest.raises(DatasetError) as err:
+        next_batch(batches)
+    msg = str(err.value)
+    assert "\n" not in msg and "shard-00000.tar" in msg and "do not decode as an image" in msg
+    assert not msg.startswith("pipeline.errors")
 
 
 # --- the loop ------------------------------------------------------------------------------------------------------

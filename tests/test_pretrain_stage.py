@@ -196,3 +196,26 @@ def test_finetune_starts_from_the_pretrain_checkpoint_and_the_pretrained_method_
     write_params(work / "params.yaml", _params(**{"finetune.common.init": "random"}))
     res = _run(work, args=("finetune", "--fold", "0", "--method", "pretrained"), ok=False)
     assert "epochs is 0 (evaluate the initial model) but finetune.common.init is random" in res.stderr
+
+
+def test_a_corrupt_shard_is_a_one_line_error_from_the_loader_workers(inputs, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    work = _workdir(tmp_path / "repo", inputs, _params(**{"pretrain.workers": 1}))
+    aligned = work / "data/aligned/demo_webface"
+    aligned.unlink()
+    shutil.copytree(inputs / "data/aligned/demo_webface", aligned)
+    table = pd.read_parquet(aligned / "alignment.parquet")
+    row = table[table["status"] == "aligned"].iloc[0]
+    shard = aligned / "shards" / f"shard-{int(row['shard']):05d}.tar"
+    data = bytearray(shard.read_bytes())
+    data[int(row["offset"]) : int(row["offset"]) + 64] = b"\0" * 64
+    shard.write_bytes(bytes(data))
+    res = _run(work, ok=False)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "do not decode as an image (corrupt shard?)" in lines[-1], lines[-3:]
+    assert "Traceback" not in res.stderr and "DataLoader worker" not in res.stderr
+    assert not (work / OUT).exists() and not (work / METRICS).exists()

@@ -40,7 +40,7 @@ from pipeline.models.network import ModelConfig, MultiTaskInceptionResNetV1
 from pipeline.training.data import preprocess
 from pipeline.training.distributed import DistContext
 from pipeline.training.optim import build_optimizer, clip_by_global_norm_
-from pipeline.training.shard_data import ShardBatchSampler, ShardFaces, make_loader
+from pipeline.training.shard_data import ShardBatchSampler, ShardFaces, make_loader, next_batch
 from pipeline.training.step import NonFiniteError
 
 if TYPE_CHECKING:  # evaluation needs scikit-learn and SciPy: imported when a run verifies, not by bench/pretrain.py
@@ -278,7 +278,7 @@ def run_pretrain(spec: PretrainSpec, train: ShardFaces, work: Path, dist: DistCo
                 g["lr"] = lr
             model.set_phase(train=True, frozen_bn=frozen)
             tw = time.perf_counter()
-            raw, y = next(batches)
+            raw, y = next_batch(batches)
             waited += time.perf_counter() - tw
             raw = raw.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)

@@ -30,8 +30,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.align.shards import ShardReader
+from pipeline.errors import DatasetError
 
-__all__ = ["ShardBatchSampler", "ShardFaces", "make_loader"]
+__all__ = ["ShardBatchSampler", "ShardFaces", "make_loader", "next_batch"]
 
 
 class ShardFaces(Dataset):
@@ -59,8 +60,8 @@ class ShardFaces(Dataset):
     def _read(self, i: int) -> np.ndarray:
         img = self.reader.read(int(self.shard[i]), int(self.offset[i]), int(self.length[i]))
         if img.shape[:2] != (self.crop_size, self.crop_size):
-            raise ValueError(f"{self.reader.path(int(self.shard[i]))} offset {self.offset[i]}: a "
-                             f"{img.shape[1]}x{img.shape[0]} crop, expected {self.crop_size}: re-run the align stage")
+            raise DatasetError(f"{self.reader.path(int(self.shard[i]))} offset {self.offset[i]}: a "
+                               f"{img.shape[1]}x{img.shape[0]} crop, expected {self.crop_size}: re-run the align stage")
         return img
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
@@ -156,3 +157,16 @@ def make_loader(dataset: ShardFaces, sampler: ShardBatchSampler, *, workers: int
     kw = {"prefetch_factor": prefetch, "persistent_workers": True} if workers > 0 else {}
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=_passthrough,
                       pin_memory=pin_memory, **kw)
+
+
+def next_batch(batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``next(batches)``; a :class:`~pipeline.errors.DatasetError` raised in a worker process (a corrupt or truncated
+    shard) comes back as the same one-line error, not as DataLoader's multi-line "Caught ... in DataLoader worker
+    process" wrapper with the worker's traceback."""
+    try:
+        return next(batches)
+    except DatasetError as exc:
+        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+        last = lines[-1] if lines else str(exc)
+        prefix = f"{DatasetError.__module__}.{DatasetError.__qualname__}: "
+        raise DatasetError(last.removeprefix(prefix)) from None
