@@ -130,7 +130,7 @@ def _train(sp, t, dataset: str, p: dict[str, Any], dist) -> None:
     from pipeline.training.pretrain_data import load_identity_faces, load_verification_pairs
 
     ids = load_identity_faces(read_manifest(p["manifest"]), p["aligned"])
-    if ids.faces.__len__() < t.batch_size:
+    if len(ids.faces) < t.batch_size:
         raise DatasetError(f"{p['aligned']}: {len(ids.faces)} aligned faces are fewer than one batch "
                            f"(pretrain.train.batch_size {t.batch_size})")
     verify, vcounts = load_verification_pairs(p["verify_aligned"], p["pairs"])

@@ -51,6 +51,19 @@ def write_params(path: Path, params: dict) -> Path:
     return path
 
 
+def stage_env(workdir: Path, mlflow_db: Path | None, **extra: str) -> dict[str, str]:
+    """Environment of a stage subprocess in ``workdir``, as under DVC: this repo's code, no GPU, a private MLflow
+    store at ``mlflow_db`` (None: tracking off), plus ``extra`` variables."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "DMTL_"))}
+    env.update(PYTHONPATH=str(REPO), DVC_ROOT=str(workdir), DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true",
+               CUDA_VISIBLE_DEVICES="", TERMINAL_WIDTH="200", **extra)
+    env.update({"DMTL_MLFLOW": "0"} if mlflow_db is None else
+               {"DMTL_MLFLOW": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_db}"})
+    return env
+
+
 def run_upstream(root: Path, params: dict, commands: list[tuple[str, str]]) -> Path:
     """Run stage ``commands`` (``(command, dataset)``, in order, in-process, without MLflow) in a fresh folder
     ``root`` with ``params``: the real upstream outputs a downstream stage test reads."""

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from pipeline.evaluation.verification import evaluate_distances
 from pipeline.models.checkpoint import load_model
 from stages.app import app
-from tests.conftest import REPO, run_upstream, tiny_params, write_params
+from tests.conftest import REPO, run_upstream, stage_env, tiny_params, write_params
 
 runner = CliRunner()
 EPOCHS, EPOCH_SIZE, BATCH = 3, 2, 4
@@ -80,14 +80,7 @@ def _workdir(path: Path, inputs: Path, params: dict, *, folds: list[int] | None 
 
 
 def _env(workdir: Path, mlflow_db: Path | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "DMTL_"))}
-    env.update(PYTHONPATH=str(REPO), DVC_ROOT=str(workdir), DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true",
-               CUDA_VISIBLE_DEVICES="", TERMINAL_WIDTH="200")
-    if mlflow_db is None:
-        env["DMTL_MLFLOW"] = "0"
-    else:
-        env.update(DMTL_MLFLOW="1", MLFLOW_TRACKING_URI=f"sqlite:///{mlflow_db}")
-    return env
+    return stage_env(workdir, mlflow_db)
 
 
 def _cmd(method: str = "dynamic", fold: int = 0) -> list[str]:

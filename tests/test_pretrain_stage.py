@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from pipeline.models.checkpoint import load_model
-from tests.conftest import REPO, run_upstream, tiny_params, write_params
+from tests.conftest import REPO, run_upstream, stage_env, tiny_params, write_params
 
 OUT = Path("data/pretrain/demo_webface")
 METRICS = Path("metrics/pretrain/demo_webface.json")
@@ -52,12 +52,7 @@ def _workdir(path: Path, inputs: Path, params: dict) -> Path:
 
 
 def _env(workdir: Path, mlflow_db: Path | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "DMTL_"))}
-    env.update(PYTHONPATH=str(REPO), DVC_ROOT=str(workdir), DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true",
-               CUDA_VISIBLE_DEVICES="", TERMINAL_WIDTH="200", OMP_NUM_THREADS="1")
-    env.update({"DMTL_MLFLOW": "0"} if mlflow_db is None else
-               {"DMTL_MLFLOW": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_db}"})
-    return env
+    return stage_env(workdir, mlflow_db, OMP_NUM_THREADS="1")
 
 
 def _run(workdir: Path, mlflow_db: Path | None = None, args: tuple[str, ...] = ("pretrain",),

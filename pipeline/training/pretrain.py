@@ -27,7 +27,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,7 @@ from pipeline.training.data import preprocess
 from pipeline.training.distributed import DistContext
 from pipeline.training.optim import build_optimizer, clip_by_global_norm_
 from pipeline.training.shard_data import ShardBatchSampler, ShardFaces, make_loader, next_batch
-from pipeline.training.step import NonFiniteError
+from pipeline.training.step import NonFiniteError, global_grad_norm
 
 if TYPE_CHECKING:  # evaluation needs scikit-learn and SciPy: imported when a run verifies, not by bench/pretrain.py
     from pipeline.training.evaluate import EvalData
@@ -101,7 +101,6 @@ class PretrainSpec:
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -166,11 +165,7 @@ class PretrainStep:
         loss = ce + self.center_loss_factor * center
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.clip_norm:
-            norm = clip_by_global_norm_(self.params, self.clip_norm)
-        else:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in self.params
-                                                         if p.grad is not None]))
+        norm = clip_by_global_norm_(self.params, self.clip_norm) if self.clip_norm else global_grad_norm(self.params)
         acc = (logits.argmax(1) == y).float().mean()
         # in ROW_COLUMNS order: loss, cross_entropy, center_loss, train_accuracy, grad_norm
         scalars = self.dist.mean(torch.stack([loss.detach(), ce.detach(), center.detach().float(), acc,
@@ -263,6 +258,7 @@ def run_pretrain(spec: PretrainSpec, train: ShardFaces, work: Path, dist: DistCo
     gen = torch.Generator(device=device)
     channels_last = spec.channels_last and device.type == "cuda"
     frozen = ("trunk", model.task_names[0]) if spec.freeze_bn else ()
+    verify_images = verify.images.to(device) if verify is not None and dist.is_main else None
 
     pending: list[dict[str, float]] = []
     t0 = time.perf_counter()
@@ -303,7 +299,7 @@ def run_pretrain(spec: PretrainSpec, train: ShardFaces, work: Path, dist: DistCo
                     on_log([row])
             if verify is not None and (step % spec.eval_every == 0 or last):
                 if dist.is_main:
-                    entry = _evaluate(spec, model, verify, step)
+                    entry = _evaluate(spec, model, verify, verify_images, step)
                     history.append(entry)
                     if on_eval is not None:
                         on_eval(entry)
@@ -325,10 +321,11 @@ def run_pretrain(spec: PretrainSpec, train: ShardFaces, work: Path, dist: DistCo
                           data_wait_fraction=waited / seconds if seconds > 0 else 0.0)
 
 
-def _evaluate(spec: PretrainSpec, model: MultiTaskInceptionResNetV1, verify: EvalData, step: int) -> dict[str, Any]:
+def _evaluate(spec: PretrainSpec, model: MultiTaskInceptionResNetV1, verify: EvalData, images: torch.Tensor,
+              step: int) -> dict[str, Any]:
+    """Verification of ``verify``'s pairs; ``images`` = ``verify.images`` already on the model's device."""
     from pipeline.training.evaluate import evaluate, predict
 
-    images = verify.images.to(next(model.parameters()).device)
     pred = predict(model, images, crop=spec.crop, input_size=spec.model.input_size, batch_size=spec.eval_batch_size,
                    amp=spec.amp, channels_last=spec.channels_last and images.device.type == "cuda")
     if not np.isfinite(pred.embeddings).all():

@@ -107,6 +107,10 @@ class ShardBatchSampler(Sampler[list[int]]):
         self.global_batch, self.seed, self.rank, self.world, self.window = global_batch, seed, rank, world, window
         self.local = global_batch // world
         self.start_step = start_step
+        # faces of each shard (ascending), grouped once: an epoch's window shuffle then costs O(N), not O(N · windows)
+        by_shard = np.argsort(shard, kind="stable")
+        self._shard_ids, starts = np.unique(shard[by_shard], return_index=True)
+        self._members = dict(zip(self._shard_ids.tolist(), np.split(by_shard, starts[1:]), strict=True))
 
     @property
     def batches_per_epoch(self) -> int:
@@ -118,10 +122,10 @@ class ShardBatchSampler(Sampler[list[int]]):
         rng = np.random.default_rng([self.seed, epoch])
         if self.window == 0:
             return rng.permutation(len(self.shard))
-        shards = rng.permutation(np.unique(self.shard))
+        shards = rng.permutation(self._shard_ids)
         parts = []
         for k in range(0, len(shards), self.window):
-            members = np.flatnonzero(np.isin(self.shard, shards[k : k + self.window]))
+            members = np.sort(np.concatenate([self._members[int(sh)] for sh in shards[k : k + self.window]]))
             parts.append(rng.permutation(members))
         return np.concatenate(parts)
 

@@ -28,7 +28,7 @@ from pipeline.losses.center import CenterLoss
 from pipeline.training.optim import clip_by_global_norm_
 from pipeline.weighting.base import Weighting
 
-__all__ = ["NonFiniteError", "StepResult", "TaskSpec", "TrainStep", "task_losses"]
+__all__ = ["NonFiniteError", "StepResult", "TaskSpec", "TrainStep", "global_grad_norm", "task_losses"]
 
 
 class NonFiniteError(RuntimeError):
@@ -150,13 +150,14 @@ class TrainStep:
         has_aux = ws.aux is not None and bool(self.own_params)
         grads = torch.autograd.grad(ws.total, self.main_params, retain_graph=has_aux, allow_unused=True)
         _set_grads(self.main_params, grads)
-        norm = clip_by_global_norm_(self.main_params, self.clip_norm) if self.clip_norm else _norm(self.main_params)
+        norm = (clip_by_global_norm_(self.main_params, self.clip_norm) if self.clip_norm
+                else global_grad_norm(self.main_params))
         norm_own = None
         if has_aux:
             own_grads = torch.autograd.grad(ws.aux, self.own_params, allow_unused=True)
             _set_grads(self.own_params, own_grads)
             norm_own = (clip_by_global_norm_(self.own_params, self.clip_norm) if self.clip_norm
-                        else _norm(self.own_params))
+                        else global_grad_norm(self.own_params))
         scalars = [losses.detach().float(), ws.weights.detach().float().reshape(-1),
                    ws.total.detach().float().reshape(1), norm.detach().float().reshape(1)]
         if has_aux:
@@ -182,7 +183,8 @@ class TrainStep:
         self.centers.apply_update(sums, counts)
 
 
-def _norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
+def global_grad_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The global L2 norm of the parameters' gradients (0-d tensor; 0 when none has a gradient), unclipped."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros((), device=params[0].device if params else None)
