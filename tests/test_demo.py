@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from pipeline.data.demo import (
+from pipeline.data.demo import (  # the scene's parts, tested directly
     EXPRESSIONS,
+    NEUTRAL,
+    SIDE_LIGHT_MAX,
     DemoSummary,
+    _scene,
+    _session_look,
     generate_expression_dataset,
     generate_identity_dataset,
     identity_params,
     render_expression_sequence,
+    render_face,
     render_identity_image,
 )
 
@@ -175,6 +180,37 @@ def test_faces_inside_image_with_expected_scale() -> None:
         assert 0 <= x0 < x1 <= 120 and 0 <= y0 < y1 <= 100
         assert 0.33 <= (y1 - y0) / 100 <= 0.71
         assert r.expression in ("Neutral", *EXPRESSIONS)
+
+
+def test_session_look_varies_the_hair_and_keeps_the_face() -> None:
+    """Each scene redraws the hair (style, tone, hairline); every other identity factor is the person's own."""
+    ident = identity_params(0, 7)
+    looks = [_session_look(np.random.default_rng(i), ident) for i in range(40)]
+    hair_fields = {"hair_style", "hair", "hairline"}
+    for look in looks:
+        assert {k: v for k, v in asdict(look).items() if k not in hair_fields} == \
+            {k: v for k, v in asdict(ident).items() if k not in hair_fields}
+        assert 0.45 <= look.hairline <= 0.72 and all(0.0 <= c <= 1.0 for c in look.hair)
+    assert {look.hair_style for look in looks} == set(range(5))
+    tones = [np.mean(look.hair) / np.mean(ident.hair) for look in looks if max(look.hair) < 1.0]
+    assert min(tones) < 0.8 and max(tones) > 1.2
+    # without nuisance the scene keeps the identity's own look (the clean renders of the other tests rely on it)
+    assert _scene(np.random.default_rng(0), ident, 64, 64, False)[-1] == ident
+
+
+def test_hard_side_light_darkens_one_side_of_the_face() -> None:
+    ident = identity_params(0, 3)
+    sides = {}
+    for light in (-SIDE_LIGHT_MAX, 0.0, SIDE_LIGHT_MAX):
+        rgb, alpha = render_face(ident, NEUTRAL, side_light=light)
+        grey = rgb.mean(axis=2)
+        h, w = grey.shape
+        rows = slice(int(0.35 * h), int(0.55 * h))  # cheeks, below the eyes
+        left, right = grey[rows, int(0.3 * w) : int(0.45 * w)], grey[rows, int(0.55 * w) : int(0.7 * w)]
+        sides[light] = float(right.mean() / left.mean())
+    # lit from the right, then from the left (the old ±0.35 side light gave ratios of about 1.3)
+    assert sides[SIDE_LIGHT_MAX] > 2.0 and sides[-SIDE_LIGHT_MAX] < 1 / 2.0
+    assert 0.8 < sides[0.0] < 1.25
 
 
 def test_identity_set_varies_expression_per_identity() -> None:
