@@ -36,8 +36,10 @@ demo: $(STAMP)
 	echo "  aligned:     data/aligned/<dataset>/ (alignment.parquet + shards/*.tar)   folds: data/folds/<dataset>/"; \
 	echo "  pretraining: data/pretrain/<dataset>/ (model.pt, steps.csv, curves.png)   metrics/pretrain/<dataset>.json"; \
 	echo "  fine-tuning: data/finetune/<dataset>/fold<k>-<method>/ (model.pt, steps.csv, curves.png)   metrics/finetune/<dataset>/"; \
-	echo "  reports:     reports/"; \
-	echo "  MLflow runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db   (then open http://127.0.0.1:5000)"
+	echo "  report:      reports/tables.md (the paper's table, ours beside the paper's numbers; figures in reports/figures/)"; \
+	echo "  MLflow runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db   (then open http://127.0.0.1:5000)"; \
+	echo; echo "demo targets (reports/demo_check.txt):"; cat reports/demo_check.txt; \
+	echo; echo "results table: $(CURDIR)/reports/tables.md"
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest

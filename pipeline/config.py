@@ -518,6 +518,26 @@ class PixelBaselineConfig(_Strict):
     expression_c: Annotated[float, Field(gt=0.0)] = 1.0
 
 
+class ReportConfig(_Strict):
+    """``report``: the results tables and figures (stage ``report``; pipeline/report).
+
+    Reads the metrics of every fold in ``folds.run`` × method in ``finetune.run_methods`` (and the pixel baseline
+    when ``pixel_baseline``). ``reference``: the method every other is compared with (paired differences over
+    folds, a percentile bootstrap of ``bootstrap`` resamples at ``confidence``, seeded by ``seed``). ``val_far``:
+    the FAR of the VAL column (one of ``finetune.common.far_targets``). ``curves_methods`` on ``curves_fold``
+    (default: the first of ``folds.run``): the weight/loss figure (methods not in ``run_methods`` are left out).
+    """
+
+    reference: str = "dynamic"
+    val_far: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-3
+    bootstrap: Annotated[int, Field(ge=100)] = 10000
+    confidence: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
+    seed: int = 0
+    pixel_baseline: bool = True
+    curves_fold: Annotated[int, Field(ge=0)] | None = None
+    curves_methods: list[str] = ["dynamic", "naive_dynamic"]
+
+
 class Params(_Strict):
     """The whole ``params.yaml``."""
 
@@ -531,6 +551,7 @@ class Params(_Strict):
     pretrain: PretrainConfig = PretrainConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     pixel_baseline: PixelBaselineConfig = PixelBaselineConfig()
+    report: ReportConfig = ReportConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Params:
@@ -601,6 +622,24 @@ class Params(_Strict):
             raise ValueError(f"finetune.common.dataset: {ds!r} has no fold settings (folds.datasets)")
         if self.finetune.run_methods and self.datasets[ds].label_set is None:
             raise ValueError(f"finetune.common.dataset: {ds!r} has no label_set (needed for expression labels)")
+        return self
+
+
+    @model_validator(mode="after")
+    def _report_cross_checks(self) -> Params:
+        rp, ft = self.report, self.finetune
+        if not ft.run_methods:
+            return self
+        if rp.reference not in ft.run_methods:
+            raise ValueError(f"report.reference: {rp.reference!r} is not in finetune.run_methods {ft.run_methods}")
+        if not any(abs(rp.val_far - f) <= 1e-12 for f in ft.common.far_targets):
+            raise ValueError(f"report.val_far: {rp.val_far:g} is not one of finetune.common.far_targets "
+                             f"{list(ft.common.far_targets)}")
+        unknown = [m for m in rp.curves_methods if m not in ft.methods]
+        if unknown:
+            raise ValueError(f"report.curves_methods: unknown method(s) {unknown}; defined: {sorted(ft.methods)}")
+        if rp.curves_fold is not None and rp.curves_fold not in self.folds.run:
+            raise ValueError(f"report.curves_fold: {rp.curves_fold} is not in folds.run {self.folds.run}")
         return self
 
 

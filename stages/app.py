@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from stages import align, detect, download, embed, finetune, folds, manifest, pixel_baseline, pretrain, verify
+from stages import align, detect, download, embed, finetune, folds, manifest, pixel_baseline, pretrain, report, verify
 
 app = typer.Typer(
     name="stages",
@@ -45,3 +45,4 @@ app.command("pixel_baseline", help=pixel_baseline.__doc__)(pixel_baseline.comman
 app.command("detect", help=detect.__doc__)(detect.command)
 app.command("verify", help=verify.__doc__)(verify.command)
 app.command("embed", help=embed.__doc__)(embed.command)
+app.command("report", help=report.__doc__)(report.command)

@@ -169,7 +169,7 @@ def command(
     total = spec.epochs * spec.epoch_size * spec.batch_size
     item = f"{dataset}/fold{fold}/{method}"
     with stage_run("finetune", sp, item=item, inputs=[str(p["fold"]), str(p["aligned"])],
-                   resume_file=work / "mlflow_run_id") as run:
+                   resume_file=work / "mlflow_run_id", group=params) as run:
         run.set_tags({"fold": str(fold), "method": method, "weighting": method_cfg.weighting, "dataset": dataset,
                       "device": device})
         run.log_metrics({f"data_{k}": v for k, v in data.counts.items()})

@@ -129,7 +129,8 @@ def command(
     settings = PixelPCASettings(crop=crop, size=cfg.size, grey=cfg.grey, components=cfg.components,
                                 whiten=cfg.whiten, expression_c=cfg.expression_c, seed=seed)
     item = f"{dataset}/fold{fold}/{METHOD}"
-    with stage_run("pixel_baseline", sp, item=item, inputs=[str(p["fold"]), str(p["aligned"])]) as run:
+    with stage_run("pixel_baseline", sp, item=item, inputs=[str(p["fold"]), str(p["aligned"])],
+                   group=params) as run:
         run.set_tags({"fold": str(fold), "method": METHOD, "dataset": dataset})
         run.log_metrics({f"data_{k}": v for k, v in data.counts.items()})
         m, scores, model = run_fold(data, settings, eval_mode=sp.get("finetune.common.eval_mode"),

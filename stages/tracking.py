@@ -7,6 +7,9 @@
 - Each run logs the stage's declared params sections (flattened) and is tagged with the git commit and dirty flag,
   the stage name, the DVC stage/experiment names and the md5 of every input found in ``dvc.lock``.
 - ``DMTL_MLFLOW=0`` turns tracking off (the stage still runs and writes its outputs).
+- Runs that make one results table share a ``group`` tag (:func:`group_key`): the ``finetune`` and
+  ``pixel_baseline`` runs of every fold and the ``report`` run, which nests the others under itself
+  (:meth:`RunLogger.adopt_runs`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import yaml
 
 from pipeline.config import StageParams
 
-__all__ = ["RunLogger", "git_state", "input_hashes", "repo_root", "stage_run", "tracking_uri"]
+__all__ = ["RunLogger", "git_state", "group_key", "input_hashes", "repo_root", "stage_run", "tracking_uri"]
 
 EXPERIMENT_DEFAULT = "dynamic-mtl-face"
 
@@ -78,6 +81,35 @@ def input_hashes(root: Path, inputs: Sequence[str]) -> dict[str, str]:
     return tags
 
 
+def group_key(params: Any, root: Path | None = None) -> str:
+    """The key shared by the runs of one results table: a hash of the configuration, the commit and the data.
+
+    Hashed: ``finetune.common``, ``folds`` (k, assignment, seed and the fine-tuning dataset's settings),
+    ``pretrain.train``, ``pixel_baseline``, the git commit, and the ``dvc.lock`` md5 of the dataset's aligned faces
+    and folds. Not hashed: the method blocks (each method's run carries its own params) and ``folds.run`` (adding
+    a fold keeps the group).
+
+    Args:
+        params: the validated :class:`pipeline.config.Params`.
+    """
+    import hashlib
+
+    root = root or repo_root()
+    dataset = params.finetune.common.dataset
+    folds = params.folds
+    data = input_hashes(root, [f"data/aligned/{dataset}", f"data/folds/{dataset}"])
+    content = {
+        "finetune.common": params.finetune.common.model_dump(mode="json"),
+        "folds": {"k": folds.k, "assignment": folds.assignment, "seed": folds.seed,
+                  "dataset": folds.datasets[dataset].model_dump(mode="json") if dataset in folds.datasets else None},
+        "pretrain.train": params.pretrain.train.model_dump(mode="json"),
+        "pixel_baseline": params.pixel_baseline.model_dump(mode="json"),
+        "commit": git_state(root).get("git.commit", ""),
+        "data": {k: v for k, v in data.items() if k.endswith(".md5")},
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class RunLogger:
     """A thin handle on the active MLflow run (or a no-op when tracking is off)."""
 
@@ -123,6 +155,35 @@ class RunLogger:
         if self._mlflow:
             self._mlflow.set_tags(tags)
 
+    def adopt_runs(self, items: Sequence[str], group: str) -> list[dict[str, str]]:
+        """Nest the runs of ``items`` (``<dataset>/fold<k>/<method>``) under this run (tag ``mlflow.parentRunId``).
+
+        Per item the newest run tagged with ``group``; else the newest run of that item from another
+        configuration (its outputs were restored from DVC's cache); else none (restored from the cache of another
+        store: nothing to nest). Returns one row per item: ``item``, ``run_id`` ("" when none) and ``status``
+        (``this group`` | ``other group <key>`` | ``no run in this store``).
+        """
+        if not self._mlflow or self.run_id is None:
+            return []
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        experiment = client.get_run(self.run_id).info.experiment_id
+        rows = []
+        for item in items:
+            status, found = "no run in this store", None
+            for extra, label in ((f" and tags.group = '{group}'", "this group"), ("", None)):
+                runs = client.search_runs([experiment], f"tags.item = '{item}'{extra}",
+                                          order_by=["attributes.start_time DESC"], max_results=1)
+                if runs:
+                    found = runs[0]
+                    status = label or f"other group {found.data.tags.get('group', '?')}"
+                    break
+            if found is not None and found.info.run_id != self.run_id:
+                client.set_tag(found.info.run_id, "mlflow.parentRunId", self.run_id)
+            rows.append({"item": item, "run_id": found.info.run_id if found is not None else "", "status": status})
+        return rows
+
     def log_rows(self, rows: Sequence[dict[str, Any]], step_key: str = "step", prefix: str = "",
                  skip: Mapping[str, Set[int]] | None = None) -> None:
         """Log table rows as per-step metrics in batches (one series per numeric column; ``step_key`` = step).
@@ -156,7 +217,7 @@ class RunLogger:
 
 @contextlib.contextmanager
 def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str] = (), item: str | None = None,
-              resume_file: Path | None = None) -> Iterator[RunLogger]:
+              resume_file: Path | None = None, group: Any | None = None) -> Iterator[RunLogger]:
     """Open one MLflow run for a stage invocation; it ends FAILED if the body raises.
 
     Args:
@@ -167,6 +228,8 @@ def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str] = (), it
         resume_file: a file holding the id of this job's run: when it names a run that exists, that run is
             reopened (a resumed job logs into its first run instead of a duplicate); the id of a new run is
             written there.
+        group: the validated :class:`pipeline.config.Params` of a run that belongs to a results table: its
+            :func:`group_key` becomes the ``group`` tag.
     """
     if os.environ.get("DMTL_MLFLOW", "1").lower() in {"0", "false", "no", "off"}:
         yield RunLogger(None)
@@ -184,6 +247,8 @@ def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str] = (), it
     tags = {"stage": stage, **git_state(root), **input_hashes(root, inputs)}
     if item is not None:
         tags["item"] = item
+    if group is not None:
+        tags["group"] = group_key(group, root)
     dvc_env = (("DVC_STAGE", "dvc.stage"), ("DVC_EXP_NAME", "dvc.exp"), ("DVC_EXP_BASELINE_REV", "dvc.exp.baseline"))
     for env, tag in dvc_env:
         if os.environ.get(env):

@@ -198,4 +198,22 @@ def test_pretrain_tracks_its_training_settings_but_not_its_speed_settings(dvc_co
     assert _changed(before, dvc_copy(params)) == {"pretrain"}
     params = copy.deepcopy(PARAMS)
     params["pretrain"]["train"]["dataset"] = "demo_oulu"  # finetune's init: pretrain names the pretrain dataset
-    assert _changed(before, dvc_copy(params)) == {"pretrain"} | _finetune_instances()
+    # (the report reads it too: the demo checks include the pretraining dataset's alignment)
+    assert _changed(before, dvc_copy(params)) == {"pretrain", "report"} | _finetune_instances()
+
+
+def test_report_params_rerun_only_the_report(dvc_copy):
+    import copy
+
+    before = dvc_copy(PARAMS)
+    for key, value in (("bootstrap", 500), ("reference", "static"), ("curves_methods", ["dynamic"]),
+                       ("val_far", 0.01)):
+        params = copy.deepcopy(PARAMS)
+        params["report"][key] = value
+        assert _changed(before, dvc_copy(params)) == {"report"}, key
+    # the report lists the run's methods: dropping one changes the report, and no other stage's params
+    params = copy.deepcopy(PARAMS)
+    params["finetune"]["run_methods"] = [m for m in params["finetune"]["run_methods"] if m != "gradnorm"]
+    after = dvc_copy(params)
+    assert set(before) - set(after) == {f"finetune@{f}-gradnorm" for f in PARAMS["folds"]["run"]}
+    assert {name for name in after if before[name] != after[name]} == {"report"}

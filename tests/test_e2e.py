@@ -87,7 +87,7 @@ def test_repro_logged_one_mlflow_run_per_stage(repo_copy):
     names = sorted(r.info.run_name for r in runs)
     assert names == sorted(["download@demo_oulu", "download@demo_webface", "manifest@demo_oulu",
                             "manifest@demo_webface", "align@demo_oulu", "align@demo_webface", "folds@demo_oulu",
-                            "pretrain", *FINETUNE, *PER_FOLD])
+                            "pretrain", *FINETUNE, *PER_FOLD, "report"])
     sha = _run(["git", "rev-parse", "HEAD"], dst, env).stdout.strip()
     for r in runs:
         assert r.info.status == "FINISHED"
@@ -204,6 +204,35 @@ def test_repro_finetunes_every_fold_and_method_after_folds(repo_copy):
     show = json.loads(_run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], dst, env).stdout)
     assert "metrics/finetune/demo_oulu/fold0-static.json" in json.dumps(show)
     assert not any((dst / "data/work/finetune").iterdir())  # checkpoints cleared after each finished stage
+
+
+def test_repro_ends_with_the_report_and_nests_the_fold_runs_under_it(repo_copy):
+    from mlflow.tracking import MlflowClient
+
+    dst, env, out = repo_copy
+    for stage in [*FINETUNE, *PER_FOLD]:
+        assert out.index(f"Running stage '{stage}'") < out.index("Running stage 'report'")
+    table = (dst / "reports/tables.md").read_text()
+    for label in ("pretrained single-task, no fine-tuning", "static MTL", "dynamic (paper)",
+                  "raw-pixel PCA, no learning"):
+        assert table.count(f"| {label} |") == 2, label  # last-epoch and best-epoch tables
+    assert "**Data: the embedded demo**" in table and "Folds 0 of 3" in table
+    for name in ("weights_losses.png", "roc.png", "confusion.png"):
+        assert (dst / "reports/figures" / name).stat().st_size > 10_000, name
+    report = json.loads((dst / "metrics/report.json").read_text())
+    assert set(report["methods"]) == {"pretrained", "dynamic", "static", "pixel_pca"}
+    assert [c["name"] for c in report["demo_checks"]][:2] == ["alignment demo_oulu", "alignment demo_webface"]
+    show = json.loads(_run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], dst, env).stdout)
+    assert "metrics/report.json" in json.dumps(show)
+    client = MlflowClient(f"sqlite:///{dst / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("dynamic-mtl-face")
+    (summary,) = client.search_runs([exp.experiment_id], "tags.stage = 'report'")
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{summary.info.run_id}'")
+    items = sorted(r.data.tags["item"] for r in children)
+    assert items == sorted(f"demo_oulu/fold0/{m}" for m in ("pretrained", "dynamic", "static", "pixel_pca"))
+    assert {r.data.tags["group"] for r in children} == {summary.data.tags["group"]}
+    artifacts = {a.path for a in client.list_artifacts(summary.info.run_id, "report")}
+    assert {"report/tables.md", "report/figures"} <= artifacts
 
 
 def test_finetune_method_params_rerun_only_that_method_and_runtime_params_do_not(repo_copy):

@@ -1,0 +1,293 @@
+"""The paper's table from per-fold metrics: per-fold values, mean ± std per method, paired differences.
+
+Inputs are the metrics files of the ``finetune@<fold>-<method>`` and ``pixel_baseline@<fold>`` stages (one JSON
+per (fold, method), ``{dataset, fold, method, selection, last: M, best: {selected_on, verification: M, expression: M,
+authentication: M}}``), read for exactly the (fold, method) pairs the params list (:func:`read_results`), never by
+globbing: a fold removed from ``folds.run`` is not picked up from a stale file.
+
+Two variants of every number:
+
+- ``last``: the last epoch of every fold;
+- ``best``: per criterion the epoch the finetune stage selected (``finetune.common.selection``; the original's
+  protocol is the best epoch *on the test fold*, an optimistic number the tables label as such). Verification
+  columns take the epoch selected on verification, the expression column the epoch selected on expression.
+
+Mean ± std over folds use the population std (``ddof = 0``, as ``numpy.std`` in the original's evaluation).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import DatasetError
+from pipeline.report.paper import paper_value
+
+__all__ = ["COLUMN_KEYS", "VARIANTS", "Cell", "Column", "Results", "columns", "fold_table", "fold_value",
+           "method_label", "ordered_methods", "paired_bootstrap", "paired_differences", "read_results",
+           "summarise", "summary_table"]
+
+VARIANTS: tuple[str, ...] = ("last", "best")
+COLUMN_KEYS: tuple[str, ...] = ("verification", "val", "auc", "expression")
+
+#: the paper's rows first, in the paper's order; other methods follow in params order, the pixel baseline last
+PAPER_ROWS: tuple[str, ...] = ("pretrained", "single_identity", "single_expression", "static", "naive_dynamic",
+                               "dynamic")
+PIXEL_METHOD = "pixel_pca"
+_LABELS = {
+    "pretrained": "pretrained single-task, no fine-tuning",
+    "single_identity": "single-task identity (fine-tuned)",
+    "single_expression": "single-task expression",
+    "static": "static MTL",
+    "equal": "equal weights",
+    "naive_dynamic": "naive dynamic",
+    "dynamic": "dynamic (paper)",
+    "uncertainty": "uncertainty (Kendall et al. 2018)",
+    "dwa": "DWA (Liu et al. 2019)",
+    "gradnorm": "GradNorm (Chen et al. 2018)",
+    PIXEL_METHOD: "raw-pixel PCA, no learning",
+}
+
+
+def method_label(method: str) -> str:
+    """The row label of a method (its name when it is not one of the standard methods)."""
+    return _LABELS.get(method, method)
+
+
+def ordered_methods(methods: Sequence[str]) -> list[str]:
+    """``methods`` in table order: the paper's rows, then the others as given, the pixel baseline last."""
+    first = [m for m in PAPER_ROWS if m in methods]
+    rest = [m for m in methods if m not in PAPER_ROWS and m != PIXEL_METHOD]
+    return first + rest + ([PIXEL_METHOD] if PIXEL_METHOD in methods else [])
+
+
+@dataclass(frozen=True)
+class Column:
+    """One result column: ``key`` (``verification`` | ``val`` | ``auc`` | ``expression``), its title and the
+    best-epoch criterion that picks its epoch in the ``best`` variant."""
+
+    key: str
+    title: str
+    criterion: str
+
+
+def columns(val_far: float) -> tuple[Column, ...]:
+    """The table's columns, with the VAL column at ``val_far``."""
+    return (Column("verification", "verification acc.", "verification"),
+            Column("val", f"VAL@FAR={val_far:g}", "verification"),
+            Column("auc", "AUC", "verification"),
+            Column("expression", "expression acc.", "expression"))
+
+
+@dataclass(frozen=True)
+class Results:
+    """The metrics records of one dataset: ``records[(method, fold)]`` for every listed method and fold."""
+
+    dataset: str
+    folds: tuple[int, ...]
+    methods: tuple[str, ...]
+    records: dict[tuple[str, int], dict[str, Any]] = field(repr=False)
+
+
+def read_results(metrics_dir: Path, dataset: str, folds: Iterable[int], methods: Iterable[str]) -> Results:
+    """Read ``<metrics_dir>/fold<k>-<method>.json`` for every listed fold and method (nothing else).
+
+    Raises:
+        DatasetError: a file is missing or unreadable, or it belongs to another dataset, fold or method (one line).
+    """
+    folds, methods = tuple(folds), tuple(methods)
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    missing: list[str] = []
+    for method in methods:
+        for fold in folds:
+            path = Path(metrics_dir) / f"fold{fold}-{method}.json"
+            if not path.is_file():
+                missing.append(path.name)
+                continue
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise DatasetError(f"{path}: unreadable metrics file ({exc})") from None
+            found = (record.get("dataset"), record.get("fold"), record.get("method"))
+            if found != (dataset, fold, method):
+                raise DatasetError(f"{path}: holds dataset/fold/method {found}, expected {(dataset, fold, method)}")
+            records[(method, fold)] = record
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise DatasetError(f"{metrics_dir}: no metrics for {shown} (run `dvc repro` to produce them)")
+    return Results(dataset, folds, methods, records)
+
+
+@dataclass(frozen=True)
+class FoldValue:
+    """One fold's value of one column: a number, ``None`` (the method does not report it), or not measurable
+    (VAL whose FAR target is below the fold's measurable floor: ``floor`` is set, ``value`` is ``None``)."""
+
+    value: float | None
+    epoch: int | None = None
+    floor: float | None = None
+
+
+def _block(record: dict[str, Any], variant: str, criterion: str) -> dict[str, Any] | None:
+    if variant == "last":
+        return record.get("last")
+    if variant == "best":
+        return (record.get("best") or {}).get(criterion)
+    raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+
+
+def _val_entry(verification: dict[str, Any], far: float) -> dict[str, Any] | None:
+    for key, entry in (verification.get("val_at_far") or {}).items():
+        if float(key) == far:
+            return entry
+    return None
+
+
+def fold_value(record: dict[str, Any], variant: str, column: Column, val_far: float) -> FoldValue:
+    """The value of ``column`` in one fold's metrics record (fractions, not percent)."""
+    m = _block(record, variant, column.criterion)
+    if not m:
+        return FoldValue(None)
+    epoch = m.get("epoch")
+    if column.key == "expression":
+        expr = m.get("expression")
+        return FoldValue(None if not expr else float(expr["accuracy"]), epoch)
+    ver = m.get("verification")
+    if not ver:
+        return FoldValue(None, epoch)
+    if column.key == "verification":
+        return FoldValue(float(ver["accuracy"]), epoch)
+    if column.key == "auc":
+        return FoldValue(float(ver["auc"]), epoch)
+    entry = _val_entry(ver, val_far)
+    if entry is None:
+        raise DatasetError(f"fold {record.get('fold')} {record.get('method')}: no VAL at FAR {val_far:g} in its "
+                           f"metrics (targets: {sorted(float(k) for k in ver.get('val_at_far') or {})})")
+    if not entry.get("measurable"):
+        return FoldValue(None, epoch, floor=float(entry["far_floor"]))
+    return FoldValue(float(entry["val"]), epoch)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Mean ± std over folds of one (method, variant, column); ``floor`` is set when any fold could not measure
+    the value (VAL below the FAR floor); ``n`` counts the folds with a number."""
+
+    mean: float | None
+    std: float | None
+    n: int
+    floor: float | None = None
+
+
+def summarise(values: Sequence[FoldValue]) -> Cell:
+    """Mean and population std of the folds' numbers; unmeasurable when any fold is (its largest floor)."""
+    floors = [v.floor for v in values if v.floor is not None]
+    if floors:
+        return Cell(None, None, 0, floor=max(floors))
+    numbers = np.array([v.value for v in values if v.value is not None], dtype=np.float64)
+    if numbers.size == 0:
+        return Cell(None, None, 0)
+    return Cell(float(numbers.mean()), float(numbers.std()), int(numbers.size))
+
+
+def fold_table(results: Results, val_far: float) -> pd.DataFrame:
+    """One row per (method, fold, variant): every column's value (NaN: not reported or not measurable), the VAL
+    floor where unmeasurable, the epochs the values come from and what the best epoch was selected on."""
+    rows = []
+    cols = columns(val_far)
+    for method in ordered_methods(results.methods):
+        for fold in results.folds:
+            record = results.records[(method, fold)]
+            for variant in VARIANTS:
+                values = {c.key: fold_value(record, variant, c, val_far) for c in cols}
+                selected = "last epoch" if variant == "last" else (record.get("best") or {}).get("selected_on")
+                rows.append({
+                    "dataset": results.dataset, "method": method, "fold": fold, "variant": variant,
+                    "selected_on": selected,
+                    "epoch_verification": values["verification"].epoch,
+                    "epoch_expression": values["expression"].epoch,
+                    **{c.key: values[c.key].value for c in cols},
+                    "val_far": val_far, "val_floor": values["val"].floor,
+                })
+    frame = pd.DataFrame(rows)
+    for key in COLUMN_KEYS + ("val_floor",):
+        frame[key] = frame[key].astype("float64")
+    return frame
+
+
+def summary_table(results: Results, val_far: float, benchmark: str | None) -> pd.DataFrame:
+    """One row per (method, variant): mean, std and folds of every column (percent), the paper's numbers beside
+    the verification and expression columns and ours − paper (NaN where the paper reports nothing)."""
+    rows = []
+    cols = columns(val_far)
+    for method in ordered_methods(results.methods):
+        for variant in VARIANTS:
+            row: dict[str, Any] = {"dataset": results.dataset, "method": method, "label": method_label(method),
+                                   "variant": variant, "folds": len(results.folds)}
+            for c in cols:
+                cell = summarise([fold_value(results.records[(method, f)], variant, c, val_far)
+                                  for f in results.folds])
+                row[f"{c.key}_mean"] = None if cell.mean is None else 100.0 * cell.mean
+                row[f"{c.key}_std"] = None if cell.std is None else 100.0 * cell.std
+                row[f"{c.key}_n"] = cell.n
+                if c.key == "val":
+                    row["val_floor"] = cell.floor
+            for key in ("verification", "expression"):
+                paper = paper_value(benchmark, method, key)
+                row[f"{key}_paper"] = None if paper is None else paper.value
+                ours = row[f"{key}_mean"]
+                row[f"{key}_delta"] = None if paper is None or ours is None else ours - paper.value
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    numeric = [c for c in frame.columns if c.endswith(("_mean", "_std", "_paper", "_delta", "_floor"))]
+    frame[numeric] = frame[numeric].astype("float64")
+    return frame
+
+
+def paired_bootstrap(diffs: Sequence[float], *, n_boot: int, confidence: float, seed: int
+                     ) -> tuple[float, float, float]:
+    """Mean of paired differences and its percentile bootstrap interval (folds resampled with replacement).
+
+    Returns ``(mean, low, high)``; with one fold the interval is that fold's difference.
+    """
+    d = np.asarray(diffs, dtype=np.float64)
+    if d.size == 0:
+        raise ValueError("no paired differences")
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(d.mean()), float(low), float(high)
+
+
+def paired_differences(results: Results, reference: str, val_far: float, *, n_boot: int, confidence: float,
+                       seed: int) -> pd.DataFrame:
+    """Per method ≠ ``reference``, variant and column: the mean over folds of (method − reference) in percentage
+    points with a bootstrap interval, over the folds where both have a number."""
+    rows = []
+    cols = [c for c in columns(val_far) if c.key != "val"]
+    for method in ordered_methods(results.methods):
+        if method == reference:
+            continue
+        for variant in VARIANTS:
+            for c in cols:
+                diffs = []
+                for f in results.folds:
+                    a = fold_value(results.records[(method, f)], variant, c, val_far).value
+                    b = fold_value(results.records[(reference, f)], variant, c, val_far).value
+                    if a is not None and b is not None:
+                        diffs.append(100.0 * (a - b))
+                row = {"dataset": results.dataset, "method": method, "reference": reference, "variant": variant,
+                       "metric": c.key, "folds": len(diffs), "mean": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+                       "confidence": confidence}
+                if diffs:
+                    row["mean"], row["ci_low"], row["ci_high"] = paired_bootstrap(
+                        diffs, n_boot=n_boot, confidence=confidence, seed=seed)
+                rows.append(row)
+    return pd.DataFrame(rows)
