@@ -106,6 +106,8 @@ def test_val_below_the_far_floor_is_not_averaged(tmp_path):
     row = summary_table(res, 1e-3, None).set_index("variant").loc["last"]
     assert np.isnan(row["val_mean"]) and row["val_floor"] == 0.0125
     assert format_cell(row["val_mean"], row["val_std"], row["val_floor"]) == "n/a (floor 0.013)"
+    assert format_cell(None, None, float("inf")) == "n/a (no different-identity pairs)"
+    assert format_cell(None, None) == "–" and format_cell(91.234, 1.5) == "91.23 ± 1.50"
     folds = fold_table(res, 1e-3)
     f1 = folds[(folds["fold"] == 1) & (folds["variant"] == "last")].iloc[0]
     assert np.isnan(f1["val"]) and f1["val_floor"] == 0.0125

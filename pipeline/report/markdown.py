@@ -36,7 +36,7 @@ def _num(x: float | None) -> bool:
 def format_cell(mean: float | None, std: float | None, floor: float | None = None) -> str:
     """``mean ± std`` in percent with two decimals; ``n/a (floor …)`` for an unmeasurable VAL; ``–`` when absent."""
     if _num(floor):
-        return f"n/a (floor {floor:.2g})"
+        return "n/a (no different-identity pairs)" if math.isinf(floor) else f"n/a (floor {floor:.2g})"
     if not _num(mean):
         return "–"
     return f"{mean:.2f} ± {std:.2f}"

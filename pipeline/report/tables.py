@@ -18,6 +18,7 @@ Mean ± std over folds use the population std (``ddof = 0``, as ``numpy.std`` in
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,21 +158,27 @@ def fold_value(record: dict[str, Any], variant: str, column: Column, val_far: fl
     epoch = m.get("epoch")
     if column.key == "expression":
         expr = m.get("expression")
-        return FoldValue(None if not expr else float(expr["accuracy"]), epoch)
+        return FoldValue(None if not expr else _number(expr.get("accuracy")), epoch)
     ver = m.get("verification")
     if not ver:
         return FoldValue(None, epoch)
     if column.key == "verification":
-        return FoldValue(float(ver["accuracy"]), epoch)
-    if column.key == "auc":
-        return FoldValue(float(ver["auc"]), epoch)
+        return FoldValue(_number(ver.get("accuracy")), epoch)
+    if column.key == "auc":  # None when the fold's pairs are all of one kind
+        return FoldValue(_number(ver.get("auc")), epoch)
     entry = _val_entry(ver, val_far)
     if entry is None:
         raise DatasetError(f"fold {record.get('fold')} {record.get('method')}: no VAL at FAR {val_far:g} in its "
                            f"metrics (targets: {sorted(float(k) for k in ver.get('val_at_far') or {})})")
     if not entry.get("measurable"):
-        return FoldValue(None, epoch, floor=float(entry["far_floor"]))
-    return FoldValue(float(entry["val"]), epoch)
+        # no different-identity pairs at all: no FAR is measurable (an infinite floor)
+        floor = entry.get("far_floor")
+        return FoldValue(None, epoch, floor=math.inf if floor is None else float(floor))
+    return FoldValue(_number(entry.get("val")), epoch)
+
+
+def _number(x: Any) -> float | None:
+    return None if x is None else float(x)
 
 
 @dataclass(frozen=True)
