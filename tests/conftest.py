@@ -94,6 +94,46 @@ def run_upstream(root: Path, params: dict, commands: list[tuple[str, str]]) -> P
     return root
 
 
+def run_checked(args: list, cwd: Path, env: dict[str, str], check: bool = True):
+    """``subprocess.run`` capturing output; with ``check`` a failure raises with the command's last output."""
+    import subprocess
+
+    res = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        cmd = " ".join(map(str, args))
+        raise AssertionError(f"{cmd} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res
+
+
+def copy_repo(dst: Path, params: dict) -> dict[str, str]:
+    """Copy the repo's tracked and untracked-not-ignored files (no generated data, no dvc.lock) into a new git
+    repo ``dst`` with ``params``; returns the environment to run ``dvc`` there (its own MLflow store)."""
+    import shutil
+    import subprocess
+    import sys
+
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    generated = ("data/raw/", "data/manifests/", "data/aligned/", "data/folds/", "data/finetune/", "data/pretrain/",
+                 "data/work/", "metrics/", "reports/")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file() and (not rel.startswith(generated) or rel.startswith(("reports/bench/",
+                                                                                "reports/benchmarks.md"))):
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    (dst / "dvc.lock").unlink(missing_ok=True)
+    write_params(dst / "params.yaml", params)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_URI", "DVC_", "DMTL_"))}
+    env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(dst))
+    run_checked(["git", "init", "-q"], dst, env)
+    run_checked(["git", "add", "-A"], dst, env)
+    run_checked(["git", "commit", "-q", "-m", "copy"], dst, env)
+    return env
+
+
 @pytest.fixture
 def mlflow_uri(tmp_path, monkeypatch) -> str:
     """A fresh sqlite tracking store for one test."""

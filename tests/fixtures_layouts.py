@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +64,12 @@ OULU_DEFAULT: Mapping[str, Mapping[str, int]] = {
 }
 
 
-def build_oulu(base: Path, subjects: Mapping[str, Mapping[str, int]] = OULU_DEFAULT) -> Path:
+#: ``write(path, subject_index, expression, frame, n_frames)``: draws one frame of a sequence (default: a gradient)
+FrameWriter = Callable[[Path, int, str | None, int, int], None]
+
+
+def build_oulu(base: Path, subjects: Mapping[str, Mapping[str, int]] = OULU_DEFAULT, *,
+               write: FrameWriter | None = None) -> Path:
     """``<base>/Strong/P001/Anger/000.jpeg ...``: ``subjects[subject][expression]`` = number of frames."""
     root = base / "Strong"
     root.mkdir(parents=True)
@@ -72,7 +77,11 @@ def build_oulu(base: Path, subjects: Mapping[str, Mapping[str, int]] = OULU_DEFA
         (root / subject).mkdir()
         for expression, n in sequences.items():
             for i in range(n):
-                write_image(root / subject / expression / f"{i:03d}.jpeg", OULU_SIZE, seed=s * 10 + i)
+                path = root / subject / expression / f"{i:03d}.jpeg"
+                if write is None:
+                    write_image(path, OULU_SIZE, seed=s * 10 + i)
+                else:
+                    write(path, s, expression, i, n)
     return root
 
 
@@ -91,15 +100,23 @@ def build_ckplus(
     sessions: Mapping[tuple[str, str], tuple[int, str | None]] = CKPLUS_DEFAULT,
     *,
     with_emotion: bool = True,
+    write: FrameWriter | None = None,
 ) -> Path:
     """``<base>/CK+/cohn-kanade-images/S005/001/S005_001_00000001.png`` and ``<base>/CK+/Emotion/S005/001/
-    S005_001_00000011_emotion.txt`` (naming the last frame); ``.DS_Store`` files like the real archive."""
+    S005_001_00000011_emotion.txt`` (naming the last frame); ``.DS_Store`` files like the real archive.
+
+    ``write`` gets the subject's index in order of first appearance and the session's emotion file content."""
     root = base / "CK+"
     images = root / "cohn-kanade-images"
+    subject_index = {subject: i for i, subject in enumerate(dict.fromkeys(s for s, _ in sessions))}
     for k, ((subject, session), (n, label)) in enumerate(sessions.items()):
         folder = images / subject / session
         for i in range(1, n + 1):
-            write_image(folder / f"{subject}_{session}_{i:08d}.png", CKPLUS_SIZE, seed=k * 20 + i)
+            path = folder / f"{subject}_{session}_{i:08d}.png"
+            if write is None:
+                write_image(path, CKPLUS_SIZE, seed=k * 20 + i)
+            else:
+                write(path, subject_index[subject], label, i - 1, n)
         (images / subject / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
         if with_emotion:
             label_dir = root / "Emotion" / subject / session
@@ -133,12 +150,16 @@ CASIA_DEFAULT: Mapping[str, Sequence[str]] = {
 }
 
 
-def build_casia(base: Path, subjects: Mapping[str, Sequence[str]] = CASIA_DEFAULT) -> Path:
-    """``<base>/CASIA-WebFace/0000045/001.jpg``: ``subjects[id]`` = file names."""
+def build_casia(base: Path, subjects: Mapping[str, Sequence[str]] = CASIA_DEFAULT, *,
+                write: FrameWriter | None = None) -> Path:
+    """``<base>/CASIA-WebFace/0000045/001.jpg``: ``subjects[id]`` = file names (``write`` gets no expression)."""
     root = base / "CASIA-WebFace"
     for s, (subject, names) in enumerate(subjects.items()):
         for i, name in enumerate(names):
-            write_image(root / subject / name, CASIA_SIZE, seed=s * 10 + i)
+            if write is None:
+                write_image(root / subject / name, CASIA_SIZE, seed=s * 10 + i)
+            else:
+                write(root / subject / name, s, None, i, len(names))
     return root
 
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +11,7 @@ import torch
 import yaml
 
 from pipeline.data.manifest import read_manifest
-from tests.conftest import REPO, tiny_params, write_params
+from tests.conftest import copy_repo, run_checked, tiny_params, write_params
 
 pytestmark = pytest.mark.e2e
 
@@ -31,34 +28,13 @@ PER_FOLD = ["pixel_baseline@0"]
 
 
 def _run(args, cwd, env, check=True):
-    res = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and res.returncode != 0:
-        cmd = " ".join(map(str, args))
-        raise AssertionError(f"{cmd} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return res
+    return run_checked(args, cwd, env, check)
 
 
 @pytest.fixture(scope="module")
 def repo_copy(tmp_path_factory) -> tuple[Path, dict]:
     dst = tmp_path_factory.mktemp("e2e") / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
-                           check=True).stdout.decode().split("\0")
-    for rel in filter(None, files):
-        src = REPO / rel
-        generated = ("data/raw/", "data/manifests/", "data/aligned/", "data/folds/", "data/finetune/", "data/pretrain/",
-                     "data/work/", "metrics/")
-        if src.is_file() and not rel.startswith(generated):
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-    (dst / "dvc.lock").unlink(missing_ok=True)
-    write_params(dst / "params.yaml", tiny_params(**E2E_PARAMS))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_URI", "DVC_", "DMTL_"))}
-    env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(dst))
-    _run(["git", "init", "-q"], dst, env)
-    _run(["git", "add", "-A"], dst, env)
-    _run(["git", "commit", "-q", "-m", "copy"], dst, env)
+    env = copy_repo(dst, tiny_params(**E2E_PARAMS))
     res = _run([sys.executable, "-m", "dvc", "repro"], dst, env)
     return dst, env, res.stdout
 
