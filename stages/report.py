@@ -223,5 +223,6 @@ def _log_report(run: Any, files: list[Path], figures: list[tuple[str, str]], par
     run.log_dict(rows, "fold_runs.json")
     restored = [r["item"] for r in rows if r["status"] != "this group"]
     if restored:
-        log.info("%d of %d fold runs are not from this configuration's run (outputs restored from DVC's cache): "
-                 "listed in the report run's fold_runs.json", len(restored), len(rows))
+        log.info("%d of %d fold runs ran under another group key (another commit or configuration, whose outputs DVC "
+                 "restored from its cache) or have no run in this store: see the report run's fold_runs.json",
+                 len(restored), len(rows))
