@@ -197,7 +197,8 @@ def _summary_record(summary: Any, dataset: str, folds: list[int], methods: list[
     """``metrics/report.json``: per method and variant the mean of every column (percent), and the demo checks."""
     import pandas as pd
 
-    cols = ("verification", "val", "auc", "expression")
+    from pipeline.report.tables import COLUMN_KEYS as cols
+
     by: dict[str, dict[str, dict[str, float | None]]] = {m: {} for m in methods}
     for _, r in summary.iterrows():
         by[r["method"]][r["variant"]] = {c: None if pd.isna(r[f"{c}_mean"]) else round(float(r[f"{c}_mean"]), 4)

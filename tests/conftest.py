@@ -22,6 +22,11 @@ import yaml  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: one short epoch of a small input on one thread: the fine-tuning settings of the end-to-end `dvc repro` tests
+TINY_FINETUNE = {"finetune.common.input_size": 80, "finetune.common.batch_size": 4, "finetune.common.epoch_size": 2,
+                 "finetune.common.epochs": 1, "finetune.threads": 1, "finetune.eval_batch_size": 32}
+
+
 def tiny_params(**overrides) -> dict:
     """The repo's params.yaml with the demo datasets shrunk to a few subjects (for fast stage tests)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())

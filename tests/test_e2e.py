@@ -11,15 +11,14 @@ import torch
 import yaml
 
 from pipeline.data.manifest import read_manifest
-from tests.conftest import copy_repo, run_checked, tiny_params, write_params
+from tests.conftest import TINY_FINETUNE, copy_repo, run_checked, tiny_params, write_params
 
 pytestmark = pytest.mark.e2e
 
 #: folds: the tiny demo has 3 subjects, so 3 folds of one test subject each (types 3/4 are skipped and counted);
 #: finetune: one fold, two methods, one short epoch of a small input on one thread
 E2E_PARAMS = {"folds.k": 3, "folds.run": [0], "finetune.run_methods": ["pretrained", "dynamic", "static"],
-              "finetune.common.input_size": 80, "finetune.common.batch_size": 4, "finetune.common.epoch_size": 2,
-              "finetune.common.epochs": 1, "finetune.threads": 1, "finetune.eval_batch_size": 32}
+              **TINY_FINETUNE}
 FINETUNE = ["finetune@0-pretrained", "finetune@0-dynamic", "finetune@0-static"]
 #: stages that fine-tune (the pretrained method evaluates only)
 TRAINED = ["finetune@0-dynamic", "finetune@0-static"]

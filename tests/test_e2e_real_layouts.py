@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from pipeline.data.demo import EXPRESSIONS, render_expression_sequence, render_identity_image
-from tests.conftest import copy_repo, run_checked, tiny_params, write_params
+from tests.conftest import TINY_FINETUNE, copy_repo, run_checked, tiny_params, write_params
 from tests.fixtures_layouts import build_casia, build_ckplus, build_oulu
 
 pytestmark = pytest.mark.e2e
@@ -58,9 +58,7 @@ def _casia_image(path: Path, subject: int, expression: str | None, index: int, n
 
 def _params(roots: dict[str, Path], dataset: str) -> dict:
     params = tiny_params(**{
-        "folds.k": 2, "folds.run": [0], "finetune.run_methods": ["pretrained", "dynamic", "static"],
-        "finetune.common.input_size": 80, "finetune.common.batch_size": 4, "finetune.common.epoch_size": 2,
-        "finetune.common.epochs": 1, "finetune.threads": 1, "finetune.eval_batch_size": 32,
+        "folds.k": 2, "folds.run": [0], "finetune.run_methods": ["pretrained", "dynamic", "static"], **TINY_FINETUNE,
         "finetune.common.dataset": dataset, "pretrain.train.dataset": "webface",
         "pretrain.train.verification.dataset": "oulu", "pretrain.train.verification.folds": [0, 1],
         "report.curves_methods": ["dynamic"], "report.bootstrap": 200})

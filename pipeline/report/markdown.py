@@ -83,8 +83,8 @@ def _main_table(summary: pd.DataFrame, variant: str, val_far: float) -> list[str
     return lines
 
 
-def _difference_table(diffs: pd.DataFrame, variant: str, labels: dict[str, str]) -> list[str]:
-    keys = [("verification", "verification acc."), ("auc", "AUC"), ("expression", "expression acc.")]
+def _difference_table(diffs: pd.DataFrame, variant: str, labels: dict[str, str], val_far: float) -> list[str]:
+    keys = [(c.key, c.title) for c in columns(val_far) if c.key in set(diffs["metric"])]
     head = ["method", *(t for _, t in keys), "folds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     part = diffs[diffs["variant"] == variant]
@@ -124,8 +124,8 @@ def render_markdown(header: ReportHeader, summary: pd.DataFrame, diffs: pd.DataF
                 f"Mean over the same folds of (method − {header.reference}), with a {pct} percentile bootstrap "
                 f"interval ({header.n_boot} resamples of the folds). The paper's claims rest on gaps of about half a "
                 "point; with few folds the intervals are wide.", "",
-                "Last epoch:", "", *_difference_table(diffs, "last", labels), "",
-                "Best epoch:", "", *_difference_table(diffs, "best", labels), ""]
+                "Last epoch:", "", *_difference_table(diffs, "last", labels, val_far), "",
+                "Best epoch:", "", *_difference_table(diffs, "best", labels, val_far), ""]
     notes = [(BENCHMARKS[b], m, key, v) for b, methods in PAPER.items() for m, cols in methods.items()
              for key, v in cols.items() if v.note and b == header.benchmark]
     if notes:
