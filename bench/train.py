@@ -29,9 +29,10 @@ Protocol: ``--warmup`` steps, then ``--steps`` timed steps, each between ``torch
 median step time gives img/s. Peak GPU memory is ``max_memory_allocated`` over the timed steps (the model, the
 optimiser states and the uint8 pool included). GFLOP/image = FLOPs of matmuls/convolutions counted by
 ``torch.utils.flop_counter.FlopCounterMode`` over one whole step (forward + both backward passes), per image;
-with ``--peak-tflops`` (H100 SXM bf16 dense: 989) bf16 rows get the % of that peak. ``--compile`` adds rows with
-``model.compile()`` (compilation happens in the warm-up). ``--max-seconds`` bounds the run; configurations that no
-longer fit are listed as skipped (bf16 rows run first).
+with ``--peak-tflops`` (H100 SXM bf16 dense: 989) bf16 rows get the % of that peak. ``--compile`` adds compiled rows:
+ours as the stage compiles (``finetune.compile: true``: ``FinetuneSpec.compile``, the step's forward through
+``torch.compile(model)``), the peer with ``model.compile()``; compilation happens in the warm-up.
+``--max-seconds`` bounds the run; configurations that no longer fit are listed as skipped (bf16 rows run first).
 
 Needs only torch (no numpy, pandas, pyarrow, OpenCV, pydantic, scikit-learn). ``preprocess`` imports its crop
 functions from ``pipeline.data.faces``, which needs pandas/pyarrow/OpenCV; where that import fails, those three
@@ -182,7 +183,7 @@ def load_facenet_irv1(facenet_path: Path | None) -> tuple[type[nn.Module] | None
 
 # ------------------------------------------------------------------------------------------------ the steps
 def build_ours(method: str, depth: str, input_size: int, n_ids: int, n_expr: int, device: torch.device, *,
-               amp: bool, channels_last: bool, s: StageSettings) -> tuple[TrainStep, nn.Module]:
+               amp: bool, channels_last: bool, s: StageSettings, compile: bool = False) -> tuple[TrainStep, nn.Module]:
     """The stage's ``TrainStep`` for ``method``, built as ``run_finetune`` builds it (``init: random``).
 
     Model config and tasks as ``stages/finetune.py``'s ``build_spec``; model, strategy, optimisers, centers and step
@@ -196,7 +197,7 @@ def build_ours(method: str, depth: str, input_size: int, n_ids: int, n_expr: int
     spec = FinetuneSpec(
         model=config, tasks=[TaskSpec("identity", s.center_loss_factor), TaskSpec("expression")],
         weighting=method, weighting_options=METHOD_OPTIONS.get(method, {}), schedule=LrSchedule.constant(s.lr),
-        epochs=1, amp=amp, channels_last=channels_last, device=str(device))
+        epochs=1, amp=amp, channels_last=channels_last, device=str(device), compile=compile)
     parts = build_training(spec, device)
     step, model = parts.step, parts.model
     model.set_phase(train=True, frozen_bn=(), dropout_off=())
@@ -287,7 +288,7 @@ def run_config(cfg: Config, make: Callable[[], tuple[Callable, nn.Module]], pool
     """Build, warm up and time one configuration; returns its result row."""
     t_build = time.perf_counter()
     step_fn, model = make()
-    if cfg.compile:
+    if cfg.compile and cfg.model != "ours":  # ours was built compiled, as the stage builds it
         model.compile()
     build_s = time.perf_counter() - t_build
     stream = PermutationStream(len(pool), seed + 1)
@@ -399,7 +400,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="timed steps per configuration, median reported (default 15; --quick: 2)")
     ap.add_argument("--warmup", type=int, default=None,
                     help="untimed steps before (default 3; --quick: 1; compiled rows: at least 3)")
-    ap.add_argument("--compile", action="store_true", help="add rows with model.compile()")
+    ap.add_argument("--compile", action="store_true", help="add compiled rows (ours: finetune.compile; peer: model.compile())")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                     help="channels-last model and input on CUDA (the stage's default)")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark (stage: off)")
@@ -476,7 +477,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if cfg.model == "ours":
             def make(cfg=cfg, amp=amp):
                 return build_ours(cfg.method, cfg.depth, args.input_size, args.identities, args.expressions, device,
-                                  amp=amp, channels_last=channels_last, s=s)
+                                  amp=amp, channels_last=channels_last, s=s, compile=cfg.compile)
         else:
             def make(amp=amp):
                 return build_peer(irv1, args.identities, device, amp=amp, channels_last=channels_last,

@@ -392,12 +392,15 @@ class PretrainSettings(_Strict):
 class PretrainConfig(_Strict):
     """``pretrain``: single-task identity pretraining of the trunk + identity branch (stage ``pretrain``; spec §4.5).
 
-    ``device``, ``workers`` (DataLoader processes per training process), ``threads`` and ``eval_batch_size`` change
-    only the speed and are not tracked by DVC; ``train`` holds everything else.
+    ``device``, ``workers`` (DataLoader processes per training process), ``decode`` (``worker``: OpenCV in those
+    processes; ``device``: torchvision on the training device, nvJPEG on CUDA; the same pixels on the CPU, slightly
+    different ones on CUDA), ``threads`` and ``eval_batch_size`` change only the speed and are not tracked by DVC;
+    ``train`` holds everything else.
     """
 
     device: Device = "auto"
     workers: Annotated[int, Field(ge=0, le=64)] = 4
+    decode: Literal["worker", "device"] = "worker"
     threads: Annotated[int, Field(ge=0)] = 0
     eval_batch_size: Annotated[int, Field(ge=1)] = 100
     train: PretrainSettings = PretrainSettings()
@@ -478,12 +481,14 @@ _METHOD_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 class FinetuneConfig(_Strict):
     """``finetune``: the per-(fold, method) fine-tuning stages.
 
-    ``device``, ``eval_batch_size`` and ``threads`` change only the speed and are not tracked by DVC.
+    ``device``, ``eval_batch_size``, ``threads`` and ``compile`` (``torch.compile`` the training forward pass; on
+    CUDA; the first step then takes a minute or more) change only the speed and are not tracked by DVC.
     """
 
     device: Device = "auto"
     eval_batch_size: Annotated[int, Field(ge=1)] = 100
     threads: Annotated[int, Field(ge=0)] = 0
+    compile: bool = False
     common: FinetuneCommon = FinetuneCommon()
     methods: dict[str, FinetuneMethod] = {}
     run_methods: list[str] = []

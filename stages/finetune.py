@@ -39,7 +39,7 @@ DECLARED = ["finetune.common", "finetune.methods.{method}", "datasets.{dataset}.
             "datasets.{dataset}.align_convention", "folds.datasets.{dataset}.pairs.required", "label_sets",
             "pretrain.train.dataset"]
 #: read but not tracked by DVC: they change only the speed
-RUNTIME = ["finetune.device", "finetune.eval_batch_size", "finetune.threads"]
+RUNTIME = ["finetune.device", "finetune.eval_batch_size", "finetune.threads", "finetune.compile"]
 MANIFESTS = Path("data/manifests")
 ALIGNED = Path("data/aligned")
 FOLDS = Path("data/folds")
@@ -59,7 +59,8 @@ def paths(dataset: str, fold: int, method: str) -> dict[str, Path]:
 
 
 def build_spec(common: Any, method_name: str, method: Any, n_identities: int, class_names: list[str],
-               alignment: str, device: str, eval_batch_size: int, pretrained: Path | None = None):
+               alignment: str, device: str, eval_batch_size: int, pretrained: Path | None = None, *,
+               compile: bool = False):
     """The :class:`~pipeline.training.finetune.FinetuneSpec` of one method from its params (``pretrained``: the
     checkpoint ``init: pretrain`` stands for)."""
     from pipeline.models.network import HeadSpec, ModelConfig
@@ -97,7 +98,7 @@ def build_spec(common: Any, method_name: str, method: Any, n_identities: int, cl
         dropout_off=() if common.identity_dropout else ("identity",),
         selection=common.selection, eval_mode=common.eval_mode, far_targets=tuple(common.far_targets),
         eval_folds=common.eval_folds, seed=common.seed, amp=common.amp, channels_last=common.channels_last,
-        eval_batch_size=eval_batch_size, device=device,
+        eval_batch_size=eval_batch_size, device=device, compile=compile,
     )
 
 
@@ -153,7 +154,8 @@ def command(
     from stages.pretrain import checkpoint_path
 
     spec = build_spec(common, method, method_cfg, data.n_identities, data.class_names, alignment, device,
-                      sp.get("finetune.eval_batch_size"), checkpoint_path(sp.get("pretrain.train.dataset")))
+                      sp.get("finetune.eval_batch_size"), checkpoint_path(sp.get("pretrain.train.dataset")),
+                      compile=sp.get("finetune.compile"))
     settings = {k: v for k, v in sp.as_flat_dict().items() if not any(k.startswith(r) for r in RUNTIME)}
     key = work_key(settings, [p["fold"], p["pairs"], p["aligned"] / "alignment.parquet"])
     work = WORK / f"{dataset}-fold{fold}-{method}-{key}"

@@ -40,7 +40,7 @@ from stages.training_runs import resolve_device, work_key
 #: params DVC tracks (``{pretrain_dataset}`` = pretrain.train.dataset)
 DECLARED = ["pretrain.train", "datasets.{pretrain_dataset}.align_convention"]
 #: read but not tracked by DVC: they change only the speed
-RUNTIME = ["pretrain.device", "pretrain.workers", "pretrain.threads", "pretrain.eval_batch_size"]
+RUNTIME = ["pretrain.device", "pretrain.workers", "pretrain.decode", "pretrain.threads", "pretrain.eval_batch_size"]
 MANIFESTS = Path("data/manifests")
 ALIGNED = Path("data/aligned")
 FOLDS = Path("data/folds")
@@ -63,7 +63,8 @@ def checkpoint_path(dataset: str) -> Path:
     return OUT / dataset / "model.pt"
 
 
-def build_spec(t: Any, n_classes: int, alignment: str, *, workers: int, eval_batch_size: int):
+def build_spec(t: Any, n_classes: int, alignment: str, *, workers: int, eval_batch_size: int,
+               decode: str = "worker"):
     """The :class:`~pipeline.training.pretrain.PretrainSpec` of ``pretrain.train`` ``t``."""
     from pipeline.models.network import HeadSpec, ModelConfig
     from pipeline.training.pretrain import PretrainSpec
@@ -81,7 +82,7 @@ def build_spec(t: Any, n_classes: int, alignment: str, *, workers: int, eval_bat
         random_crop=t.random_crop, flip=t.flip, freeze_bn=t.freeze_bn, window=t.shuffle_window, workers=workers,
         checkpoint_every=t.checkpoint_every, eval_every=t.eval_every, log_every=t.log_every, eval_mode=t.eval_mode,
         eval_folds=t.eval_folds, far_targets=tuple(t.far_targets), eval_batch_size=eval_batch_size, seed=t.seed,
-        amp=t.amp, channels_last=t.channels_last, compile=t.compile)
+        amp=t.amp, channels_last=t.channels_last, compile=t.compile, decode=decode)
 
 
 def _torchrun(ctx: typer.Context, processes: int) -> None:
@@ -135,7 +136,8 @@ def _train(sp, t, dataset: str, p: dict[str, Any], dist) -> None:
                            f"(pretrain.train.batch_size {t.batch_size})")
     verify, vcounts = load_verification_pairs(p["verify_aligned"], p["pairs"])
     spec = build_spec(t, ids.n_classes, sp.get(f"datasets.{dataset}.align_convention"),
-                      workers=sp.get("pretrain.workers"), eval_batch_size=sp.get("pretrain.eval_batch_size"))
+                      workers=sp.get("pretrain.workers"), eval_batch_size=sp.get("pretrain.eval_batch_size"),
+                      decode=sp.get("pretrain.decode"))
     if spec.init is not None and dist.is_main:
         from pipeline.models.checkpoint import CheckpointError
         from pipeline.training.pretrain import build_pretrain_model

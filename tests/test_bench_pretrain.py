@@ -38,6 +38,7 @@ def test_tiny_run_one_and_two_processes(tmp_path):
     assert len(payload["skipped"]) == 1
 
     rows = {(r["processes"], r["kind"], r.get("workers")): r for r in payload["results"]}
+    assert all(r["decode"] == "worker" for r in payload["results"] if r["kind"] != "model")
     assert set(rows) == {(1, "loader", 0), (1, "loader", 1), (1, "model", None), (1, "both", 0), (1, "both", 1),
                          (2, "model", None), (2, "both", 0), (2, "both", 1)}
     for (n, kind, _), r in rows.items():
@@ -49,9 +50,27 @@ def test_tiny_run_one_and_two_processes(tmp_path):
         if kind == "both":
             assert 0.0 <= r["stall"] <= r["stall_worst_rank"] <= 1.0
             assert r["loader_over_model"] > 0
+            assert r["loop_over_model"] == r["img_per_s"] / rows[(n, "model", None)]["img_per_s"]
     assert rows[(1, "loader", 1)]["steps"] == 8  # at least 2 x prefetch x workers timed batches
-    assert {t["met"] for t in payload["targets"]} <= {True, False} and len(payload["targets"]) == 4
+    assert {t["met"] for t in payload["targets"]} <= {True, False} and len(payload["targets"]) == 6
     assert "model 2p b4 fp32 reduced" in res.stdout and "loader_over_model" in res.stdout
+
+
+def test_device_decoding_rows_use_torchvision_and_only_it(tmp_path):
+    out = tmp_path / "pretrain.json"
+    args = TINY[: TINY.index("--processes")] + ["--decode", "worker,device"]
+    args[args.index("--workers") + 1] = "1"
+    # the GPU box has torchvision and the Pillow it imports; nothing else heavy is imported
+    res = run_blocked("bench.pretrain", [b for b in BLOCKED if b not in ("torchvision", "PIL")],
+                      [*args, "--out", str(out)])
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    payload = json.loads(out.read_text())
+    rows = {(r["kind"], r.get("decode")): r for r in payload["results"]}
+    assert set(rows) == {("loader", "worker"), ("loader", "device"), ("model", None), ("both", "worker"),
+                         ("both", "device")}
+    assert all(r["img_per_s"] > 0 for r in rows.values())
+    assert payload["heavy_modules_loaded"] == ["PIL", "torchvision"] and payload["versions"]["torchvision"]
+    assert len(payload["targets"]) == 3 and "decode=" in payload["targets"][0]["target"]
 
 
 def test_bad_arguments_are_one_line_errors():
@@ -59,3 +78,6 @@ def test_bad_arguments_are_one_line_errors():
                           "--processes", "2"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert "--batch-sizes 5 not a multiple of --processes 2" in res.stderr.splitlines()[-1]
+    res = subprocess.run([sys.executable, "-m", "bench.pretrain", "--device", "cpu", "--decode", "gpu"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "--decode: unknown ['gpu'], expected worker device" in res.stderr.splitlines()[-1]

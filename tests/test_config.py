@@ -36,6 +36,7 @@ def test_repo_params_validate():
         ("pretrain.train.verification.dataset", "demo_webface",
          "pretrain.train.verification.dataset: 'demo_webface' has no fold settings"),
         ("pretrain.workers", -1, "pretrain.workers: Input should be greater than or equal to 0"),
+        ("pretrain.decode", "gpu", "pretrain.decode: Input should be 'worker' or 'device'"),
         ("pretrain.train.optimizer", "lamb", "pretrain.train.optimizer"),
         ("datasets.demo_oulu.options.keep_lst", 3,
          "datasets.demo_oulu: Value error, options: unknown option 'keep_lst'"),

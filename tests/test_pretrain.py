@@ -20,7 +20,8 @@ from pipeline.errors import DatasetError
 from pipeline.models.network import HeadSpec, ModelConfig
 from pipeline.training.distributed import DistContext
 from pipeline.training.pretrain import PretrainSpec, lr_at, run_pretrain
-from pipeline.training.shard_data import ShardBatchSampler, ShardFaces, make_loader, next_batch
+from pipeline.training.shard_data import EncodedBatch, ShardBatchSampler, ShardFaces, make_loader, next_batch
+from pipeline.training.shard_decode import decode_faces, is_jpeg
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -114,13 +115,7 @@ def test_loader_workers_deliver_the_samplers_batches_in_order(shards):
 
 def test_a_corrupt_shard_is_a_clear_error(tmp_path, shards):
     m = np.load(shards / "index.npz")
-    bad = tmp_path / "shards"
-    bad.mkdir()
-    for f in shards.glob("shard-*.tar"):
-        data = bytearray(f.read_bytes())
-        data[int(m["offset"][0]) : int(m["offset"][0]) + 64] = b"\0" * 64
-        (bad / f.name).write_bytes(bytes(data))
-    faces = ShardFaces(bad, m["shard"], m["offset"], m["length"], m["labels"], int(m["size"]))
+    faces = _copy_with_corrupt_first_face(shards, tmp_path / "shards")
     with pytest.raises(DatasetError, match="shard-00000.tar"):
         faces.__getitems__([0])
     # through a worker process: the same single line, not DataLoader's wrapper with the worker's traceback
@@ -134,6 +129,66 @@ def test_a_corrupt_shard_is_a_clear_error(tmp_path, shards):
     msg = str(err.value)
     assert "\n" not in msg and "shard-00000.tar" in msg and "do not decode as an image" in msg
     assert not msg.startswith("pipeline.errors")
+
+
+# --- decoding on the training device (decode: device) ---------------------------------------------------------------
+
+
+def _copy_with_corrupt_first_face(src: Path, dst: Path) -> ShardFaces:
+    """The fixture's shards with the first 64 bytes of shard 0's first face zeroed."""
+    m = np.load(src / "index.npz")
+    dst.mkdir()
+    for f in src.glob("shard-*.tar"):
+        data = bytearray(f.read_bytes())
+        data[int(m["offset"][0]) : int(m["offset"][0]) + 64] = b"\0" * 64
+        (dst / f.name).write_bytes(bytes(data))
+    return ShardFaces(dst, m["shard"], m["offset"], m["length"], m["labels"], int(m["size"]))
+
+
+def test_encoded_batches_decode_to_exactly_the_workers_pixels(shards, tmp_path):
+    faces = _faces(shards)
+    sampler = ShardBatchSampler(faces.shard, 6, seed=4)
+    decoded = [b for _, b in zip(range(4), make_loader(faces, sampler, workers=1, prefetch=2), strict=False)]
+    encoded = [b for _, b in zip(range(4), make_loader(faces.encoded(), sampler, workers=1, prefetch=2),
+                                 strict=False)]
+    for step, ((x, y), enc) in enumerate(zip(decoded, encoded, strict=True)):
+        assert isinstance(enc, EncodedBatch) and enc.offsets.shape == (7,) and is_jpeg(enc).all()
+        assert torch.equal(enc.index, torch.from_numpy(sampler.batch(step)))
+        # ~ the JPEG bytes, not the decoded 3 x 88 x 88 per face, went through shared memory
+        assert enc.data.numel() == int(faces.length[sampler.batch(step)].sum()) < x.numel() / 2
+        assert torch.equal(enc.labels, y)
+        assert torch.equal(decode_faces(enc, faces, "cpu"), x)  # libjpeg-turbo through torchvision = OpenCV
+    # PNG shards (align.format: png) decode the same way, one face at a time
+    crops = [faces[i][0].permute(1, 2, 0).numpy() for i in range(5)]
+    ranges = write_shard(tmp_path / "shard-00000.tar", crops, fmt="png")
+    png = ShardFaces(tmp_path, np.zeros(5), [o for o, _ in ranges], [n for _, n in ranges], np.arange(5), SIZE)
+    enc = png.encoded().__getitems__([4, 0, 2])
+    assert not is_jpeg(enc).any()
+    assert torch.equal(decode_faces(enc, png, "cpu"), torch.from_numpy(np.stack([crops[k] for k in (4, 0, 2)]))
+                       .permute(0, 3, 1, 2))
+
+
+def test_an_undecodable_or_wrong_size_face_is_a_one_line_error_when_decoding_on_the_device(shards, tmp_path):
+    faces = _copy_with_corrupt_first_face(shards, tmp_path / "bad")
+    with pytest.raises(DatasetError) as err:
+        decode_faces(faces.encoded().__getitems__([3, 0, 5]), faces, "cpu")
+    msg = str(err.value)
+    assert "\n" not in msg and "shard-00000.tar offset" in msg and "do not decode as an image" in msg
+    m = np.load(shards / "index.npz")
+    small = ShardFaces(shards, m["shard"], m["offset"], m["length"], m["labels"], SIZE + 2)
+    with pytest.raises(DatasetError, match=f"a {SIZE}x{SIZE} crop, expected {SIZE + 2}: re-run the align stage"):
+        decode_faces(small.encoded().__getitems__([1]), small, "cpu")
+
+
+def test_decoding_on_the_device_trains_bit_identically_on_the_cpu(shards, tmp_path):
+    faces = _faces(shards)
+    worker = run_pretrain(_spec(steps=3, workers=1), faces, tmp_path / "a", DistContext())
+    device = run_pretrain(_spec(steps=3, workers=1, decode="device"), faces, tmp_path / "b", DistContext())
+    assert worker.rows == device.rows
+    for k, v in worker.model.state_dict().items():
+        assert torch.equal(v, device.model.state_dict()[k]), k
+    with pytest.raises(ValueError, match="decode must be one of worker, device, got 'gpu'"):
+        _spec(decode="gpu")
 
 
 # --- the loop ------------------------------------------------------------------------------------------------------

@@ -193,12 +193,13 @@ def test_finetune_starts_from_the_pretrain_checkpoint_and_the_pretrained_method_
     assert "epochs is 0 (evaluate the initial model) but finetune.common.init is random" in res.stderr
 
 
-def test_a_corrupt_shard_is_a_one_line_error_from_the_loader_workers(inputs, tmp_path):
+@pytest.mark.parametrize("decode", ["worker", "device"])
+def test_a_corrupt_shard_is_a_one_line_error_wherever_it_is_decoded(inputs, tmp_path, decode):
     import shutil
 
     import pandas as pd
 
-    work = _workdir(tmp_path / "repo", inputs, _params(**{"pretrain.workers": 1}))
+    work = _workdir(tmp_path / "repo", inputs, _params(**{"pretrain.workers": 1, "pretrain.decode": decode}))
     aligned = work / "data/aligned/demo_webface"
     aligned.unlink()
     shutil.copytree(inputs / "data/aligned/demo_webface", aligned)

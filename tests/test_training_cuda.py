@@ -64,3 +64,23 @@ def test_cuda_forward_matches_cpu_in_fp32() -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
         out = gpu(x.to("cuda").contiguous(memory_format=torch.channels_last)).embeddings.cpu()
     assert torch.allclose(out, ref, atol=1e-4, rtol=1e-3)
+
+
+def test_nvjpeg_decodes_a_shard_batch_close_to_opencv(tmp_path) -> None:
+    """``pretrain.decode: device`` on CUDA: nvJPEG's batched decode of real shard JPEGs ≈ the workers' OpenCV pixels."""
+    from pipeline.align.shards import write_shard
+    from pipeline.training.shard_data import ShardFaces
+    from pipeline.training.shard_decode import decode_faces
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:182, 0:182].astype(np.float32)
+    crops = [np.clip(rng.uniform(40, 200, 3) + 40 * np.sin((xx * rng.uniform(0.02, 0.1)) + yy * 0.03)[..., None]
+                     + rng.normal(0, 4, (182, 182, 3)), 0, 255).astype(np.uint8) for _ in range(64)]
+    ranges = write_shard(tmp_path / "shard-00000.tar", crops)
+    faces = ShardFaces(tmp_path, np.zeros(64), [o for o, _ in ranges], [n for _, n in ranges], np.arange(64), 182)
+    idx = list(range(64))
+    cpu = faces.__getitems__(idx)[0]
+    gpu = decode_faces(faces.encoded().__getitems__(idx), faces, "cuda")
+    assert gpu.device.type == "cuda" and gpu.dtype == torch.uint8 and gpu.shape == cpu.shape
+    diff = (gpu.cpu().int() - cpu.int()).abs()
+    assert int(diff.max()) <= 10 and float(diff.float().mean()) < 1.0  # IDCT and chroma upsampling differ slightly

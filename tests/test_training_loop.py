@@ -121,6 +121,26 @@ def test_same_seed_gives_identical_runs(reference, tmp_path):
     assert len({r["weight_identity"] for r in rows}) > 1  # weights move: the comparison is not of constants
 
 
+def test_compile_runs_the_training_forward_through_torch_compile_and_changes_no_number(reference, tmp_path,
+                                                                                     monkeypatch):
+    """``finetune.compile``: the step's forward goes through ``torch.compile(model)`` (dynamo's ``eager`` backend
+    here: the same graph capture without inductor's minute of code generation on a CPU), training the model's own
+    parameters, while evaluation calls the model itself; the run equals the uncompiled one exactly."""
+    compiled = []
+    real_compile = torch.compile
+
+    def compile_eager(model, **kw):
+        compiled.append(model)
+        return real_compile(model, backend="eager", **kw)
+
+    monkeypatch.setattr(torch, "compile", compile_eager)
+    torch._dynamo.reset()
+    result = run_finetune(_spec(compile=True), TRAIN, TEST, tmp_path / "w")
+    assert len(compiled) == 1 and isinstance(compiled[0], MultiTaskInceptionResNetV1)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the forward really was captured
+    _same_run(reference["result"], result)
+
+
 def test_resume_after_an_epoch_ends_identical_to_an_uninterrupted_run(reference, tmp_path):
     work = tmp_path / "work"
     first = run_finetune(replace(_spec(), epochs=1), TRAIN, TEST, work)

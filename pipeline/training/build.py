@@ -33,7 +33,8 @@ class FinetuneSpec:
     identity branch (spec §4.5 path A: the expression branch is copied from the identity branch, and
     ``frozen_bn``/``dropout_off`` apply). The checkpoint is one of ours (``model.pt``) or a facenet-pytorch
     ``InceptionResnetV1`` state dict (the public VGGFace2 / CASIA-WebFace files; ``depth: full``; see
-    :mod:`pipeline.models.facenet_import`).
+    :mod:`pipeline.models.facenet_import`). ``compile``: the training step's forward pass runs through
+    ``torch.compile(model)`` (compiled at the first step; evaluation stays eager).
     """
 
     model: ModelConfig
@@ -68,6 +69,7 @@ class FinetuneSpec:
     channels_last: bool = True
     eval_batch_size: int = 100
     device: str = "cpu"
+    compile: bool = False
 
 
 @dataclass
@@ -114,6 +116,7 @@ def build_training(spec: FinetuneSpec, device: torch.device) -> TrainingParts:
     if any(t.center_loss_factor for t in spec.tasks):
         n_ids = spec.model.heads[0].n_classes
         centers = CenterLoss(n_ids, model.feature_shape()[0], alpha=spec.center_loss_alpha).to(device)
+    forward = torch.compile(model) if spec.compile else None
     step = TrainStep(model, strategy, spec.tasks, optimizer, own_optimizer, centers, clip_norm=spec.clip_norm,
-                     amp=spec.amp)
+                     amp=spec.amp, forward=forward)
     return TrainingParts(model, strategy, optimizer, own_optimizer, centers, step)

@@ -3,8 +3,10 @@
 The paper fine-tunes from a face-recognition model pretrained on MS-Celeb-1M that is no longer available, so the
 pipeline pretrains its own. Per step (global batch ``G`` split over ``world`` ranks):
 
-1. this rank's ``G / world`` faces come from the shards (:mod:`pipeline.training.shard_data`), are cropped (random
-   ``crop`` of the stored 182 px faces), optionally flipped, resized to ``input_size`` and standardised;
+1. this rank's ``G / world`` faces come from the shards (:mod:`pipeline.training.shard_data`; decoded in the loader
+   workers, or with ``decode="device"`` on this process's device, :mod:`pipeline.training.shard_decode`), are
+   cropped (random ``crop`` of the stored 182 px faces), optionally flipped, resized to ``input_size`` and
+   standardised;
 2. loss ``= mean_i CE_i + λc · mean_i ½‖e_i − c_{y_i}‖²`` (spec §2; the centers before this step's update);
 3. ``loss.backward()`` through :class:`~torch.nn.parallel.DistributedDataParallel` (gradients averaged over the
    ranks, so the update equals one process with the global batch), global-norm clipping (``clip_norm``, 0 = off),
@@ -40,7 +42,8 @@ from pipeline.models.network import ModelConfig, MultiTaskInceptionResNetV1
 from pipeline.training.data import preprocess
 from pipeline.training.distributed import DistContext
 from pipeline.training.optim import build_optimizer, clip_by_global_norm_
-from pipeline.training.shard_data import ShardBatchSampler, ShardFaces, make_loader, next_batch
+from pipeline.training.shard_data import DECODE_MODES, ShardBatchSampler, ShardFaces, make_loader, next_batch
+from pipeline.training.shard_decode import batch_to_device
 from pipeline.training.step import NonFiniteError, global_grad_norm
 
 if TYPE_CHECKING:  # evaluation needs scikit-learn and SciPy: imported when a run verifies, not by bench/pretrain.py
@@ -67,6 +70,9 @@ class PretrainSpec:
         window: data order (see :class:`~pipeline.training.shard_data.ShardBatchSampler`).
         checkpoint_every, eval_every, log_every: in steps (the last step always checkpoints and evaluates).
         compile: ``torch.compile`` the training forward.
+        decode: where the faces are decoded, one of :data:`~pipeline.training.shard_data.DECODE_MODES`: ``worker``
+            (OpenCV in the loader's worker processes) or ``device`` (the workers only read the bytes; torchvision
+            decodes each batch on the training device, nvJPEG on CUDA). Same pixels on the CPU.
     """
 
     model: ModelConfig
@@ -101,6 +107,11 @@ class PretrainSpec:
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
+    decode: str = "worker"
+
+    def __post_init__(self) -> None:
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
 
 
 @dataclass
@@ -264,8 +275,9 @@ def run_pretrain(spec: PretrainSpec, train: ShardFaces, work: Path, dist: DistCo
     t0 = time.perf_counter()
     waited = 0.0
     done_images = 0
-    loader = make_loader(train, sampler, workers=spec.workers, pin_memory=device.type == "cuda") \
-        if step < spec.steps else None
+    on_device = spec.decode == "device"
+    loader = make_loader(train.encoded() if on_device else train, sampler, workers=spec.workers,
+                         pin_memory=device.type == "cuda" and not on_device) if step < spec.steps else None
     batches = iter(loader) if loader is not None else iter(())
     try:
         while step < spec.steps:
@@ -274,10 +286,9 @@ def run_pretrain(spec: PretrainSpec, train: ShardFaces, work: Path, dist: DistCo
                 g["lr"] = lr
             model.set_phase(train=True, frozen_bn=frozen)
             tw = time.perf_counter()
-            raw, y = next_batch(batches)
+            batch = next_batch(batches)
             waited += time.perf_counter() - tw
-            raw = raw.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
+            raw, y = batch_to_device(batch, train, device)
             seed = step_seed(spec.seed, step, dist.rank)
             torch.manual_seed(seed)
             gen.manual_seed(seed)

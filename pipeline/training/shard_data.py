@@ -14,6 +14,10 @@ processes) instead of holding the set as ``uint8`` like fine-tuning does.
   ``[b·G, (b+1)·G)`` of it, so the data position of a run is its step counter: a resumed run restarts the sampler
   at its step and reads the same batches. Rank ``r`` of ``world`` takes slice ``r`` of each global batch, so the
   ranks read disjoint faces and together see exactly what one process with the global batch would see.
+- :class:`ShardBytes`: the same faces left encoded: a worker sends a batch's JPEG/PNG bytes
+  (:class:`EncodedBatch`, ~12 KB a face instead of 99 KB decoded) and the training process decodes them on its
+  device (:func:`pipeline.training.shard_decode.decode_faces`: nvJPEG on CUDA), so no CPU core decodes
+  (``pretrain.decode: device``).
 - :func:`make_loader`: the DataLoader (workers, pinned memory on CUDA, prefetching).
 
 Augmentation (random crop, flip) happens after batching, in the training process on the device, from a
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -32,7 +37,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from pipeline.align.shards import ShardReader
 from pipeline.errors import DatasetError
 
-__all__ = ["ShardBatchSampler", "ShardFaces", "make_loader", "next_batch"]
+__all__ = ["DECODE_MODES", "EncodedBatch", "ShardBatchSampler", "ShardBytes", "ShardFaces", "make_loader", "next_batch"]
+
+#: where the faces of a pretraining batch are decoded: in the loader's worker processes (OpenCV) or, after the
+#: encoded bytes reach the training process, on its device (torchvision: nvJPEG on CUDA)
+DECODE_MODES = ("worker", "device")
 
 
 class ShardFaces(Dataset):
@@ -60,8 +69,8 @@ class ShardFaces(Dataset):
     def _read(self, i: int) -> np.ndarray:
         img = self.reader.read(int(self.shard[i]), int(self.offset[i]), int(self.length[i]))
         if img.shape[:2] != (self.crop_size, self.crop_size):
-            raise DatasetError(f"{self.reader.path(int(self.shard[i]))} offset {self.offset[i]}: a "
-                               f"{img.shape[1]}x{img.shape[0]} crop, expected {self.crop_size}: re-run the align stage")
+            raise DatasetError(f"{self.location(i)}: a {img.shape[1]}x{img.shape[0]} crop, expected "
+                               f"{self.crop_size}: re-run the align stage")
         return img
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
@@ -76,8 +85,64 @@ class ShardFaces(Dataset):
         idx = np.asarray(indices, dtype=np.int64)
         return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(self.labels[idx].copy())
 
+    def location(self, i: int) -> str:
+        """``<shard path> offset <n>``: where face ``i``'s bytes are (for error messages)."""
+        return f"{self.reader.path(int(self.shard[i]))} offset {self.offset[i]}"
+
+    def encoded(self) -> ShardBytes:
+        """The same faces as a dataset of encoded batches (decoded later, on the training device)."""
+        return ShardBytes(self)
+
     def close(self) -> None:
         self.reader.close()
+
+
+class EncodedBatch(NamedTuple):
+    """A batch of faces still encoded, as :class:`ShardBytes` hands it from a worker to the training process.
+
+    Attributes:
+        data: ``uint8 [N]``: the encoded files (JPEG or PNG, as the align stage wrote them) one after another.
+        offsets: ``int64 [B + 1]``: face ``k`` is ``data[offsets[k]:offsets[k + 1]]``.
+        labels: ``int64 [B]``: the class of each face.
+        index: ``int64 [B]``: each face's position in the dataset (error messages name its shard and offset).
+    """
+
+    data: torch.Tensor
+    offsets: torch.Tensor
+    labels: torch.Tensor
+    index: torch.Tensor
+
+
+class ShardBytes(Dataset):
+    """The faces of a :class:`ShardFaces`, read but not decoded: ``__getitems__`` returns an :class:`EncodedBatch`.
+
+    A worker then does one ``pread`` per face and no decoding, and sends ~the JPEG size per face through shared
+    memory instead of ``3·S²`` bytes; :func:`pipeline.training.shard_decode.decode_faces` decodes the batch on the
+    training device.
+    """
+
+    def __init__(self, faces: ShardFaces) -> None:
+        self.faces = faces
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def __getitems__(self, indices: Sequence[int]) -> EncodedBatch:
+        f = self.faces
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        parts = [f.reader.read_bytes(int(f.shard[i]), int(f.offset[i]), int(f.length[i])) for i in idx]
+        offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in parts], out=offsets[1:])
+        joined = b"".join(parts)
+        data = torch.frombuffer(bytearray(joined), dtype=torch.uint8) if joined else torch.empty(0, dtype=torch.uint8)
+        return EncodedBatch(data, torch.from_numpy(offsets), torch.from_numpy(f.labels[idx].copy()),
+                            torch.from_numpy(idx))
+
+    def __getitem__(self, i: int) -> EncodedBatch:
+        return self.__getitems__([i])
+
+    def close(self) -> None:
+        self.faces.close()
 
 
 class ShardBatchSampler(Sampler[list[int]]):
@@ -150,20 +215,25 @@ class ShardBatchSampler(Sampler[list[int]]):
         return 2**62
 
 
-def _passthrough(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+#: what a loader yields: decoded faces and labels, or an encoded batch
+Batch = tuple[torch.Tensor, torch.Tensor] | EncodedBatch
+
+
+def _passthrough(batch: Batch) -> Batch:
     return batch
 
 
-def make_loader(dataset: ShardFaces, sampler: ShardBatchSampler, *, workers: int = 4, pin_memory: bool = False,
-                prefetch: int = 4) -> DataLoader:
-    """Batches ``(uint8 [B, 3, S, S], int64 [B])`` in the sampler's order, decoded by ``workers`` processes
-    (``0``: in this process). Workers stay alive between batches (``persistent_workers``)."""
+def make_loader(dataset: ShardFaces | ShardBytes, sampler: ShardBatchSampler, *, workers: int = 4,
+                pin_memory: bool = False, prefetch: int = 4) -> DataLoader:
+    """Batches in the sampler's order, read by ``workers`` processes (``0``: in this process): ``(uint8 [B, 3, S, S],
+    int64 [B])`` from a :class:`ShardFaces`, an :class:`EncodedBatch` from a :class:`ShardBytes`. Workers stay
+    alive between batches (``persistent_workers``)."""
     kw = {"prefetch_factor": prefetch, "persistent_workers": True} if workers > 0 else {}
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=_passthrough,
                       pin_memory=pin_memory, **kw)
 
 
-def next_batch(batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+def next_batch(batches: Iterator[Batch]) -> Batch:
     """``next(batches)``; a :class:`~pipeline.errors.DatasetError` raised in a worker process (a corrupt or truncated
     shard) comes back as the same one-line error, not as DataLoader's multi-line "Caught ... in DataLoader worker
     process" wrapper with the worker's traceback."""

@@ -115,15 +115,19 @@ class TrainStep:
         amp: run the forward pass under bf16 autocast (CUDA only).
         center_stats_hook: called with ``(sums, counts)`` before the centers move (a distributed run all-reduces
             them there).
+        forward: what runs the forward pass instead of ``model`` itself: a ``torch.compile`` wrapper of it (the
+            same parameters; evaluation keeps calling the uncompiled ``model``), or None.
     """
 
     def __init__(self, model: nn.Module, strategy: Weighting, tasks: Sequence[TaskSpec],
                  optimizer: torch.optim.Optimizer, own_optimizer: torch.optim.Optimizer | None,
                  centers: CenterLoss | None, *, clip_norm: float = 5.0, amp: bool = False,
-                 center_stats_hook: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> None:
+                 center_stats_hook: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+                 forward: Callable[[torch.Tensor], object] | None = None) -> None:
         if [t.name for t in tasks] != strategy.task_names:
             raise ValueError(f"task order {[t.name for t in tasks]} differs from the strategy's {strategy.task_names}")
         self.model = model
+        self.forward = forward if forward is not None else model
         self.strategy = strategy
         self.tasks = list(tasks)
         self.optimizer = optimizer
@@ -144,7 +148,7 @@ class TrainStep:
     def __call__(self, x: torch.Tensor, labels: dict[str, torch.Tensor]) -> StepResult:
         """Train on one batch ``x [B, 3, S, S]`` (standardised) with ``labels[task] [B]`` (``-1`` = no label)."""
         with self._autocast(x.device):
-            out = self.model(x)
+            out = self.forward(x)
         losses = task_losses(out, labels, self.tasks, self.centers)
         ws = self.strategy.compute(losses, out.features.float(), shared=self.shared)
         has_aux = ws.aux is not None and bool(self.own_params)
