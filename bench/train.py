@@ -400,7 +400,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="timed steps per configuration, median reported (default 15; --quick: 2)")
     ap.add_argument("--warmup", type=int, default=None,
                     help="untimed steps before (default 3; --quick: 1; compiled rows: at least 3)")
-    ap.add_argument("--compile", action="store_true", help="add compiled rows (ours: finetune.compile; peer: model.compile())")
+    ap.add_argument("--compile", action="store_true",
+                    help="add compiled rows (ours: finetune.compile; peer: model.compile())")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                     help="channels-last model and input on CUDA (the stage's default)")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark (stage: off)")

@@ -186,7 +186,7 @@ def command(ctx: typer.Context,
                          for c, x in cols.items() if x is not None})
         if checks:
             run.log_metrics({"demo_passed": float(record["demo_passed"])})
-        _log_report(run, files + [SUMMARY], made, params, dataset, folds, methods)
+        _log_report(run, files + [SUMMARY], made, dataset, folds, methods)
     typer.echo(f"report {dataset}: {len(methods)} methods x {len(folds)} folds -> {REPORTS / 'tables.md'}")
     if checks and not quiet:
         typer.echo(check_text.rstrip())
@@ -208,19 +208,17 @@ def _summary_record(summary: Any, dataset: str, folds: list[int], methods: list[
             "demo_passed": all(c.passed for c in checks) if checks else None}
 
 
-def _log_report(run: Any, files: list[Path], figures: list[tuple[str, str]], params: Any, dataset: str,
-                folds: list[int], methods: list[str]) -> None:
+def _log_report(run: Any, files: list[Path], figures: list[tuple[str, str]], dataset: str, folds: list[int],
+                methods: list[str]) -> None:
     """Log the written report to its MLflow run and nest the fold runs of the table under it."""
     if not run.enabled:
         return
-    from stages.tracking import group_key
-
     for path in files:
         run.log_artifact(path, "report")
     for _, rel in figures:
         run.log_artifact(REPORTS / rel, "report/figures")
     items = [f"{dataset}/fold{f}/{m}" for m in methods for f in folds]
-    rows = run.adopt_runs(items, group_key(params))
+    rows = run.adopt_runs(items, run.group)
     run.log_dict(rows, "fold_runs.json")
     restored = [r["item"] for r in rows if r["status"] != "this group"]
     if restored:

@@ -81,7 +81,7 @@ def input_hashes(root: Path, inputs: Sequence[str]) -> dict[str, str]:
     return tags
 
 
-def group_key(params: Any, root: Path | None = None) -> str:
+def group_key(params: Any, root: Path | None = None, commit: str | None = None) -> str:
     """The key shared by the runs of one results table: a hash of the configuration, the commit and the data.
 
     Hashed: ``finetune.common``, ``folds`` (k, assignment, seed and the fine-tuning dataset's settings),
@@ -91,6 +91,8 @@ def group_key(params: Any, root: Path | None = None) -> str:
 
     Args:
         params: the validated :class:`pipeline.config.Params`.
+        root: the repository (default: :func:`repo_root`).
+        commit: the git commit when the caller knows it already (default: asks git).
     """
     import hashlib
 
@@ -104,18 +106,22 @@ def group_key(params: Any, root: Path | None = None) -> str:
                   "dataset": folds.datasets[dataset].model_dump(mode="json") if dataset in folds.datasets else None},
         "pretrain.train": params.pretrain.train.model_dump(mode="json"),
         "pixel_baseline": params.pixel_baseline.model_dump(mode="json"),
-        "commit": git_state(root).get("git.commit", ""),
+        "commit": commit if commit is not None else git_state(root).get("git.commit", ""),
         "data": {k: v for k, v in data.items() if k.endswith(".md5")},
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class RunLogger:
-    """A thin handle on the active MLflow run (or a no-op when tracking is off)."""
+    """A thin handle on the active MLflow run (or a no-op when tracking is off).
 
-    def __init__(self, mlflow: Any | None, run_id: str | None = None):
+    ``group``: the run's ``group`` tag (:func:`group_key`), or None.
+    """
+
+    def __init__(self, mlflow: Any | None, run_id: str | None = None, group: str | None = None):
         self._mlflow = mlflow
         self.run_id = run_id
+        self.group = group
 
     @property
     def enabled(self) -> bool:
@@ -161,7 +167,8 @@ class RunLogger:
         Per item the newest run tagged with ``group``; else the newest run of that item from another
         configuration (its outputs were restored from DVC's cache); else none (restored from the cache of another
         store: nothing to nest). Returns one row per item: ``item``, ``run_id`` ("" when none) and ``status``
-        (``this group`` | ``other group <key>`` | ``no run in this store``).
+        (``this group`` | ``other group <key>`` | ``no run in this store``). One search finds the whole group;
+        only the items missing from it are searched one by one.
         """
         if not self._mlflow or self.run_id is None:
             return []
@@ -169,16 +176,24 @@ class RunLogger:
 
         client = MlflowClient()
         experiment = client.get_run(self.run_id).info.experiment_id
+        newest: dict[str, Any] = {}
+        wanted = set(items)
+        for run in client.search_runs([experiment], f"tags.group = '{group}'", max_results=50000,
+                                      order_by=["attributes.start_time DESC"]):
+            item = run.data.tags.get("item")
+            if item in wanted and item not in newest:
+                newest[item] = run
         rows = []
         for item in items:
-            status, found = "no run in this store", None
-            for extra, label in ((f" and tags.group = '{group}'", "this group"), ("", None)):
-                runs = client.search_runs([experiment], f"tags.item = '{item}'{extra}",
+            status, found = "no run in this store", newest.get(item)
+            if found is not None:
+                status = "this group"
+            else:
+                runs = client.search_runs([experiment], f"tags.item = '{item}'",
                                           order_by=["attributes.start_time DESC"], max_results=1)
                 if runs:
                     found = runs[0]
-                    status = label or f"other group {found.data.tags.get('group', '?')}"
-                    break
+                    status = f"other group {found.data.tags.get('group', '?')}"
             if found is not None and found.info.run_id != self.run_id:
                 client.set_tag(found.info.run_id, "mlflow.parentRunId", self.run_id)
             rows.append({"item": item, "run_id": found.info.run_id if found is not None else "", "status": status})
@@ -248,7 +263,7 @@ def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str] = (), it
     if item is not None:
         tags["item"] = item
     if group is not None:
-        tags["group"] = group_key(group, root)
+        tags["group"] = group_key(group, root, commit=tags.get("git.commit", ""))
     dvc_env = (("DVC_STAGE", "dvc.stage"), ("DVC_EXP_NAME", "dvc.exp"), ("DVC_EXP_BASELINE_REV", "dvc.exp.baseline"))
     for env, tag in dvc_env:
         if os.environ.get(env):
@@ -264,7 +279,7 @@ def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str] = (), it
             mlflow.set_tag("resumed", "true")
         flat = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.as_flat_dict().items()}
         mlflow.log_params(flat)
-        yield RunLogger(mlflow, run.info.run_id)
+        yield RunLogger(mlflow, run.info.run_id, group=tags.get("group"))
 
 
 def _previous_run(mlflow: Any, resume_file: Path | None) -> str | None:
