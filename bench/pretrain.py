@@ -29,7 +29,7 @@ Rows, per global batch (``--batch-sizes``):
   channels-last on CUDA, DDP when N processes) with :class:`PretrainSpec`'s defaults (the original: rmsprop_tf1,
   lr 0.1, no clipping, center loss 0.1 / α 0.5, keep_prob 0.5), on one fixed batch of decoded faces already
   pre-processed on the device; ``--warmup`` steps, then ``--steps`` steps each between ``cuda.synchronize()``
-  calls; img/s from the median step time.
+  calls; img/s from the median step time (``img_per_s_mean`` from the mean, which the both rows are compared with).
 - **both** (per precision × depth × W × decode mode): ``run_pretrain``'s loop body: set the rate, ``next()`` on the
   loader (time blocked there = data stall), ``batch_to_device`` (``.to(device, non_blocking=True)``, or the
   device decode), reseed from ``step_seed``,
@@ -368,6 +368,7 @@ def time_model(tr: Trainer, faces: ShardFaces, s: Settings) -> dict[str, Any]:
     (med,) = max_over_ranks(tr.dist, [statistics.median(times)])
     return {"kind": "model", "batch": tr.spec.batch_size, "local_batch": local, "steps": s.steps,
             "warmup": s.warmup, "img_per_s": tr.spec.batch_size / med, "ms_per_batch": 1000 * med,
+            "img_per_s_mean": tr.spec.batch_size / max_over_ranks(tr.dist, [statistics.fmean(times)])[0],
             "peak_mib": round(torch.cuda.max_memory_allocated(tr.device) / 2**20, 1)
             if tr.device.type == "cuda" else None,
             "params_m": round(count_parameters(tr.model) / 1e6, 2), "last_loss": round(last["loss"], 4)}
@@ -475,7 +476,8 @@ def run_rows(pt: types.ModuleType, s: Settings, faces: ShardFaces, dist: DistCon
 
 def add_derived(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """On both rows: ``loader_over_model`` (the one-process loader img/s at that batch, W and decode mode ÷ the
-    model's img/s per process at the same process count) and ``loop_over_model`` (the loop's img/s ÷ the model's).
+    model's img/s per process at the same process count) and ``loop_over_model`` (the loop's img/s, a mean over
+    its wall time, ÷ the model's mean-step img/s: the same statistic on both sides).
     Returns the issue's targets per model configuration, read on its fastest both row: stall ≤ 5 %, the loader
     alone at least as fast as the model, and the loop within 5 % of the model (a loop can wait little for data
     and still run slower than the step, when the decoders slow the training process down)."""
@@ -488,7 +490,7 @@ def add_derived(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         model = next((x for x in rows if x["kind"] == "model" and x["processes"] == r["processes"]
                       and (x["batch"], x["precision"], x["depth"]) == (r["batch"], r["precision"], r["depth"])), None)
         if model:
-            r["loop_over_model"] = r["img_per_s"] / model["img_per_s"]
+            r["loop_over_model"] = r["img_per_s"] / model["img_per_s_mean"]
         if loader and model:
             r["loader_over_model"] = loader["img_per_s"] / model["img_per_s_per_process"]
     groups: dict[tuple, list[dict[str, Any]]] = {}

@@ -377,7 +377,6 @@ class PretrainSettings(_Strict):
     seed: int = 666
     amp: bool = True
     channels_last: bool = True
-    compile: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> PretrainSettings:
@@ -393,14 +392,17 @@ class PretrainConfig(_Strict):
     """``pretrain``: single-task identity pretraining of the trunk + identity branch (stage ``pretrain``; spec §4.5).
 
     ``device``, ``workers`` (DataLoader processes per training process), ``decode`` (``worker``: OpenCV in those
-    processes; ``device``: torchvision on the training device, nvJPEG on CUDA; the same pixels on the CPU, slightly
-    different ones on CUDA), ``threads`` and ``eval_batch_size`` change only the speed and are not tracked by DVC;
-    ``train`` holds everything else.
+    processes; ``device``: torchvision on the training device, nvJPEG on CUDA), ``compile`` (``torch.compile`` the
+    training forward pass), ``threads`` and ``eval_batch_size`` are not tracked by DVC: they choose how the same
+    computation runs, not what it computes. Like ``device`` itself, ``decode`` and ``compile`` may still change the
+    arithmetic slightly on a GPU (nvJPEG's pixels, inductor's fused kernels); on the CPU ``decode`` gives the same
+    pixels. ``train`` holds everything else.
     """
 
     device: Device = "auto"
     workers: Annotated[int, Field(ge=0, le=64)] = 4
     decode: Literal["worker", "device"] = "worker"
+    compile: bool = False
     threads: Annotated[int, Field(ge=0)] = 0
     eval_batch_size: Annotated[int, Field(ge=1)] = 100
     train: PretrainSettings = PretrainSettings()
@@ -481,8 +483,10 @@ _METHOD_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 class FinetuneConfig(_Strict):
     """``finetune``: the per-(fold, method) fine-tuning stages.
 
-    ``device``, ``eval_batch_size``, ``threads`` and ``compile`` (``torch.compile`` the training forward pass; on
-    CUDA; the first step then takes a minute or more) change only the speed and are not tracked by DVC.
+    ``device``, ``eval_batch_size``, ``threads`` and ``compile`` (``torch.compile`` the training forward pass; it
+    pays off on CUDA, the first step then compiling for a minute or more; on a CPU inductor needs a C++ compiler)
+    are not tracked by DVC: they choose how the same computation runs (``compile``, like ``device``, may change the
+    arithmetic slightly).
     """
 
     device: Device = "auto"

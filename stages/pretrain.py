@@ -40,7 +40,8 @@ from stages.training_runs import resolve_device, work_key
 #: params DVC tracks (``{pretrain_dataset}`` = pretrain.train.dataset)
 DECLARED = ["pretrain.train", "datasets.{pretrain_dataset}.align_convention"]
 #: read but not tracked by DVC: they change only the speed
-RUNTIME = ["pretrain.device", "pretrain.workers", "pretrain.decode", "pretrain.threads", "pretrain.eval_batch_size"]
+RUNTIME = ["pretrain.device", "pretrain.workers", "pretrain.decode", "pretrain.compile", "pretrain.threads",
+           "pretrain.eval_batch_size"]
 MANIFESTS = Path("data/manifests")
 ALIGNED = Path("data/aligned")
 FOLDS = Path("data/folds")
@@ -64,7 +65,7 @@ def checkpoint_path(dataset: str) -> Path:
 
 
 def build_spec(t: Any, n_classes: int, alignment: str, *, workers: int, eval_batch_size: int,
-               decode: str = "worker"):
+               decode: str = "worker", compile: bool = False):
     """The :class:`~pipeline.training.pretrain.PretrainSpec` of ``pretrain.train`` ``t``."""
     from pipeline.models.network import HeadSpec, ModelConfig
     from pipeline.training.pretrain import PretrainSpec
@@ -82,7 +83,7 @@ def build_spec(t: Any, n_classes: int, alignment: str, *, workers: int, eval_bat
         random_crop=t.random_crop, flip=t.flip, freeze_bn=t.freeze_bn, window=t.shuffle_window, workers=workers,
         checkpoint_every=t.checkpoint_every, eval_every=t.eval_every, log_every=t.log_every, eval_mode=t.eval_mode,
         eval_folds=t.eval_folds, far_targets=tuple(t.far_targets), eval_batch_size=eval_batch_size, seed=t.seed,
-        amp=t.amp, channels_last=t.channels_last, compile=t.compile, decode=decode)
+        amp=t.amp, channels_last=t.channels_last, compile=compile, decode=decode)
 
 
 def _torchrun(ctx: typer.Context, processes: int) -> None:
@@ -137,7 +138,11 @@ def _train(sp, t, dataset: str, p: dict[str, Any], dist) -> None:
     verify, vcounts = load_verification_pairs(p["verify_aligned"], p["pairs"])
     spec = build_spec(t, ids.n_classes, sp.get(f"datasets.{dataset}.align_convention"),
                       workers=sp.get("pretrain.workers"), eval_batch_size=sp.get("pretrain.eval_batch_size"),
-                      decode=sp.get("pretrain.decode"))
+                      decode=sp.get("pretrain.decode"), compile=sp.get("pretrain.compile"))
+    where = (f"on {dist.device} in the training process (pretrain.decode: device)" if spec.decode == "device"
+             else f"in {spec.workers} loader worker processes (pretrain.decode: worker)" if spec.workers
+             else "in the training process by OpenCV (pretrain.workers: 0)")
+    log.info("faces decoded %s", where)
     if spec.init is not None and dist.is_main:
         from pipeline.models.checkpoint import CheckpointError
         from pipeline.training.pretrain import build_pretrain_model

@@ -50,7 +50,7 @@ def test_tiny_run_one_and_two_processes(tmp_path):
         if kind == "both":
             assert 0.0 <= r["stall"] <= r["stall_worst_rank"] <= 1.0
             assert r["loader_over_model"] > 0
-            assert r["loop_over_model"] == r["img_per_s"] / rows[(n, "model", None)]["img_per_s"]
+            assert r["loop_over_model"] == r["img_per_s"] / rows[(n, "model", None)]["img_per_s_mean"]
     assert rows[(1, "loader", 1)]["steps"] == 8  # at least 2 x prefetch x workers timed batches
     assert {t["met"] for t in payload["targets"]} <= {True, False} and len(payload["targets"]) == 6
     assert "model 2p b4 fp32 reduced" in res.stdout and "loader_over_model" in res.stdout

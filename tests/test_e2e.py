@@ -215,7 +215,8 @@ def test_finetune_method_params_rerun_only_that_method_and_runtime_params_do_not
     dst, env, _ = repo_copy
     write_params(dst / "params.yaml", tiny_params(**{**E2E_PARAMS, "finetune.threads": 2,
                                                      "finetune.eval_batch_size": 7, "finetune.device": "cpu",
-                                                     "finetune.compile": True, "pretrain.decode": "device"}))
+                                                     "finetune.compile": True, "pretrain.decode": "device",
+                                                     "pretrain.compile": True}))
     assert _run([sys.executable, "-m", "dvc", "status", "-q"], dst, env, check=False).returncode == 0
     write_params(dst / "params.yaml", tiny_params(**E2E_PARAMS, **{"finetune.methods.dynamic.lr_weights": 0.0123}))
     status = json.loads(_run([sys.executable, "-m", "dvc", "status", "--json"], dst, env).stdout)

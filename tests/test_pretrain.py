@@ -169,21 +169,36 @@ def test_encoded_batches_decode_to_exactly_the_workers_pixels(shards, tmp_path):
 
 
 def test_an_undecodable_or_wrong_size_face_is_a_one_line_error_when_decoding_on_the_device(shards, tmp_path):
-    faces = _copy_with_corrupt_first_face(shards, tmp_path / "bad")
-    with pytest.raises(DatasetError) as err:
-        decode_faces(faces.encoded().__getitems__([3, 0, 5]), faces, "cpu")
-    msg = str(err.value)
-    assert "\n" not in msg and "shard-00000.tar offset" in msg and "do not decode as an image" in msg
     m = np.load(shards / "index.npz")
+    # a face whose first bytes are zeroed (not a JPEG any more) and one cut in half (a JPEG that stops early: the
+    # batched JPEG decoder fails on it)
+    zeroed = _copy_with_corrupt_first_face(shards, tmp_path / "bad")
+    length = m["length"].copy()
+    length[2] //= 2
+    cut = ShardFaces(shards, m["shard"], m["offset"], length, m["labels"], int(m["size"]))
+    for faces, bad, is_jpeg_file in ((zeroed, 0, False), (cut, 2, True)):
+        batch = faces.encoded().__getitems__([3, bad, 5])
+        assert is_jpeg(batch).tolist() == [True, is_jpeg_file, True]
+        with pytest.raises(DatasetError) as err:
+            decode_faces(batch, faces, "cpu")
+        msg = str(err.value)
+        assert "\n" not in msg and f"offset {m['offset'][bad]}:" in msg and "do not decode as an image" in msg
     small = ShardFaces(shards, m["shard"], m["offset"], m["length"], m["labels"], SIZE + 2)
     with pytest.raises(DatasetError, match=f"a {SIZE}x{SIZE} crop, expected {SIZE + 2}: re-run the align stage"):
         decode_faces(small.encoded().__getitems__([1]), small, "cpu")
 
 
-def test_decoding_on_the_device_trains_bit_identically_on_the_cpu(shards, tmp_path):
+def test_decoding_on_the_device_trains_bit_identically_on_the_cpu(shards, tmp_path, monkeypatch):
+    import pipeline.training.shard_decode as shard_decode
+
+    decoded = []
+    real = shard_decode.decode_faces
+    monkeypatch.setattr(shard_decode, "decode_faces", lambda b, f, d: decoded.append(len(b.labels)) or real(b, f, d))
     faces = _faces(shards)
     worker = run_pretrain(_spec(steps=3, workers=1), faces, tmp_path / "a", DistContext())
+    assert decoded == []
     device = run_pretrain(_spec(steps=3, workers=1, decode="device"), faces, tmp_path / "b", DistContext())
+    assert decoded == [8, 8, 8]  # every batch arrived encoded and was decoded in this process
     assert worker.rows == device.rows
     for k, v in worker.model.state_dict().items():
         assert torch.equal(v, device.model.state_dict()[k]), k

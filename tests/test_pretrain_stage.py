@@ -215,3 +215,6 @@ def test_a_corrupt_shard_is_a_one_line_error_wherever_it_is_decoded(inputs, tmp_
     assert lines[-1].startswith("error: ") and "do not decode as an image (corrupt shard?)" in lines[-1], lines[-3:]
     assert "Traceback" not in res.stderr and "DataLoader worker" not in res.stderr
     assert not (work / OUT).exists() and not (work / METRICS).exists()
+    where = ("on cpu in the training process (pretrain.decode: device)" if decode == "device"
+             else "in 1 loader worker processes (pretrain.decode: worker)")
+    assert f"faces decoded {where}" in res.stderr

@@ -84,3 +84,24 @@ def test_nvjpeg_decodes_a_shard_batch_close_to_opencv(tmp_path) -> None:
     assert gpu.device.type == "cuda" and gpu.dtype == torch.uint8 and gpu.shape == cpu.shape
     diff = (gpu.cpu().int() - cpu.int()).abs()
     assert int(diff.max()) <= 10 and float(diff.float().mean()) < 1.0  # IDCT and chroma upsampling differ slightly
+
+
+def test_nvjpeg_decode_waits_for_work_queued_on_the_callers_stream(tmp_path) -> None:
+    """Tensors freed while kernels that read them are still queued must not be overwritten by the decode
+    (nvJPEG's hardware decoder ignores the caller's stream: pytorch/vision#9606; ``decode_faces`` synchronises)."""
+    from pipeline.align.shards import write_shard
+    from pipeline.training.shard_data import ShardFaces
+    from pipeline.training.shard_decode import decode_faces
+
+    rng = np.random.default_rng(1)
+    crops = [rng.integers(0, 256, (182, 182, 3), dtype=np.uint8) for _ in range(32)]
+    ranges = write_shard(tmp_path / "shard-00000.tar", crops)
+    faces = ShardFaces(tmp_path, np.zeros(32), [o for o, _ in ranges], [n for _, n in ranges], np.arange(32), 182)
+    batch = faces.encoded().__getitems__(list(range(32)))
+    for _ in range(5):
+        victims = [torch.full((3, 182, 182), 7, dtype=torch.uint8, device="cuda") for _ in range(32)]
+        torch.cuda._sleep(200_000_000)  # keep the stream busy, so the reads below are still queued at the decode
+        sums = [v.sum(dtype=torch.int64) for v in victims]
+        del victims  # their blocks go back to the allocator while the sums are queued: the decode's outputs get them
+        decode_faces(batch, faces, "cuda")
+        assert all(int(s) == 7 * 3 * 182 * 182 for s in sums)

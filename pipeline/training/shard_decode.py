@@ -11,6 +11,12 @@ libjpeg-turbo / libpng, which give exactly OpenCV's pixels (tested), so a CPU ru
 nvJPEG's inverse DCT and chroma upsampling are not libjpeg-turbo's: on CUDA pixels may differ slightly
 (``tests/test_training_cuda.py`` bounds the difference).
 
+On CUDA the current stream is synchronised before the decode: nvJPEG's hardware decoder writes its outputs
+without waiting for work queued on the caller's stream, so memory that queued kernels still read (freed to the
+caching allocator, e.g. an optimiser step's temporaries) could be overwritten (pytorch/vision#9606, fixed in
+TorchCodec, not in torchvision). torchvision already blocks the host until its decode finishes, so the wait costs
+only the overlap with the queued work.
+
 PNG crops (``align.format: png``) are decoded on the CPU in the training process and then moved (nvJPEG decodes
 JPEG only); use ``decode: worker`` for PNG shards.
 
@@ -34,6 +40,9 @@ from pipeline.training.shard_data import Batch, EncodedBatch, ShardFaces
 __all__ = ["batch_to_device", "decode_faces", "is_jpeg"]
 
 _JPEG_MAGIC = (0xFF, 0xD8)
+#: errors of the device itself, not of the data: never reported as an undecodable face
+_DEVICE_ERRORS: tuple[type[BaseException], ...] = (torch.OutOfMemoryError,) + (
+    (torch.AcceleratorError,) if hasattr(torch, "AcceleratorError") else ())
 
 
 def is_jpeg(batch: EncodedBatch) -> np.ndarray:
@@ -54,7 +63,7 @@ def decode_faces(batch: EncodedBatch, faces: ShardFaces, device: torch.device | 
 
     Raises:
         DatasetError: a face whose bytes do not decode (named by shard file and offset, one line), or one of
-            another size than ``faces.crop_size``.
+            another size than ``faces.crop_size``. Device errors (out of memory, a failed kernel) pass unchanged.
     """
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
@@ -63,6 +72,8 @@ def decode_faces(batch: EncodedBatch, faces: ShardFaces, device: torch.device | 
     views = [batch.data[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     jpeg = is_jpeg(batch)
     out: list[torch.Tensor | None] = [None] * len(views)
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()  # see the module docstring (pytorch/vision#9606)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "The image decoding and encoding capabilities of TorchVision are "
@@ -74,8 +85,10 @@ def decode_faces(batch: EncodedBatch, faces: ShardFaces, device: torch.device | 
                     out[k] = img
             for k in np.flatnonzero(~jpeg).tolist():
                 out[k] = decode_image(views[k], mode=ImageReadMode.RGB).to(device, non_blocking=True)
+    except _DEVICE_ERRORS:
+        raise
     except RuntimeError as exc:
-        raise _undecodable(batch, faces, views, exc) from None
+        raise _undecodable(batch, faces, views, exc) from exc
     s = faces.crop_size
     for k, img in enumerate(out):
         assert img is not None
