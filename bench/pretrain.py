@@ -19,8 +19,8 @@ The faces are read by :class:`~pipeline.training.shard_data.ShardFaces` exactly 
 Rows, per global batch (``--batch-sizes``):
 
 - **loader** (per ``--workers`` count W and decode mode): iterate ``make_loader(ShardFaces, ShardBatchSampler,
-  workers=W, pin_memory=<CUDA>)``: ``pread`` + decode + batching + the transfer from the worker processes; with
-  ``device`` decoding, ``make_loader(ShardBytes, ...)`` + ``decode_faces`` on the device, synchronised. ``W`` workers
+  workers=W, pin_memory=<CUDA>, decode=...)``: ``pread`` + decode + batching + the transfer from the worker
+  processes; with ``device`` decoding, encoded batches + ``decode_faces`` on the device, synchronised. ``W`` workers
   deliver batches in bursts of W, so the warm-up (``--warmup`` batches, which include starting the workers; not
   timed) and the timed batches (``--steps``, at least ``2 · prefetch · W`` so batches that were ready early
   cannot hide a slow loader) are rounded up to multiples of ``max(W, 1)``. img/s = timed images / wall time.
@@ -101,6 +101,7 @@ from pipeline.training.data import preprocess
 from pipeline.training.distributed import DistContext, from_env, launched_by_torchrun
 from pipeline.training.optim import build_optimizer
 from pipeline.training.shard_data import DECODE_MODES, ShardBatchSampler, ShardFaces, make_loader
+from pipeline.training.shard_decode import batch_to_device
 from pipeline.training.step import NonFiniteError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -233,35 +234,20 @@ def rounded(n: int, unit: int) -> int:
     return unit * math.ceil(n / unit)
 
 
-def data_loader(faces: ShardFaces, sampler: ShardBatchSampler, workers: int, decode: str, device: torch.device,
-                prefetch: int):
-    """``make_loader`` as ``run_pretrain`` builds it for ``decode`` (encoded batches, unpinned, for ``device``)."""
-    on_device = decode == "device"
-    return make_loader(faces.encoded() if on_device else faces, sampler, workers=workers,
-                       pin_memory=device.type == "cuda" and not on_device, prefetch=prefetch)
-
-
-def to_device(batch: Any, faces: ShardFaces, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``run_pretrain``'s :func:`~pipeline.training.shard_decode.batch_to_device` (imported on first use: it
-    imports torchvision only when it decodes)."""
-    from pipeline.training.shard_decode import batch_to_device
-
-    return batch_to_device(batch, faces, device)
-
-
 def time_loader(faces: ShardFaces, batch: int, workers: int, s: Settings, device: torch.device,
                 decode: str) -> dict[str, Any]:
     """The loader row: img/s of reading, decoding and batching alone (see the module docstring); with ``device``
     decoding the batch is decoded on ``device`` and synchronised."""
     sampler = ShardBatchSampler(faces.shard, batch, seed=1)
-    loader = data_loader(faces, sampler, workers, decode, device, s.prefetch)
+    loader = make_loader(faces, sampler, workers=workers, pin_memory=device.type == "cuda", prefetch=s.prefetch,
+                         decode=decode)
     unit = max(workers, 1)
     n_warm, n_timed = rounded(max(s.warmup, 1), unit), rounded(max(s.steps, 2 * s.prefetch * unit), unit)
 
     def one(it: Iterator[Any]) -> None:
         batch = next(it)
         if decode == "device":
-            to_device(batch, faces, device)
+            batch_to_device(batch, faces, device)
             sync(device)
 
     t_start = time.perf_counter()
@@ -379,7 +365,7 @@ def loop_body(tr: Trainer, batches: Iterator[Any], faces: ShardFaces) -> float:
     tw = time.perf_counter()
     batch = next(batches)
     waited = time.perf_counter() - tw
-    raw, y = to_device(batch, faces, tr.device)
+    raw, y = batch_to_device(batch, faces, tr.device)
     tr.train(tr.prepare(raw), y)
     return waited
 
@@ -388,7 +374,8 @@ def time_both(tr: Trainer, faces: ShardFaces, workers: int, s: Settings, decode:
     """The both row: ``run_pretrain``'s loop body (loader → device → preprocess → step) and its data stall."""
     sampler = ShardBatchSampler(faces.shard, tr.spec.batch_size, seed=tr.spec.seed, rank=tr.dist.rank,
                                 world=tr.dist.world)
-    loader = data_loader(faces, sampler, workers, decode, tr.device, s.prefetch)
+    loader = make_loader(faces, sampler, workers=workers, pin_memory=tr.device.type == "cuda",
+                         prefetch=s.prefetch, decode=decode)
     it = iter(loader)
     for _ in range(s.warmup):
         loop_body(tr, it, faces)
@@ -486,7 +473,7 @@ def add_derived(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r["kind"] != "both":
             continue
         loader = next((x for x in rows if x["kind"] == "loader" and x["batch"] == r["batch"]
-                       and x["workers"] == r["workers"] and x.get("decode") == r.get("decode")), None)
+                       and x["workers"] == r["workers"] and x["decode"] == r["decode"]), None)
         model = next((x for x in rows if x["kind"] == "model" and x["processes"] == r["processes"]
                       and (x["batch"], x["precision"], x["depth"]) == (r["batch"], r["precision"], r["depth"])), None)
         if model:
@@ -499,7 +486,7 @@ def add_derived(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             groups.setdefault((r["processes"], r["batch"], r["precision"], r["depth"]), []).append(r)
     for (n, batch, precision, depth), members in groups.items():
         best = max(members, key=lambda r: r["img_per_s"])
-        label = f"{n}p b{batch} {precision} {depth} w{best['workers']} decode={best.get('decode', 'worker')}"
+        label = f"{n}p b{batch} {precision} {depth} w{best['workers']} decode={best['decode']}"
         goals.append({"target": f"{label}: stall <= 5 %", "value": best["stall"], "goal": 0.05,
                       "met": best["stall"] <= 0.05})
         if best.get("loader_over_model") is not None:

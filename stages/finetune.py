@@ -31,7 +31,7 @@ import typer
 
 from pipeline.errors import DatasetError, ParamsError, UserError
 from stages.common import atomic_dir, load_stage_params, progress_bar, staged_files, user_errors, write_json_atomic
-from stages.tracking import stage_run
+from stages.tracking import run_item, stage_run
 from stages.training_runs import resolve_device, work_key
 
 #: ``folds.datasets.<d>.pairs.required`` is used only by ``selection: val_subjects`` (the validation pairs)
@@ -169,7 +169,7 @@ def command(
         except CheckpointError as exc:
             raise UserError(f"finetune.common.init: {exc}") from None
     total = spec.epochs * spec.epoch_size * spec.batch_size
-    item = f"{dataset}/fold{fold}/{method}"
+    item = run_item(dataset, fold, method)
     with stage_run("finetune", sp, item=item, inputs=[str(p["fold"]), str(p["aligned"])],
                    resume_file=work / "mlflow_run_id", group=params) as run:
         run.set_tags({"fold": str(fold), "method": method, "weighting": method_cfg.weighting, "dataset": dataset,

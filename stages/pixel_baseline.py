@@ -28,7 +28,7 @@ import typer
 
 from pipeline.errors import DatasetError, UserError
 from stages.common import atomic_dir, load_stage_params, staged_files, user_errors, write_json_atomic
-from stages.tracking import stage_run
+from stages.tracking import run_item, stage_run
 
 METHOD = "pixel_pca"
 #: as in dvc.yaml; ``${finetune.common.dataset}`` is replaced by the dataset when the stage runs
@@ -128,7 +128,7 @@ def command(
         raise UserError(f"finetune.common.crop is {crop} but the aligned faces of {dataset} are {stored} px")
     settings = PixelPCASettings(crop=crop, size=cfg.size, grey=cfg.grey, components=cfg.components,
                                 whiten=cfg.whiten, expression_c=cfg.expression_c, seed=seed)
-    item = f"{dataset}/fold{fold}/{METHOD}"
+    item = run_item(dataset, fold, METHOD)
     with stage_run("pixel_baseline", sp, item=item, inputs=[str(p["fold"]), str(p["aligned"])],
                    group=params) as run:
         run.set_tags({"fold": str(fold), "method": METHOD, "dataset": dataset})

@@ -29,7 +29,7 @@ import typer
 
 from pipeline.errors import DatasetError
 from stages.common import atomic_dir, load_stage_params, staged_files, user_errors, write_json_atomic
-from stages.tracking import stage_run
+from stages.tracking import run_item, stage_run
 
 #: as in dvc.yaml; ``${finetune.common.dataset}`` is replaced by the dataset when the stage runs
 DATASET_VAR = "${finetune.common.dataset}"
@@ -44,7 +44,6 @@ ALIGN_METRICS = Path("metrics/align")
 REPORTS = Path("reports")
 FIGURES = REPORTS / "figures"
 SUMMARY = Path("metrics/report.json")
-PIXEL = "pixel_pca"
 
 log = logging.getLogger("stages.report")
 
@@ -127,6 +126,7 @@ def command(ctx: typer.Context,
     from pipeline.report.markdown import ReportHeader, render_markdown
     from pipeline.report.paper import benchmark_of
     from pipeline.report.tables import (
+        PIXEL_METHOD,
         fold_table,
         method_label,
         paired_differences,
@@ -144,7 +144,7 @@ def command(ctx: typer.Context,
     run_methods = list(sp.get("finetune.run_methods"))
     if not run_methods:
         raise DatasetError("finetune.run_methods is empty: there is nothing to report")
-    methods = run_methods + ([PIXEL] if rp.pixel_baseline else [])
+    methods = run_methods + ([PIXEL_METHOD] if rp.pixel_baseline else [])
     results = read_results(METRICS / dataset, dataset, folds, methods)
     val_far = rp.val_far
     benchmark = benchmark_of(sp.get(f"datasets.{dataset}.reader"))
@@ -217,8 +217,8 @@ def _log_report(run: Any, files: list[Path], figures: list[tuple[str, str]], dat
         run.log_artifact(path, "report")
     for _, rel in figures:
         run.log_artifact(REPORTS / rel, "report/figures")
-    items = [f"{dataset}/fold{f}/{m}" for m in methods for f in folds]
-    rows = run.adopt_runs(items, run.group)
+    items = [run_item(dataset, f, m) for m in methods for f in folds]
+    rows = run.adopt_runs(items)
     run.log_dict(rows, "fold_runs.json")
     restored = [r["item"] for r in rows if r["status"] != "this group"]
     if restored:

@@ -27,7 +27,7 @@ import yaml
 
 from pipeline.config import StageParams
 
-__all__ = ["RunLogger", "git_state", "group_key", "input_hashes", "repo_root", "stage_run", "tracking_uri"]
+__all__ = ["RunLogger", "git_state", "group_key", "input_hashes", "repo_root", "run_item", "stage_run", "tracking_uri"]
 
 EXPERIMENT_DEFAULT = "dynamic-mtl-face"
 
@@ -79,6 +79,12 @@ def input_hashes(root: Path, inputs: Sequence[str]) -> dict[str, str]:
                 if "nfiles" in out:
                     tags[f"dvc.input.{path}.nfiles"] = str(out["nfiles"])
     return tags
+
+
+def run_item(dataset: str, fold: int, method: str) -> str:
+    """``<dataset>/fold<k>/<method>``: the ``item`` tag of one (fold, method) run of a results table (the
+    ``finetune`` and ``pixel_baseline`` runs), which the ``report`` run looks up to nest them."""
+    return f"{dataset}/fold{fold}/{method}"
 
 
 def group_key(params: Any, root: Path | None = None, commit: str | None = None) -> str:
@@ -161,16 +167,16 @@ class RunLogger:
         if self._mlflow:
             self._mlflow.set_tags(tags)
 
-    def adopt_runs(self, items: Sequence[str], group: str) -> list[dict[str, str]]:
-        """Nest the runs of ``items`` (``<dataset>/fold<k>/<method>``) under this run (tag ``mlflow.parentRunId``).
+    def adopt_runs(self, items: Sequence[str]) -> list[dict[str, str]]:
+        """Nest the runs of ``items`` (:func:`run_item`) under this run (tag ``mlflow.parentRunId``).
 
-        Per item the newest run tagged with ``group``; else the newest run of that item from another
+        Per item the newest run tagged with this run's ``group``; else the newest run of that item from another
         configuration (its outputs were restored from DVC's cache); else none (restored from the cache of another
         store: nothing to nest). Returns one row per item: ``item``, ``run_id`` ("" when none) and ``status``
         (``this group`` | ``other group <key>`` | ``no run in this store``). One search finds the whole group;
         only the items missing from it are searched one by one.
         """
-        if not self._mlflow or self.run_id is None:
+        if not self._mlflow or self.run_id is None or self.group is None:
             return []
         from mlflow.tracking import MlflowClient
 
@@ -178,7 +184,7 @@ class RunLogger:
         experiment = client.get_run(self.run_id).info.experiment_id
         newest: dict[str, Any] = {}
         wanted = set(items)
-        for run in client.search_runs([experiment], f"tags.group = '{group}'", max_results=50000,
+        for run in client.search_runs([experiment], f"tags.group = '{self.group}'", max_results=50000,
                                       order_by=["attributes.start_time DESC"]):
             item = run.data.tags.get("item")
             if item in wanted and item not in newest:

@@ -149,7 +149,7 @@ def test_encoded_batches_decode_to_exactly_the_workers_pixels(shards, tmp_path):
     faces = _faces(shards)
     sampler = ShardBatchSampler(faces.shard, 6, seed=4)
     decoded = [b for _, b in zip(range(4), make_loader(faces, sampler, workers=1, prefetch=2), strict=False)]
-    encoded = [b for _, b in zip(range(4), make_loader(faces.encoded(), sampler, workers=1, prefetch=2),
+    encoded = [b for _, b in zip(range(4), make_loader(faces, sampler, workers=1, prefetch=2, decode="device"),
                                  strict=False)]
     for step, ((x, y), enc) in enumerate(zip(decoded, encoded, strict=True)):
         assert isinstance(enc, EncodedBatch) and enc.offsets.shape == (7,) and is_jpeg(enc).all()

@@ -102,6 +102,10 @@ _ONE = 1 << _SHIFT
 Color = tuple[float, float, float]
 
 
+#: the number of hair styles (``IdentityParams.hair_style``: 0 .. HAIR_STYLES - 1)
+HAIR_STYLES = 5
+
+
 @dataclass(frozen=True)
 class IdentityParams:
     """Factors that define one person; lengths are canonical pixels or fractions of a/b.
@@ -127,7 +131,7 @@ class IdentityParams:
     brow_thickness: float  # brow thickness / eye half-width
     brow_arch: float  # 0 flat .. 1 strongly arched
     hair: Color
-    hair_style: int  # 0 short, 1 fringe, 2 long, 3 buzz, 4 side part
+    hair_style: int  # 0 short, 1 fringe, 2 long, 3 buzz, 4 side part (HAIR_STYLES in all)
     hair_volume: float  # hair cap size relative to the head oval
     hairline: float  # hairline height above the face centre / b
     ear_size: float
@@ -242,7 +246,7 @@ def identity_params(seed: int, identity: int) -> IdentityParams:
     hair_idx = int(rng.choice(len(_HAIR_PALETTE), p=_HAIR_WEIGHTS))
     hair = np.clip(np.array(_HAIR_PALETTE[hair_idx]) * rng.uniform(0.8, 1.2), 0.0, 1.0)
     iris = np.array(_IRIS_PALETTE[int(rng.integers(len(_IRIS_PALETTE)))]) * rng.uniform(0.8, 1.2)
-    style = int(rng.integers(5))
+    style = int(rng.integers(HAIR_STYLES))
     return IdentityParams(
         identity=identity,
         face_width=float(rng.uniform(55.0, 66.0)),
@@ -960,7 +964,7 @@ def _session_look(rng: np.random.Generator, ident: IdentityParams) -> IdentityPa
     recognition model should use. Without this, the hair (a large, high-contrast region of every crop) gives the
     identity away to raw pixels.
     """
-    style = int(rng.integers(5))
+    style = int(rng.integers(HAIR_STYLES))
     tone = rng.uniform(1.0 - HAIR_TONE_RANGE, 1.0 + HAIR_TONE_RANGE)
     hairline = float(np.clip(ident.hairline + rng.normal(0.0, HAIRLINE_JITTER), 0.45, 0.72))
     return replace(ident, hair_style=style, hair=_color(np.clip(np.asarray(ident.hair) * tone, 0.0, 1.0)),

@@ -30,8 +30,8 @@ import pandas as pd
 from pipeline.errors import DatasetError
 from pipeline.report.paper import paper_value
 
-__all__ = ["COLUMN_KEYS", "VARIANTS", "Cell", "Column", "Results", "columns", "fold_table", "fold_value",
-           "method_label", "ordered_methods", "paired_bootstrap", "paired_differences", "read_results",
+__all__ = ["COLUMN_KEYS", "PIXEL_METHOD", "VARIANTS", "Cell", "Column", "Results", "columns", "fold_table",
+           "fold_value", "method_label", "ordered_methods", "paired_bootstrap", "paired_differences", "read_results",
            "summarise", "summary_table"]
 
 VARIANTS: tuple[str, ...] = ("last", "best")

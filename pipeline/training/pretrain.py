@@ -42,7 +42,7 @@ from pipeline.models.network import ModelConfig, MultiTaskInceptionResNetV1
 from pipeline.training.data import preprocess
 from pipeline.training.distributed import DistContext
 from pipeline.training.optim import build_optimizer, clip_by_global_norm_
-from pipeline.training.shard_data import DECODE_MODES, ShardBatchSampler, ShardFaces, make_loader, next_batch
+from pipeline.training.shard_data import ShardBatchSampler, ShardFaces, check_decode, make_loader, next_batch
 from pipeline.training.shard_decode import batch_to_device
 from pipeline.training.step import NonFiniteError, global_grad_norm
 
@@ -110,8 +110,7 @@ class PretrainSpec:
     decode: str = "worker"
 
     def __post_init__(self) -> None:
-        if self.decode not in DECODE_MODES:
-            raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
+        check_decode(self.decode)
 
 
 @dataclass
@@ -275,9 +274,8 @@ def run_pretrain(spec: PretrainSpec, train: ShardFaces, work: Path, dist: DistCo
     t0 = time.perf_counter()
     waited = 0.0
     done_images = 0
-    on_device = spec.decode == "device"
-    loader = make_loader(train.encoded() if on_device else train, sampler, workers=spec.workers,
-                         pin_memory=device.type == "cuda" and not on_device) if step < spec.steps else None
+    loader = make_loader(train, sampler, workers=spec.workers, pin_memory=device.type == "cuda",
+                         decode=spec.decode) if step < spec.steps else None
     batches = iter(loader) if loader is not None else iter(())
     try:
         while step < spec.steps:

@@ -37,11 +37,18 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from pipeline.align.shards import ShardReader
 from pipeline.errors import DatasetError
 
-__all__ = ["DECODE_MODES", "EncodedBatch", "ShardBatchSampler", "ShardBytes", "ShardFaces", "make_loader", "next_batch"]
+__all__ = ["DECODE_MODES", "EncodedBatch", "ShardBatchSampler", "ShardBytes", "ShardFaces", "check_decode",
+           "make_loader", "next_batch"]
 
 #: where the faces of a pretraining batch are decoded: in the loader's worker processes (OpenCV) or, after the
 #: encoded bytes reach the training process, on its device (torchvision: nvJPEG on CUDA)
 DECODE_MODES = ("worker", "device")
+
+
+def check_decode(decode: str) -> None:
+    """Raise ``ValueError`` (one line) unless ``decode`` is one of :data:`DECODE_MODES`."""
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
 
 
 class ShardFaces(Dataset):
@@ -68,9 +75,7 @@ class ShardFaces(Dataset):
 
     def _read(self, i: int) -> np.ndarray:
         img = self.reader.read(int(self.shard[i]), int(self.offset[i]), int(self.length[i]))
-        if img.shape[:2] != (self.crop_size, self.crop_size):
-            raise DatasetError(f"{self.location(i)}: a {img.shape[1]}x{img.shape[0]} crop, expected "
-                               f"{self.crop_size}: re-run the align stage")
+        self.check_size(i, height=img.shape[0], width=img.shape[1])
         return img
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
@@ -88,6 +93,13 @@ class ShardFaces(Dataset):
     def location(self, i: int) -> str:
         """``<shard path> offset <n>``: where face ``i``'s bytes are (for error messages)."""
         return f"{self.reader.path(int(self.shard[i]))} offset {self.offset[i]}"
+
+    def check_size(self, i: int, *, height: int, width: int) -> None:
+        """Raise :class:`~pipeline.errors.DatasetError` (one line) when face ``i`` decoded to another size than
+        ``crop_size``."""
+        if (height, width) != (self.crop_size, self.crop_size):
+            raise DatasetError(f"{self.location(i)}: a {width}x{height} crop, expected {self.crop_size}: re-run the "
+                               "align stage")
 
     def encoded(self) -> ShardBytes:
         """The same faces as a dataset of encoded batches (decoded later, on the training device)."""
@@ -223,14 +235,19 @@ def _passthrough(batch: Batch) -> Batch:
     return batch
 
 
-def make_loader(dataset: ShardFaces | ShardBytes, sampler: ShardBatchSampler, *, workers: int = 4,
-                pin_memory: bool = False, prefetch: int = 4) -> DataLoader:
-    """Batches in the sampler's order, read by ``workers`` processes (``0``: in this process): ``(uint8 [B, 3, S, S],
-    int64 [B])`` from a :class:`ShardFaces`, an :class:`EncodedBatch` from a :class:`ShardBytes`. Workers stay
-    alive between batches (``persistent_workers``)."""
+def make_loader(faces: ShardFaces, sampler: ShardBatchSampler, *, workers: int = 4, pin_memory: bool = False,
+                prefetch: int = 4, decode: str = "worker") -> DataLoader:
+    """Batches of ``faces`` in the sampler's order, read by ``workers`` processes (``0``: in this process).
+
+    ``decode="worker"``: ``(uint8 [B, 3, S, S], int64 [B])``, decoded in the workers (in pinned memory when
+    ``pin_memory``); ``decode="device"``: :class:`EncodedBatch` values from :meth:`ShardFaces.encoded`, never pinned
+    (the device decoder copies the bytes itself). Workers stay alive between batches (``persistent_workers``).
+    """
+    check_decode(decode)
+    on_device = decode == "device"
     kw = {"prefetch_factor": prefetch, "persistent_workers": True} if workers > 0 else {}
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=_passthrough,
-                      pin_memory=pin_memory, **kw)
+    return DataLoader(faces.encoded() if on_device else faces, batch_sampler=sampler, num_workers=workers,
+                      collate_fn=_passthrough, pin_memory=pin_memory and not on_device, **kw)
 
 
 def next_batch(batches: Iterator[Batch]) -> Batch:

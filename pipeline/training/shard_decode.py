@@ -89,12 +89,9 @@ def decode_faces(batch: EncodedBatch, faces: ShardFaces, device: torch.device | 
         raise
     except RuntimeError as exc:
         raise _undecodable(batch, faces, views, exc) from exc
-    s = faces.crop_size
     for k, img in enumerate(out):
         assert img is not None
-        if tuple(img.shape[1:]) != (s, s):
-            where = faces.location(int(batch.index[k]))
-            raise DatasetError(f"{where}: a {img.shape[2]}x{img.shape[1]} crop, expected {s}: re-run the align stage")
+        faces.check_size(int(batch.index[k]), height=img.shape[1], width=img.shape[2])
     return torch.stack(out)  # type: ignore[arg-type]
 
 
