@@ -26,10 +26,11 @@ Rows, per global batch (``--batch-sizes``):
   cannot hide a slow loader) are rounded up to multiples of ``max(W, 1)``. img/s = timed images / wall time.
 - **model** (per precision × depth): :class:`pipeline.training.pretrain.PretrainStep` built as ``run_pretrain``
   builds it (``MultiTaskInceptionResNetV1`` with one ``identity`` head, ``build_optimizer``, ``CenterLoss``,
-  channels-last on CUDA, DDP when N processes) with :class:`PretrainSpec`'s defaults (the original: rmsprop_tf1,
-  lr 0.1, no clipping, center loss 0.1 / α 0.5, keep_prob 0.5), on one fixed batch of decoded faces already
-  pre-processed on the device; ``--warmup`` steps, then ``--steps`` steps each between ``cuda.synchronize()``
-  calls; img/s from the median step time (``img_per_s_mean`` from the mean, which the both rows are compared with).
+  channels-last on CUDA, DDP when N processes) with ``--params``' ``pretrain.train`` settings (optimiser, schedule,
+  center loss, dropout...; read with PyYAML into :mod:`pipeline.settings`, no pydantic) and this benchmark's batch,
+  depth, input size, crop and precision, on one fixed batch of decoded faces already pre-processed on the device;
+  ``--warmup`` steps, then ``--steps`` steps each between ``cuda.synchronize()`` calls; img/s from the median step
+  time (``img_per_s_mean`` from the mean, which the both rows are compared with).
 - **both** (per precision × depth × W × decode mode): ``run_pretrain``'s loop body: set the rate, ``next()`` on the
   loader (time blocked there = data stall), ``batch_to_device`` (``.to(device, non_blocking=True)``, or the
   device decode), reseed from ``step_seed``,
@@ -47,7 +48,7 @@ the cores (a correctness/overhead check, not scaling).
 
 ``--max-seconds`` bounds the run; configurations that no longer fit are listed as skipped.
 
-Needs only torch, numpy and OpenCV, plus torchvision for ``--decode device`` (``pipeline/training/pretrain.py``
+Needs only torch, numpy, OpenCV and PyYAML, plus torchvision for ``--decode device`` (``pipeline/training/pretrain.py``
 imports its verification code, which needs scikit-learn and SciPy, only when a run verifies). The JSON records
 which heavy modules were imported (none on any rank; torchvision when device decoding was asked for).
 
@@ -70,6 +71,7 @@ GPU box (torch, numpy, opencv only; a few minutes, bounded by ``--max-seconds``)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib
 import json
@@ -96,7 +98,8 @@ import torch
 from bench.common import device_name, loadavg, print_results, run_info, write_json
 from pipeline.align.shards import shard_name, write_shard
 from pipeline.losses.center import CenterLoss
-from pipeline.models.network import HeadSpec, ModelConfig, count_parameters
+from pipeline.models.network import FEATURES, count_parameters
+from pipeline.settings import PrecisionSettings, PretrainRuntime, PretrainSettings, from_mapping
 from pipeline.training.data import preprocess
 from pipeline.training.distributed import DistContext, from_env, launched_by_torchrun
 from pipeline.training.optim import build_optimizer
@@ -109,10 +112,7 @@ PRECISIONS = ("bf16", "fp32")
 DEPTHS = ("reduced", "full")
 #: packages the benchmark must not import (the GPU box lacks all but torchvision and Pillow, which only
 #: ``--decode device`` imports)
-HEAVY = ("pandas", "pyarrow", "sklearn", "scipy", "yaml", "pydantic", "mlflow", "PIL", "torchvision")
-#: :class:`PretrainSpec` defaults the step uses, recorded with the results
-SPEC_DEFAULTS = ("optimizer", "lr", "momentum", "rms_decay", "rms_eps", "weight_decay", "clip_norm",
-                 "center_loss_factor", "center_loss_alpha", "random_crop", "flip", "seed")
+HEAVY = ("pandas", "pyarrow", "sklearn", "scipy", "pydantic", "mlflow", "PIL", "torchvision")
 TABLE = ["processes", "kind", "batch", "precision", "depth", "workers", "decode", "img_per_s", "img_per_s_per_process",
          "ms_per_batch", "stall", "loader_over_model", "loop_over_model"]
 
@@ -140,6 +140,7 @@ class Settings:
     threads: int | None
     channels_last: bool
     max_seconds: float
+    params: str = "params.yaml"  #: the params file whose ``pretrain.train`` the step uses
     data: str | None = None  #: shard folder (written or reused)
     skipped: list[dict[str, Any]] = field(default_factory=list)
 
@@ -151,6 +152,13 @@ def _ints(values: list[str]) -> list[int]:
 
 def _words(values: list[str]) -> list[str]:
     return [v for item in values for v in item.split(",") if v]
+
+
+def read_settings(path: str | Path) -> PretrainSettings:
+    """``pretrain.train`` of a params file (PyYAML, no validation: the stage validates the same file)."""
+    import yaml
+
+    return from_mapping(PretrainSettings, yaml.safe_load(Path(path).read_text())["pretrain"]["train"])
 
 
 # ------------------------------------------------------------------------------------------------ imports
@@ -284,42 +292,52 @@ class Trainer:
 
     def prepare(self, raw: torch.Tensor) -> torch.Tensor:
         """Reseed as ``run_pretrain`` does, then :func:`preprocess` (random crop, flip, resize, standardise)."""
-        seed = self.pt.step_seed(self.spec.seed, self.step, self.dist.rank)
+        s = self.spec.settings
+        seed = self.pt.step_seed(s.seed, self.step, self.dist.rank)
         torch.manual_seed(seed)
         self.generator.manual_seed(seed)
-        return preprocess(raw, crop=self.spec.crop, input_size=self.spec.model.input_size, train=True,
-                          random_crop=self.spec.random_crop, flip=self.spec.flip, generator=self.generator,
+        return preprocess(raw, crop=s.crop.size, input_size=s.network.input_size, train=True,
+                          random_crop=s.crop.random, flip=s.crop.flip, generator=self.generator,
                           channels_last=self.channels_last)
 
     def train(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Set the rate and the phase, one step."""
         for g in self.optimizer.param_groups:
-            g["lr"] = self.pt.lr_at(self.spec, self.step)
+            g["lr"] = self.spec.schedule.at(self.step)
         self.model.set_phase(train=True, frozen_bn=())
         values = self.step_fn(x, y)
         self.step += 1
         return values
+
+    @property
+    def batch_size(self) -> int:
+        return self.spec.settings.batch_size
 
 
 def build_trainer(pt: types.ModuleType, s: Settings, batch: int, precision: str, depth: str, n_classes: int,
                   dist: DistContext) -> Trainer:
     """The model, optimiser, centers and :class:`PretrainStep` exactly as ``run_pretrain`` builds them."""
     device = torch.device(dist.device)
-    config = ModelConfig(heads=(HeadSpec("identity", n_classes),), depth=depth, input_size=s.input_size,  # type: ignore[arg-type]
-                         crop=s.crop)
-    spec = pt.PretrainSpec(model=config, steps=s.warmup + s.steps, batch_size=batch, crop=s.crop,
-                           amp=precision == "bf16", channels_last=s.channels_last)
-    torch.manual_seed(spec.seed)
+    base = read_settings(s.params)
+    settings = dataclasses.replace(
+        base, init="random", batch_size=batch, steps=s.warmup + s.steps,
+        network=dataclasses.replace(base.network, depth=depth, input_size=s.input_size),
+        crop=dataclasses.replace(base.crop, size=s.crop),
+        precision=PrecisionSettings(amp=precision == "bf16", channels_last=s.channels_last))
+    runtime = PretrainRuntime(device=dist.device, threads=0, eval_batch_size=100, compile=False, workers=0,
+                              decode="worker")
+    spec = pt.pretrain_spec(settings, n_classes=n_classes, align_convention="paper_182_44", checkpoint=None,
+                            runtime=runtime)
+    torch.manual_seed(settings.seed)
     model = pt.build_pretrain_model(spec).to(device)
-    channels_last = spec.channels_last and device.type == "cuda"
+    channels_last = settings.precision.channels_last and device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(spec.optimizer, params, pt.lr_at(spec, 0), momentum=spec.momentum,
-                                decay=spec.rms_decay, eps=spec.rms_eps, weight_decay=spec.weight_decay)
+    optimizer = build_optimizer(settings.optimizer, params, spec.schedule.at(0))
     centers = None
-    if spec.center_loss_factor:
-        centers = CenterLoss(n_classes, model.feature_shape()[0], alpha=spec.center_loss_alpha).to(device)
+    if settings.center_loss.factor:
+        centers = CenterLoss(n_classes, FEATURES, alpha=settings.center_loss.alpha).to(device)
     forward: torch.nn.Module = model
     if dist.active:
         from torch.nn.parallel import DistributedDataParallel
@@ -328,16 +346,17 @@ def build_trainer(pt: types.ModuleType, s: Settings, batch: int, precision: str,
             warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
             forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               broadcast_buffers=True)
-    step_fn = pt.PretrainStep(model, forward, optimizer, centers, dist, center_loss_factor=spec.center_loss_factor,
-                              clip_norm=spec.clip_norm, amp=spec.amp)
+    step_fn = pt.PretrainStep(model, forward, optimizer, centers, dist,
+                              center_loss_factor=settings.center_loss.factor,
+                              clip_norm=settings.optimizer.clip_norm, amp=settings.precision.amp)
     return Trainer(pt, spec, step_fn, model, optimizer, dist, device, channels_last,
                    torch.Generator(device=device))
 
 
 def time_model(tr: Trainer, faces: ShardFaces, s: Settings) -> dict[str, Any]:
     """The model row: median step time on one fixed pre-processed batch already on the device."""
-    local = tr.spec.batch_size // tr.dist.world
-    sampler = ShardBatchSampler(faces.shard, tr.spec.batch_size, seed=2, rank=tr.dist.rank, world=tr.dist.world)
+    local = tr.batch_size // tr.dist.world
+    sampler = ShardBatchSampler(faces.shard, tr.batch_size, seed=2, rank=tr.dist.rank, world=tr.dist.world)
     raw, y = faces.__getitems__(sampler.batch(0).tolist())
     x, y = tr.prepare(raw.to(tr.device)), y.to(tr.device)
     for _ in range(s.warmup):
@@ -352,9 +371,9 @@ def time_model(tr: Trainer, faces: ShardFaces, s: Settings) -> dict[str, Any]:
         sync(tr.device)
         times.append(time.perf_counter() - t0)
     (med,) = max_over_ranks(tr.dist, [statistics.median(times)])
-    return {"kind": "model", "batch": tr.spec.batch_size, "local_batch": local, "steps": s.steps,
-            "warmup": s.warmup, "img_per_s": tr.spec.batch_size / med, "ms_per_batch": 1000 * med,
-            "img_per_s_mean": tr.spec.batch_size / max_over_ranks(tr.dist, [statistics.fmean(times)])[0],
+    return {"kind": "model", "batch": tr.batch_size, "local_batch": local, "steps": s.steps,
+            "warmup": s.warmup, "img_per_s": tr.batch_size / med, "ms_per_batch": 1000 * med,
+            "img_per_s_mean": tr.batch_size / max_over_ranks(tr.dist, [statistics.fmean(times)])[0],
             "peak_mib": round(torch.cuda.max_memory_allocated(tr.device) / 2**20, 1)
             if tr.device.type == "cuda" else None,
             "params_m": round(count_parameters(tr.model) / 1e6, 2), "last_loss": round(last["loss"], 4)}
@@ -372,7 +391,7 @@ def loop_body(tr: Trainer, batches: Iterator[Any], faces: ShardFaces) -> float:
 
 def time_both(tr: Trainer, faces: ShardFaces, workers: int, s: Settings, decode: str) -> dict[str, Any]:
     """The both row: ``run_pretrain``'s loop body (loader → device → preprocess → step) and its data stall."""
-    sampler = ShardBatchSampler(faces.shard, tr.spec.batch_size, seed=tr.spec.seed, rank=tr.dist.rank,
+    sampler = ShardBatchSampler(faces.shard, tr.batch_size, seed=tr.spec.settings.seed, rank=tr.dist.rank,
                                 world=tr.dist.world)
     loader = make_loader(faces, sampler, workers=workers, pin_memory=tr.device.type == "cuda",
                          prefetch=s.prefetch, decode=decode)
@@ -389,9 +408,9 @@ def time_both(tr: Trainer, faces: ShardFaces, workers: int, s: Settings, decode:
     (slowest,) = max_over_ranks(tr.dist, [elapsed])
     (stall_mean,) = mean_over_ranks(tr.dist, [waited / elapsed])
     (stall_max,) = max_over_ranks(tr.dist, [waited / elapsed])
-    return {"kind": "both", "batch": tr.spec.batch_size, "local_batch": tr.spec.batch_size // tr.dist.world,
+    return {"kind": "both", "batch": tr.batch_size, "local_batch": tr.batch_size // tr.dist.world,
             "workers": workers, "decode": decode, "steps": s.steps, "warmup": s.warmup,
-            "img_per_s": tr.spec.batch_size * s.steps / slowest, "ms_per_batch": 1000 * slowest / s.steps,
+            "img_per_s": tr.batch_size * s.steps / slowest, "ms_per_batch": 1000 * slowest / s.steps,
             "stall": stall_mean, "stall_worst_rank": stall_max}
 
 
@@ -577,8 +596,10 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Argument
     ap.add_argument("--workers", nargs="+", default=None,
                     help="DataLoader worker counts, e.g. 0,2,4,8 (default CUDA 2,4,8; CPU 0,1)")
     ap.add_argument("--decode", nargs="+", default=None,
-                    help="worker and/or device: where faces are decoded (pretrain.decode; default worker; device "
-                         "needs torchvision)")
+                    help="worker and/or device: where faces are decoded (pretrain.runtime.decode; default "
+                         "worker; device needs torchvision)")
+    ap.add_argument("--params", type=Path, default=REPO / "params.yaml",
+                    help="the params file whose pretrain.train settings the step uses")
     ap.add_argument("--input-size", type=int, default=160, help="model input side (the crop is resized to it)")
     ap.add_argument("--crop", type=int, default=160, help="random crop of the stored faces")
     ap.add_argument("--stored-size", type=int, default=182, help="side of the stored (aligned) faces")
@@ -635,15 +656,16 @@ def resolve(args: argparse.Namespace, ap: argparse.ArgumentParser) -> tuple[Sett
     faces = args.faces if args.faces is not None else max(2048, 2 * max(batches))
     if faces < max(batches):
         ap.error(f"--faces {faces} is fewer than one batch of {max(batches)}")
-    try:
-        ModelConfig(heads=(HeadSpec("identity", 2),), input_size=args.input_size)
-    except ValueError as exc:
-        ap.error(f"--input-size: {exc}")
+    if args.input_size < 75:
+        ap.error(f"--input-size must be >= 75 (Mixed_7a needs a 1x1 grid), got {args.input_size}")
+    if not Path(args.params).is_file():
+        ap.error(f"--params: {args.params} not found")
     s = Settings(device=str(device), batch_sizes=batches, precisions=precisions, depths=depths, workers=workers,
                  decodes=list(dict.fromkeys(decodes)),
                  input_size=args.input_size, crop=args.crop, stored_size=args.stored_size, faces=faces,
                  identities=args.identities, shards=min(args.shards, faces), steps=steps, warmup=args.warmup,
                  prefetch=args.prefetch, threads=args.threads, channels_last=args.channels_last,
+                 params=str(args.params),
                  max_seconds=args.max_seconds if args.max_seconds is not None else (300.0 if cuda else 600.0))
     if "bf16" in precisions and not cuda:
         s.precisions = [p for p in precisions if p != "bf16"]
@@ -721,8 +743,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "torch_threads": torch.get_num_threads(),
         "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "worker"},
         "settings": {**settings, "processes": args.processes,
-                     "spec": {k: getattr(pt.PretrainSpec, k) for k in SPEC_DEFAULTS},
-                     "keep_prob": ModelConfig.keep_prob, "bn_decay": ModelConfig.bn_decay},
+                     "pretrain.train": json.loads(json.dumps(dataclasses.asdict(read_settings(s.params))))},
         "pretrain_module": pt_source,
         "data": data,
         "results": rows,

@@ -6,17 +6,19 @@ facenet-pytorch's full single-task ``InceptionResnetV1`` step; ≥ 4,000 img/s a
 What is timed, per (precision, batch, depth, method):
 
 - **step**: one call of :class:`pipeline.training.step.TrainStep` on a fixed pre-processed batch: forward (bf16
-  autocast when ``bf16``), both task losses + center loss, the weighting, both ``autograd.grad`` passes, global-norm
-  clipping, the single host copy of losses/weights/norms with its finiteness check, both optimiser steps, the center
-  update. Model, strategy, optimisers and centers are built exactly as ``pipeline/training/finetune.py`` builds them
-  for ``init: random`` (see :func:`build_ours`; the settings are ``params.yaml``'s ``finetune.common`` defaults
-  with the original's batch/input sizes), channels-last on CUDA.
+  autocast when ``bf16``), every task's loss + center loss, the weighting, both ``autograd.grad`` passes,
+  global-norm clipping, the single host copy of losses/weights/presence/norms with its finiteness check, both
+  optimiser steps, the center update. Model, strategy, optimisers and centers are built exactly as
+  ``pipeline/training/finetune.py`` builds them for ``init: random`` (see :func:`build_ours`): the settings are
+  ``--params``' ``finetune.common`` and task set (:mod:`pipeline.settings`, read with PyYAML, no pydantic) with this
+  benchmark's depth, input size, precision and compile, channels-last on CUDA.
 - **step + data**: the loop's whole per-batch work: next indices of the permutation stream, gather from a uint8
   pool resident on the device (``LabelledImages.take``), :func:`pipeline.training.data.preprocess` (random 160 crop
   of the stored 182 px faces, resize when ``--input-size`` differs, per-image standardisation, channels-last),
   then the step. **preprocess** alone is also reported.
-- methods: ``dynamic`` (the paper's unit, ``fer`` variant, 2 tasks) and ``single_identity`` (same model, same
-  ``TrainStep``, one-hot weights); ``--methods`` takes any weighting name.
+- methods: ``dynamic`` (the paper's unit, ``fer`` variant, the task set's tasks) and ``single_identity`` (same
+  model, same ``TrainStep``, one-hot weights); ``--methods`` takes any method of ``finetune.methods`` or weighting
+  name (its options from the method block of that name, else the defaults).
 - **peer**: facenet-pytorch's ``InceptionResnetV1(classify=True, num_classes=N)`` (always the full depth; one
   identity task): forward, cross-entropy, ``backward``, ``torch.optim.Adam`` (``--peer-optimizer``) step,
   ``zero_grad``, the loss copied to the host, as its ``training.pass_epoch`` does. Same batch, precision,
@@ -30,13 +32,12 @@ median step time gives img/s. Peak GPU memory is ``max_memory_allocated`` over t
 optimiser states and the uint8 pool included). GFLOP/image = FLOPs of matmuls/convolutions counted by
 ``torch.utils.flop_counter.FlopCounterMode`` over one whole step (forward + both backward passes), per image;
 with ``--peak-tflops`` (H100 SXM bf16 dense: 989) bf16 rows get the % of that peak. ``--compile`` adds compiled rows:
-ours as the stage compiles (``finetune.compile: true``: ``FinetuneSpec.compile``, the step's forward through
-``torch.compile(model)``), the peer with ``model.compile()``; compilation happens in the warm-up.
+ours as the stage compiles (``finetune.runtime.compile: true``, the step's forward through ``torch.compile(model)``),
+the peer with ``model.compile()``; compilation happens in the warm-up.
 ``--max-seconds`` bounds the run; configurations that no longer fit are listed as skipped (bf16 rows run first).
 
-Needs only torch (no numpy, pandas, pyarrow, OpenCV, pydantic, scikit-learn). ``preprocess`` imports its crop
-functions from ``pipeline.data.faces``, which needs pandas/pyarrow/OpenCV; where that import fails, those three
-functions are loaded from that file's source instead (noted in the JSON as ``preprocess_source``).
+Needs only torch and PyYAML (no numpy, pandas, pyarrow, OpenCV, pydantic, scikit-learn): ``preprocess`` takes its
+crops from the torch-only :mod:`pipeline.data.crops` (noted in the JSON as ``preprocess_source``).
 
 CPU, here (facenet-pytorch 2.6.0 unpacked with ``--no-deps`` into /tmp/fpt_site)::
 
@@ -53,9 +54,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import importlib
 import importlib.util
+import json
 import platform
 import statistics
 import sys
@@ -70,45 +73,55 @@ import torch
 from torch import nn
 
 from bench.common import device_name, loadavg, print_results, run_info, write_json
-from pipeline.models.network import HeadSpec, ModelConfig, count_parameters
-from pipeline.training.build import FinetuneSpec, build_training
+from pipeline.models.network import count_parameters
+from pipeline.settings import (
+    FinetuneSettings,
+    PrecisionSettings,
+    RuntimeSettings,
+    TaskSetSettings,
+    from_mapping,
+)
+from pipeline.training.build import build_training, finetune_spec
 from pipeline.training.data import LabelledImages, PermutationStream, preprocess
-from pipeline.training.schedule import LrSchedule
-from pipeline.training.step import NonFiniteError, TaskSpec, TrainStep
+from pipeline.training.step import NonFiniteError, TrainStep
 
 PRECISIONS = ("bf16", "fp32")
-#: ``params.yaml`` ``finetune.methods`` blocks (minus ``weighting``) of the methods with options
-METHOD_OPTIONS: dict[str, dict[str, Any]] = {
-    "dynamic": {"variant": "fer", "sigma": 0.01, "detach_weights": False, "lr_weights": 0.1},
-    "static": {"weights": [0.5, 0.5]},
-    "dwa": {"temperature": 2.0},
-    "gradnorm": {"alpha": 1.5, "lr_weights": 0.025},
-}
-
-
-#: :class:`FinetuneSpec` defaults the benchmark relies on, recorded with its results
-SPEC_DEFAULTS = ("optimizer", "momentum", "rms_decay", "rms_eps", "weight_decay", "clip_norm", "center_loss_alpha")
+#: side of the aligned faces (paper_182_44) and the alignment convention of the benchmark's model
+STORED_SIZE = 182
+ALIGN_CONVENTION = "paper_182_44"
 
 
 @dataclass(frozen=True)
 class StageSettings:
-    """The stage's settings that shape the step besides :class:`FinetuneSpec`'s own defaults (optimiser, its
-    hyper-parameters, clipping and the center-loss α come from there): ``params.yaml`` ``finetune.common``
-    (init: random)."""
+    """What the benchmark takes from a params file: ``finetune.common``, its task set and the method blocks
+    (``finetune.methods``, as plain mappings: validating them needs pydantic)."""
 
-    lr: float = 0.01
-    center_loss_factor: float = 0.1
-    keep_prob: float = 0.5
-    expression_hidden: int = 128
-    expression_relu_logits: bool = True
-    stored_size: int = 182  #: side of the aligned faces (paper_182_44)
-    crop: int = 160
-    random_crop: bool = True
-    flip: bool = False
-    seed: int = 666
+    common: FinetuneSettings
+    tasks: TaskSetSettings
+    blocks: dict[str, dict[str, Any]]
+
+    @classmethod
+    def read(cls, path: Path) -> StageSettings:
+        import yaml
+
+        raw = yaml.safe_load(Path(path).read_text())
+        common = from_mapping(FinetuneSettings, raw["finetune"]["common"])
+        tasks = from_mapping(TaskSetSettings, raw["task_sets"][common.task_set])
+        return cls(common, tasks, dict(raw["finetune"].get("methods") or {}))
+
+    def method(self, name: str) -> tuple[str, dict[str, Any]]:
+        """``(weighting, options)`` of the method block ``name``, or of the weighting ``name`` with its defaults."""
+        block = dict(self.blocks.get(name) or {"weighting": name})
+        block.pop("epochs", None)
+        return block.pop("weighting"), block
 
 
 # ------------------------------------------------------------------------------------------------ imports
+def _plain(value: Any) -> Any:
+    """A settings dataclass as JSON-able data (tuples as lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(value)))
+
+
 def ensure_preprocess() -> str:
     """Where :func:`preprocess`'s crops come from (torch-only :mod:`pipeline.data.crops`, no pandas/OpenCV)."""
     return "pipeline.data.crops"
@@ -182,22 +195,23 @@ def load_facenet_irv1(facenet_path: Path | None) -> tuple[type[nn.Module] | None
 
 
 # ------------------------------------------------------------------------------------------------ the steps
-def build_ours(method: str, depth: str, input_size: int, n_ids: int, n_expr: int, device: torch.device, *,
+def build_ours(method: str, depth: str, input_size: int, n_classes: dict[str, int], device: torch.device, *,
                amp: bool, channels_last: bool, s: StageSettings, compile: bool = False) -> tuple[TrainStep, nn.Module]:
     """The stage's ``TrainStep`` for ``method``, built as ``run_finetune`` builds it (``init: random``).
 
-    Model config and tasks as ``stages/finetune.py``'s ``build_spec``; model, strategy, optimisers, centers and step
-    from :func:`pipeline.training.build.build_training` (what ``run_finetune`` calls); train phase without frozen BN
-    or dropout (``init: random``).
+    The settings of ``s`` with this row's depth, input size and precision; model, strategy, optimisers, centers and
+    step from :func:`pipeline.training.build.build_training` (what ``run_finetune`` calls); train phase without
+    frozen BN or dropout (``init: random``).
     """
-    torch.manual_seed(s.seed)
-    heads = (HeadSpec("identity", n_ids),
-             HeadSpec("expression", n_expr, s.expression_hidden or None, s.expression_relu_logits))
-    config = ModelConfig(heads=heads, depth=depth, keep_prob=s.keep_prob, input_size=input_size)  # type: ignore
-    spec = FinetuneSpec(
-        model=config, tasks=[TaskSpec("identity", s.center_loss_factor), TaskSpec("expression")],
-        weighting=method, weighting_options=METHOD_OPTIONS.get(method, {}), schedule=LrSchedule.constant(s.lr),
-        epochs=1, amp=amp, channels_last=channels_last, device=str(device), compile=compile)
+    c = s.common
+    settings = dataclasses.replace(
+        c, init="random", network=dataclasses.replace(c.network, depth=depth, input_size=input_size),
+        precision=PrecisionSettings(amp=amp, channels_last=channels_last))
+    torch.manual_seed(settings.seed)
+    weighting, options = s.method(method)
+    spec = finetune_spec(settings, s.tasks, weighting=weighting, weighting_options=options, epochs=1,
+                         n_classes=n_classes, class_names={}, align_convention=ALIGN_CONVENTION, checkpoint=None,
+                         runtime=RuntimeSettings(device=str(device), threads=0, eval_batch_size=100, compile=compile))
     parts = build_training(spec, device)
     step, model = parts.step, parts.model
     model.set_phase(train=True, frozen_bn=(), dropout_off=())
@@ -272,10 +286,11 @@ class Config:
     precision: str
     batch: int
     compile: bool
+    n_tasks: int  #: tasks of ours (the task set's)
 
     @property
     def tasks(self) -> int:
-        return 1 if self.model == "facenet-pytorch" else 2
+        return 1 if self.model == "facenet-pytorch" else self.n_tasks
 
     def label(self) -> str:
         return (f"{self.model} {self.method} {self.depth} {self.precision} b{self.batch}"
@@ -333,17 +348,17 @@ def run_config(cfg: Config, make: Callable[[], tuple[Callable, nn.Module]], pool
 
 
 # ------------------------------------------------------------------------------------------------ main
-def configs(args: argparse.Namespace, precisions: list[str], peer: bool) -> Iterator[Config]:
+def configs(args: argparse.Namespace, precisions: list[str], peer: bool, n_tasks: int) -> Iterator[Config]:
     """Order of the run: precision (bf16 first), batch, then the peer, then ours per depth and method; compiled
     variants right after their eager row."""
     for prec in precisions:
         for b in args.batch_sizes:
             for compiled in [False, True] if args.compile else [False]:
                 if peer:
-                    yield Config("facenet-pytorch", "single_identity", "full", prec, b, compiled)
+                    yield Config("facenet-pytorch", "single_identity", "full", prec, b, compiled, 1)
                 for depth in args.depths:
                     for method in args.methods:
-                        yield Config("ours", method, depth, prec, b, compiled)
+                        yield Config("ours", method, depth, prec, b, compiled, n_tasks)
 
 
 def add_derived(rows: list[dict[str, Any]], peak_tflops: float | None) -> None:
@@ -387,13 +402,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="bf16 = bf16 autocast (CUDA only; skipped elsewhere)")
     ap.add_argument("--depths", nargs="+", choices=["reduced", "full"], default=None,
                     help="default reduced full (--quick: reduced)")
-    ap.add_argument("--methods", nargs="+", default=["dynamic", "single_identity"], help="weighting names")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"),
+                    help="the params file whose finetune.common, task set and methods are benchmarked")
+    ap.add_argument("--methods", nargs="+", default=["dynamic", "single_identity"],
+                    help="methods of finetune.methods, or weighting names")
     ap.add_argument("--input-size", type=int, default=None,
                     help="model input side, the crop is resized to it (default 160; --quick: 96)")
-    ap.add_argument("--crop", type=int, default=160, help="crop of the stored faces")
-    ap.add_argument("--stored-size", type=int, default=182, help="side of the stored (aligned) uint8 faces")
-    ap.add_argument("--identities", type=int, default=80, help="identity classes (Oulu-CASIA: 80 subjects)")
-    ap.add_argument("--expressions", type=int, default=6, help="expression classes")
+    ap.add_argument("--identities", type=int, default=80,
+                    help="classes of the tasks labelled by a manifest column (Oulu-CASIA: 80 subjects)")
+    ap.add_argument("--classes", type=int, default=6,
+                    help="classes of the tasks labelled by a label set (Oulu-CASIA Six: 6 expressions)")
     ap.add_argument("--pool", type=int, default=None,
                     help="uint8 images resident on the device (default 1440 as Oulu-CASIA; at least 2 batches)")
     ap.add_argument("--steps", type=int, default=None,
@@ -401,7 +419,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--warmup", type=int, default=None,
                     help="untimed steps before (default 3; --quick: 1; compiled rows: at least 3)")
     ap.add_argument("--compile", action="store_true",
-                    help="add compiled rows (ours: finetune.compile; peer: model.compile())")
+                    help="add compiled rows (ours: finetune.runtime.compile; peer: model.compile())")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                     help="channels-last model and input on CUDA (the stage's default)")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark (stage: off)")
@@ -439,7 +457,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     warmup = max(args.warmup, 3) if args.compile else args.warmup
     max_seconds = args.max_seconds if args.max_seconds is not None else (200.0 if on_cuda else 900.0)
     out = args.out or Path(f"reports/bench/train-{device.type}.json")
-    s = StageSettings(crop=min(args.crop, args.stored_size), stored_size=args.stored_size)
+    s = StageSettings.read(args.params)
+    seed, crop = s.common.seed, s.common.crop
+    n_classes = {name: {"identity": args.identities, "is_caricature": 2}.get(task.label, args.classes)
+                 for name, task in s.tasks.tasks.items()}
     channels_last = args.channels_last and on_cuda
 
     t_all = time.perf_counter()
@@ -456,35 +477,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             precisions.append(p)
 
-    gen = torch.Generator(device=device).manual_seed(s.seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     n_pool = max(args.pool, 2 * max(args.batch_sizes))
     pool = LabelledImages(
-        torch.randint(0, 256, (n_pool, 3, s.stored_size, s.stored_size), generator=gen, device=device,
-                      dtype=torch.uint8),
-        {"identity": torch.randint(0, args.identities, (n_pool,), generator=gen, device=device),
-         "expression": torch.randint(0, args.expressions, (n_pool,), generator=gen, device=device)},
+        torch.randint(0, 256, (n_pool, 3, STORED_SIZE, STORED_SIZE), generator=gen, device=device, dtype=torch.uint8),
+        {name: torch.randint(0, n, (n_pool,), generator=gen, device=device) for name, n in n_classes.items()},
         [str(i) for i in range(n_pool)])
-    prep_kw = {"crop": s.crop, "input_size": args.input_size, "train": True, "random_crop": s.random_crop,
-               "flip": s.flip, "channels_last": channels_last}
+    prep_kw = {"crop": crop.size, "input_size": args.input_size, "train": True, "random_crop": crop.random,
+               "flip": crop.flip, "channels_last": channels_last}
 
     rows: list[dict[str, Any]] = []
     flops: dict[tuple, float] = {}
     deadline = time.perf_counter() + max_seconds
-    for cfg in configs(args, precisions, irv1 is not None):
+    for cfg in configs(args, precisions, irv1 is not None, len(s.tasks.names)):
         if time.perf_counter() > deadline:
             skipped.append({"config": cfg.label(), "why": "time budget (--max-seconds)"})
             continue
         amp = cfg.precision == "bf16"
         if cfg.model == "ours":
             def make(cfg=cfg, amp=amp):
-                return build_ours(cfg.method, cfg.depth, args.input_size, args.identities, args.expressions, device,
-                                  amp=amp, channels_last=channels_last, s=s, compile=cfg.compile)
+                return build_ours(cfg.method, cfg.depth, args.input_size, n_classes, device, amp=amp,
+                                  channels_last=channels_last, s=s, compile=cfg.compile)
         else:
             def make(amp=amp):
                 return build_peer(irv1, args.identities, device, amp=amp, channels_last=channels_last,
-                                  optimizer=args.peer_optimizer, lr=args.peer_lr, seed=s.seed)
+                                  optimizer=args.peer_optimizer, lr=args.peer_lr, seed=seed)
         try:
-            row = run_config(cfg, make, pool, prep_kw, device, warmup, args.steps, s.seed, flops)
+            row = run_config(cfg, make, pool, prep_kw, device, warmup, args.steps, seed, flops)
         except torch.cuda.OutOfMemoryError as exc:
             skipped.append({"config": cfg.label(), "why": f"CUDA out of memory: {exc}"[:200]})
         except NonFiniteError as exc:
@@ -500,7 +519,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     add_derived(rows, args.peak_tflops)
     goals = targets(rows)
     print(f"\nTrainStep on {device} ({device_name(device)}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, input {args.input_size} (crop {s.crop} of {s.stored_size}), "
+          f"{torch.get_num_threads()} threads, input {args.input_size} (crop {crop.size} of {STORED_SIZE}), "
           f"channels_last {channels_last}, {warmup} warm-up + {args.steps} timed steps\n")
     columns = ["model", "method", "depth", "precision", "batch", "compile", "img_per_s", "ms_per_step",
                "img_per_s_with_data", "preprocess_img_per_s", "peak_mib", "gflop_per_img", "tflops", "pct_of_peak",
@@ -519,11 +538,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "memory_gib": round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)}
                 if on_cuda else None),
         "torch_threads": torch.get_num_threads(),
-        "settings": {**asdict(s), **{k: getattr(FinetuneSpec, k) for k in SPEC_DEFAULTS},
-                     "input_size": args.input_size, "batch_sizes": args.batch_sizes,
+        "settings": {"params": str(args.params), "finetune.common": _plain(s.common), "task_set": _plain(s.tasks),
+                     "stored_size": STORED_SIZE, "input_size": args.input_size, "batch_sizes": args.batch_sizes,
                      "precisions": args.precisions, "depths": args.depths, "methods": args.methods,
-                     "method_options": {m: METHOD_OPTIONS.get(m, {}) for m in args.methods},
-                     "identities": args.identities, "expressions": args.expressions, "pool": n_pool,
+                     "method_blocks": {m: dict(zip(("weighting", "options"), s.method(m), strict=True))
+                                       for m in args.methods},
+                     "n_classes": n_classes, "pool": n_pool,
                      "steps": args.steps, "warmup": warmup, "compile": args.compile, "channels_last": channels_last,
                      "cudnn_benchmark": torch.backends.cudnn.benchmark,
                      "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,

@@ -7,15 +7,24 @@ sections through :class:`StageParams`, which refuses any section the stage did n
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import ParamsError
+from pipeline.settings import (
+    DEVICE_PATTERN,
+    FinetuneSettings,
+    PretrainRuntime,
+    PretrainSettings,
+    RuntimeSettings,
+    TaskSetSettings,
+)
 
 __all__ = [
     "DatasetConfig",
@@ -25,15 +34,17 @@ __all__ = [
     "LfwSource",
     "LicensedSource",
     "Params",
+    "STANDARD_LABEL_SETS",
     "StageParams",
     "load_params",
+    "plain",
     "reader_options",
 ]
 
 
 def _check_device(value: str) -> str:
     """A torch device name: ``auto``, ``cpu``, ``cuda`` or ``cuda:<n>``."""
-    if value not in ("auto", "cpu", "cuda") and not (value.startswith("cuda:") and value[5:].isdigit()):
+    if not DEVICE_PATTERN.fullmatch(value):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:<n>, not {value!r}")
     return value
 
@@ -153,18 +164,75 @@ class ExpectedCounts(_Strict):
     images: int | None = None
 
 
+class LabelSetConfig(_Strict):
+    """Frame-level labelling of expression sequences (see :mod:`pipeline.data.label_sets`)."""
+
+    classes: list[str]
+    neutral: str | None = None
+    peak_frames: Annotated[int, Field(ge=1)] = 3
+    neutral_frames: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _neutral_is_a_class(self) -> LabelSetConfig:
+        if not self.classes:
+            raise ValueError("classes: list at least one class")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be unique, got {self.classes}")
+        if self.neutral_frames and self.neutral is None:
+            raise ValueError("neutral_frames > 0 needs `neutral` (the class name of neutral frames)")
+        if self.neutral is not None and self.neutral not in self.classes:
+            raise ValueError(f"neutral class {self.neutral!r} is not in classes {self.classes}")
+        return self
+
+
+#: the label sets of the original protocols by name (spec §5.1, §5.2): ``datasets.<d>.label_sets.<name>`` may name one
+#: instead of writing it out
+STANDARD_LABEL_SETS: dict[str, LabelSetConfig] = {
+    # Oulu-CASIA "Six" (the original's training file): the last 3 frames of every sequence, 1440 images
+    "oulu_six": LabelSetConfig(classes=["Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise"],
+                               neutral=None, peak_frames=3, neutral_frames=0),
+    # Oulu-CASIA "Seven": + the neutral first frame, 1920 images
+    "oulu_seven": LabelSetConfig(classes=["Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise"],
+                                 neutral="Neutral", peak_frames=3, neutral_frames=1),
+    # CK+ with the 8 classes as coded (spec §9 item 29): 3 peak frames + the neutral first frame, 1308 images
+    "ckplus_eight": LabelSetConfig(classes=["neutral", "anger", "contempt", "disgust", "fear", "happy", "sadness",
+                                            "surprise"], neutral="neutral", peak_frames=3, neutral_frames=1),
+}
+
+
+def _label_set(value: Any) -> Any:
+    """A label set written out, or the name of a standard one (:data:`STANDARD_LABEL_SETS`)."""
+    if isinstance(value, str):
+        if value not in STANDARD_LABEL_SETS:
+            raise ValueError(f"unknown standard label set {value!r}; write it out or use one of "
+                             f"{', '.join(STANDARD_LABEL_SETS)}")
+        return STANDARD_LABEL_SETS[value]
+    return value
+
+
+LabelSet = Annotated[LabelSetConfig, BeforeValidator(_label_set)]
+
+
 class DatasetConfig(_Strict):
-    """One entry of ``datasets``: where a dataset lives, how to read it and what it is used for."""
+    """One entry of ``datasets``: where a dataset lives, how to read it and what it is used for.
+
+    ``label_sets``: the dataset's frame-level label sets by name (a task's ``label`` names one; the folds' expression
+    pairs use ``folds.datasets.<d>.pairs.label_set``), each written out or the name of a standard one
+    (:data:`STANDARD_LABEL_SETS`: ``oulu_six``, ``oulu_seven``, ``ckplus_eight``). They live in the dataset's own
+    entry so that every stage of one dataset tracks only that dataset's label sets: editing CK+'s re-runs only the
+    CK+ stages (DVC cannot template ``label_sets.${datasets.${d}.label_set}``).
+    """
 
     reader: Literal["oulu_casia", "ckplus", "lfw", "casia_webface", "msceleb"]
     root: str
     role: Literal["finetune", "pretrain", "eval"]
-    label_set: str | None = None
     align_convention: Literal["paper_182_44", "facenet_160_32"] = "paper_182_44"
     source: Source
     #: required (may be ``{}``): DVC tracks these keys, and a params key DVC tracks must exist in the file
     options: dict[str, Any]
     expected: ExpectedCounts
+    #: required (may be ``{}``) for datasets with folds, whose stages DVC makes track it
+    label_sets: dict[str, LabelSet] = {}
 
     @model_validator(mode="after")
     def _check_options(self) -> DatasetConfig:
@@ -180,25 +248,6 @@ def reader_options(reader: str, options: dict[str, Any]) -> dict[str, Any]:
     from pipeline.data.readers import OPTION_MODELS
 
     return OPTION_MODELS[reader].parse(options).model_dump()
-
-
-class LabelSetConfig(_Strict):
-    """Frame-level labelling of expression sequences (see :mod:`pipeline.data.label_sets`)."""
-
-    classes: list[str]
-    neutral: str | None = None
-    peak_frames: Annotated[int, Field(ge=1)] = 3
-    neutral_frames: Annotated[int, Field(ge=0)] = 0
-
-    @model_validator(mode="after")
-    def _neutral_is_a_class(self) -> LabelSetConfig:
-        if len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"classes must be unique, got {self.classes}")
-        if self.neutral_frames and self.neutral is None:
-            raise ValueError("neutral_frames > 0 needs `neutral` (the class name of neutral frames)")
-        if self.neutral is not None and self.neutral not in self.classes:
-            raise ValueError(f"neutral class {self.neutral!r} is not in classes {self.classes}")
-        return self
 
 
 class ManifestConfig(_Strict):
@@ -235,13 +284,15 @@ class AlignConfig(_Strict):
 class FoldPairsConfig(_Strict):
     """How ``data/folds/<dataset>/fold<k>-pairs.parquet`` is made (:mod:`pipeline.folds`).
 
-    ``kind``: ``expression`` = the seeded 4-type recipe over each fold's test subjects (``required`` expressions,
-    class names of the dataset's label set), except the folds listed in ``original_files`` (fold -> an original
-    pair file, paths stripped of ``prefix``); ``lfw`` = the folds and pairs of an LFW ``pairs.txt`` (``file``);
-    ``none`` = no pairs (empty tables). Pair files must lie under ``data/protocols/`` (a dep of the stage).
+    ``kind``: ``expression`` = the seeded 4-type recipe over each fold's test subjects with the dataset's label set
+    ``label_set`` (``datasets.<d>.label_sets``; ``required`` expressions are class names of it), except the folds
+    listed in ``original_files`` (fold -> an original pair file, paths stripped of ``prefix``); ``lfw`` = the folds
+    and pairs of an LFW ``pairs.txt`` (``file``); ``none`` = no pairs (empty tables). Pair files must lie under
+    ``data/protocols/`` (a dep of the stage).
     """
 
     kind: Literal["expression", "lfw", "none"] = "expression"
+    label_set: str | None = None
     required: list[str] = ["Happiness", "Surprise"]
     original_files: dict[int, str] = {}
     prefix: str | None = None
@@ -255,6 +306,9 @@ class FoldPairsConfig(_Strict):
             raise ValueError(f"required: repeated expression in {self.required}")
         if self.kind == "expression" and not self.required:
             raise ValueError("required: list at least one expression for kind: expression")
+        if self.kind == "expression" and self.label_set is None:
+            raise ValueError("label_set: kind: expression needs the dataset's label set whose frames it pairs "
+                             "(a key of datasets.<d>.label_sets)")
         if self.kind != "expression" and self.original_files:
             raise ValueError(f"original_files is only used with kind: expression (kind is {self.kind})")
         if self.kind == "lfw" and not self.file:
@@ -275,7 +329,7 @@ class FoldDatasetConfig(_Strict):
 
     test_subjects: dict[int, list[str]] = {}
     exclude_subjects: list[str] = []
-    pairs: FoldPairsConfig = FoldPairsConfig()
+    pairs: FoldPairsConfig
 
     @model_validator(mode="after")
     def _subjects_once(self) -> FoldDatasetConfig:
@@ -324,147 +378,20 @@ class FoldsConfig(_Strict):
         return self
 
 
-class PretrainVerification(_Strict):
-    """``pretrain.verification``: the pairs set evaluated during pretraining (LFW protocol, 10-fold accuracy).
-
-    ``dataset`` is a dataset with fold settings (``folds.datasets``); the pairs of its ``folds`` (the folds stage's
-    ``fold<k>-pairs.parquet``) are pooled: the demo's expression pairs, or LFW's ten folds (``pairs.kind: lfw``).
-    """
-
-    dataset: str = "demo_oulu"
-    folds: list[Annotated[int, Field(ge=0)]] = [0]
-
-
-class PretrainSettings(_Strict):
-    """``pretrain.train``: what the pretrained model depends on (tracked by DVC).
-
-    ``processes`` is tracked (per-process BatchNorm statistics make a 2-process run differ from a 1-process one);
-    ``batch_size`` is the global batch, split evenly over the processes.
-    """
-
-    dataset: str = "demo_webface"
-    processes: Annotated[int, Field(ge=1, le=64)] = 1
-    init: str = "random"
-    depth: Literal["reduced", "full"] = "reduced"
-    input_size: Annotated[int, Field(ge=75, le=512)] = 160
-    crop: Annotated[int, Field(ge=32, le=512)] = 160
-    random_crop: bool = True
-    flip: bool = True
-    keep_prob: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
-    bn_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.995
-    freeze_bn: bool = False
-    batch_size: Annotated[int, Field(ge=1)] = 90
-    steps: Annotated[int, Field(ge=1)] = 90000
-    optimizer: Literal["rmsprop_tf1", "rmsprop", "adam", "sgd"] = "rmsprop_tf1"
-    lr: Annotated[float, Field(gt=0.0)] = 0.1
-    lr_boundaries: list[Annotated[int, Field(ge=1)]] = [60000, 80000]
-    lr_factor: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
-    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
-    rms_decay: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9
-    rms_eps: Annotated[float, Field(gt=0.0)] = 1.0
-    weight_decay: Annotated[float, Field(ge=0.0)] = 5e-5
-    clip_norm: Annotated[float, Field(ge=0.0)] = 0.0
-    center_loss_factor: Annotated[float, Field(ge=0.0)] = 0.1
-    center_loss_alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
-    shuffle_window: Annotated[int, Field(ge=0)] = 0
-    checkpoint_every: Annotated[int, Field(ge=1)] = 1000
-    eval_every: Annotated[int, Field(ge=1)] = 1000
-    log_every: Annotated[int, Field(ge=1)] = 10
-    verification: PretrainVerification = PretrainVerification()
-    eval_mode: Literal["clean", "faithful"] = "clean"
-    eval_folds: Annotated[int, Field(ge=2)] = 10
-    far_targets: list[Annotated[float, Field(gt=0.0, le=1.0)]] = [1e-3, 1e-2]
-    seed: int = 666
-    amp: bool = True
-    channels_last: bool = True
-
-    @model_validator(mode="after")
-    def _consistent(self) -> PretrainSettings:
-        if self.batch_size % self.processes:
-            raise ValueError(f"batch_size {self.batch_size} must be a multiple of processes {self.processes} "
-                             "(it is the global batch, split evenly)")
-        if list(self.lr_boundaries) != sorted(set(self.lr_boundaries)):
-            raise ValueError(f"lr_boundaries must be increasing steps, got {self.lr_boundaries}")
-        return self
-
-
 class PretrainConfig(_Strict):
     """``pretrain``: single-task identity pretraining of the trunk + identity branch (stage ``pretrain``; spec §4.5).
 
-    ``device``, ``workers`` (DataLoader processes per training process), ``decode`` (``worker``: OpenCV in those
-    processes; ``device``: torchvision on the training device, nvJPEG on CUDA), ``compile`` (``torch.compile`` the
-    training forward pass), ``threads`` and ``eval_batch_size`` are not tracked by DVC: they choose how the same
-    computation runs, not what it computes. Like ``device`` itself, ``decode`` and ``compile`` may still change the
-    arithmetic slightly on a GPU (nvJPEG's pixels, inductor's fused kernels); on the CPU ``decode`` gives the same
-    pixels. ``train`` holds everything else.
+    ``runtime`` (device, threads, evaluation batch, ``torch.compile``, loader workers, where faces are decoded) is not
+    tracked by DVC; ``train`` (:class:`~pipeline.settings.PretrainSettings`) holds everything the model depends on.
     """
 
-    device: Device = "auto"
-    workers: Annotated[int, Field(ge=0, le=64)] = 4
-    decode: Literal["worker", "device"] = "worker"
-    compile: bool = False
-    threads: Annotated[int, Field(ge=0)] = 0
-    eval_batch_size: Annotated[int, Field(ge=1)] = 100
-    train: PretrainSettings = PretrainSettings()
-
-
-class FinetuneCommon(_Strict):
-    """``finetune.common``: settings shared by every (fold, method) fine-tuning run (spec §4; README table).
-
-    ``init``: ``random`` (BN trains everywhere), ``pretrain`` (the pretrain stage's ``model.pt``) or a checkpoint
-    path (a pretrained trunk + identity branch: then ``freeze_pretrained_bn`` and ``identity_dropout`` apply, spec
-    §4.3). ``lr_schedule``: a schedule file under ``data/protocols/`` (spec §5.6) used instead of the constant ``lr``.
-    """
-
-    dataset: str = "demo_oulu"
-    init: str = "random"
-    depth: Literal["reduced", "full"] = "reduced"
-    input_size: Annotated[int, Field(ge=75, le=512)] = 160
-    crop: Annotated[int, Field(ge=32, le=512)] = 160
-    random_crop: bool = True
-    flip: bool = False
-    keep_prob: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
-    bn_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.995
-    expression_hidden: Annotated[int, Field(ge=0)] = 128
-    expression_relu_logits: bool = True
-    batch_size: Annotated[int, Field(ge=1)] = 90
-    epoch_size: Annotated[int, Field(ge=1)] = 100
-    epochs: Annotated[int, Field(ge=1)] = 10
-    optimizer: Literal["rmsprop_tf1", "rmsprop", "adam", "sgd"] = "rmsprop_tf1"
-    weights_optimizer: Literal["rmsprop_tf1", "rmsprop", "adam", "sgd"] = "rmsprop_tf1"
-    lr: Annotated[float, Field(gt=0.0)] = 1e-4
-    lr_schedule: str | None = None
-    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
-    rms_decay: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9
-    rms_eps: Annotated[float, Field(gt=0.0)] = 1.0
-    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
-    clip_norm: Annotated[float, Field(ge=0.0)] = 5.0
-    center_loss_factor: Annotated[float, Field(ge=0.0)] = 0.1
-    center_loss_alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
-    freeze_pretrained_bn: bool = True
-    identity_dropout: bool = False
-    selection: Literal["test_fold", "val_subjects", "last"] = "test_fold"
-    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
-    eval_mode: Literal["clean", "faithful"] = "clean"
-    eval_folds: Annotated[int, Field(ge=2)] = 10
-    far_targets: list[Annotated[float, Field(gt=0.0, le=1.0)]] = [1e-3, 1e-2]
-    seed: int = 666
-    amp: bool = True
-    channels_last: bool = True
-
-    @model_validator(mode="after")
-    def _consistent(self) -> FinetuneCommon:
-        if self.lr_schedule is not None:
-            parts = Path(self.lr_schedule).parts
-            if Path(self.lr_schedule).is_absolute() or parts[:2] != ("data", "protocols") or ".." in parts:
-                raise ValueError(f"lr_schedule {self.lr_schedule!r} must lie under data/protocols/ (a relative path): "
-                                 "the finetune stages depend on that folder")
-        return self
+    runtime: PretrainRuntime
+    train: PretrainSettings
 
 
 class FinetuneMethod(BaseModel):
     """``finetune.methods.<name>``: ``weighting`` (a strategy of :mod:`pipeline.weighting`) and its options, which
-    the strategy validates when the stage starts."""
+    the strategy's option parser validates against the task set."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -481,59 +408,61 @@ _METHOD_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class FinetuneConfig(_Strict):
-    """``finetune``: the per-(fold, method) fine-tuning stages.
+    """``finetune``: the per-(dataset, fold, method) fine-tuning stages ``finetune@<dataset>-<fold>-<method>``.
 
-    ``device``, ``eval_batch_size``, ``threads`` and ``compile`` (``torch.compile`` the training forward pass; it
-    pays off on CUDA, the first step then compiling for a minute or more; on a CPU inductor needs a C++ compiler)
-    are not tracked by DVC: they choose how the same computation runs (``compile``, like ``device``, may change the
-    arithmetic slightly).
+    ``runtime`` (:class:`~pipeline.settings.RuntimeSettings`) is not tracked by DVC. ``datasets``: the fine-tuning
+    datasets of one ``dvc repro`` (each with its folds and its own table section in the report); ``common``
+    (:class:`~pipeline.settings.FinetuneSettings`): what every run shares; ``methods``: the weighting methods;
+    ``run_methods``: the methods run.
     """
 
-    device: Device = "auto"
-    eval_batch_size: Annotated[int, Field(ge=1)] = 100
-    threads: Annotated[int, Field(ge=0)] = 0
-    compile: bool = False
-    common: FinetuneCommon = FinetuneCommon()
+    runtime: RuntimeSettings
+    datasets: list[str]
+    common: FinetuneSettings
     methods: dict[str, FinetuneMethod] = {}
     run_methods: list[str] = []
-
 
     @model_validator(mode="after")
     def _methods(self) -> FinetuneConfig:
         for name in self.methods:
             if not _METHOD_NAME.match(name):
                 raise ValueError(f"methods: name {name!r} must be lower-case letters, digits and '_' (it is part of "
-                                 "the DVC stage name finetune@<fold>-<method>)")
+                                 "the DVC stage name finetune@<dataset>-<fold>-<method>)")
         unknown = [m for m in self.run_methods if m not in self.methods]
         if unknown:
             raise ValueError(f"run_methods: unknown method(s) {unknown}; defined: {sorted(self.methods)}")
         if len(set(self.run_methods)) != len(self.run_methods):
             raise ValueError(f"run_methods: repeated method in {self.run_methods}")
+        repeated = sorted({d for d in self.datasets if self.datasets.count(d) > 1})
+        if repeated:
+            raise ValueError(f"datasets: {repeated[0]!r} is listed twice")
         return self
 
 
 class PixelBaselineConfig(_Strict):
-    """``pixel_baseline``: the raw-pixel PCA baseline (stage ``pixel_baseline@<fold>``; pipeline/evaluation/pixel_pca).
+    """``pixel_baseline``: the raw-pixel PCA baseline (stage ``pixel_baseline@<dataset>-<fold>``;
+    pipeline/evaluation/pixel_pca).
 
-    The fold's centre crops (``finetune.common.crop``) resized to ``size`` px, colour or ``grey``, standardised per
-    image; PCA with ``components`` (optionally ``whiten``) fitted on the training images; expression from a logistic
-    regression (inverse regularisation ``expression_c``) on the training projections.
+    The fold's centre crops (``finetune.common.crop.size``) resized to ``size`` px, colour or ``grey``, standardised
+    per image; PCA with ``components`` (optionally ``whiten``) fitted on the training images; each classification
+    task of the task set from a logistic regression (inverse regularisation ``probe_c``) on the training projections.
     """
 
     size: Annotated[int, Field(ge=4, le=512)] = 32
     grey: bool = False
     components: Annotated[int, Field(ge=1)] = 64
     whiten: bool = False
-    expression_c: Annotated[float, Field(gt=0.0)] = 1.0
+    probe_c: Annotated[float, Field(gt=0.0)] = 1.0
 
 
 class ReportConfig(_Strict):
     """``report``: the results tables and figures (stage ``report``; pipeline/report).
 
-    Reads the metrics of every fold in ``folds.run`` × method in ``finetune.run_methods`` (and the pixel baseline
-    when ``pixel_baseline``). ``reference``: the method every other is compared with (paired differences over
-    folds, a percentile bootstrap of ``bootstrap`` resamples at ``confidence``, seeded by ``seed``). ``val_far``:
-    the FAR of the VAL column (one of ``finetune.common.far_targets``). ``curves_methods`` on ``curves_fold``
+    Per dataset of ``finetune.datasets``, reads the metrics of every fold in ``folds.run`` × method in
+    ``finetune.run_methods`` (and the pixel baseline when ``pixel_baseline``). ``reference``: the method every other
+    is compared with (paired differences over folds, a percentile bootstrap of ``bootstrap`` resamples at
+    ``confidence``, seeded by ``seed``). ``val_far``: the FAR of the VAL column (one of
+    ``finetune.common.protocol.far_targets``). ``curves_methods`` on ``curves_fold``
     (default: the first of ``folds.run``): the weight/loss figure (methods not in ``run_methods`` are left out).
     """
 
@@ -553,12 +482,12 @@ class Params(_Strict):
     base: BaseConfig = BaseConfig()
     demo: DemoConfig = DemoConfig()
     datasets: dict[str, DatasetConfig]
-    label_sets: dict[str, LabelSetConfig] = {}
     manifest: ManifestConfig = ManifestConfig()
     align: AlignConfig = AlignConfig()
     folds: FoldsConfig = FoldsConfig()
-    pretrain: PretrainConfig = PretrainConfig()
-    finetune: FinetuneConfig = FinetuneConfig()
+    task_sets: dict[str, TaskSetSettings] = {}
+    pretrain: PretrainConfig
+    finetune: FinetuneConfig
     pixel_baseline: PixelBaselineConfig = PixelBaselineConfig()
     report: ReportConfig = ReportConfig()
 
@@ -567,8 +496,6 @@ class Params(_Strict):
         for name, ds in self.datasets.items():
             if not name.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"dataset name {name!r}: use letters, digits, '_' and '-' only")
-            if ds.label_set is not None and ds.label_set not in self.label_sets:
-                raise ValueError(f"datasets.{name}.label_set: unknown label set {ds.label_set!r}")
             if isinstance(ds.source, LicensedSource):
                 for key, value in (("root", ds.root), ("source.tsv", ds.source.tsv)):
                     if value is not None and _inside_generated(value):
@@ -589,25 +516,26 @@ class Params(_Strict):
 
     @model_validator(mode="after")
     def _folds_cross_checks(self) -> Params:
-        """``folds.datasets`` name datasets, and expression pairs name classes of the dataset's label set."""
+        """``folds.datasets`` name datasets, and expression pairs name classes of one of the dataset's label sets."""
         for name, fd in self.folds.datasets.items():
             where = f"folds.datasets.{name}"
             if name not in self.datasets:
                 raise ValueError(f"{where}: unknown dataset {name!r} (not in datasets)")
+            if "label_sets" not in self.datasets[name].model_fields_set:
+                raise ValueError(f"datasets.{name}.label_sets: missing key (a dataset with folds needs it, {{}} for "
+                                 "none: its stages track it)")
             if fd.pairs.kind != "expression":
                 continue
-            label_set = self.datasets[name].label_set
-            if label_set is None:
-                raise ValueError(f"{where}.pairs: kind: expression needs datasets.{name}.label_set "
-                                 "(or use kind: none)")
-            ls = self.label_sets.get(label_set)
-            if ls is None:  # reported by _cross_checks
-                continue
+            sets = self.datasets[name].label_sets
+            ls = sets.get(fd.pairs.label_set or "")
+            if ls is None:
+                raise ValueError(f"{where}.pairs.label_set: {fd.pairs.label_set!r} is not a label set of dataset "
+                                 f"{name!r} (datasets.{name}.label_sets: {', '.join(sets) or 'none'})")
             allowed = [c for c in ls.classes if c != ls.neutral]
             bad = [r for r in fd.pairs.required if r not in allowed]
             if bad:
-                raise ValueError(f"{where}.pairs.required: unknown expression(s) {bad}; label set {label_set!r} "
-                                 f"has {allowed}")
+                raise ValueError(f"{where}.pairs.required: unknown expression(s) {bad}; label set "
+                                 f"{fd.pairs.label_set!r} has {allowed}")
         return self
 
     @model_validator(mode="after")
@@ -619,20 +547,43 @@ class Params(_Strict):
         if vd not in self.folds.datasets:
             raise ValueError(f"pretrain.train.verification.dataset: {vd!r} has no fold settings (folds.datasets)")
         bad = [f for f in pt.verification.folds if f >= self.folds.k]
-        if bad or not pt.verification.folds:
-            raise ValueError(f"pretrain.train.verification.folds: {pt.verification.folds} must be a non-empty list of "
-                             f"folds in 0..{self.folds.k - 1}")
+        if bad:
+            raise ValueError(f"pretrain.train.verification.folds: {pt.verification.folds} must be folds in "
+                             f"0..{self.folds.k - 1}")
         return self
 
     @model_validator(mode="after")
     def _finetune_cross_checks(self) -> Params:
-        ds = self.finetune.common.dataset
-        if self.finetune.run_methods and ds not in self.folds.datasets:
-            raise ValueError(f"finetune.common.dataset: {ds!r} has no fold settings (folds.datasets)")
-        if self.finetune.run_methods and self.datasets[ds].label_set is None:
-            raise ValueError(f"finetune.common.dataset: {ds!r} has no label_set (needed for expression labels)")
-        return self
+        """Every fine-tuning dataset has folds and the labels its task set needs; every method run serves the set."""
+        from pipeline.data.manifest import LABEL_COLUMNS
+        from pipeline.weighting.options import parse_weighting
 
+        ft = self.finetune
+        name = ft.common.task_set
+        task_set = self.task_sets.get(name)
+        if task_set is None:
+            raise ValueError(f"finetune.common.task_set: unknown task set {name!r}; task_sets defines "
+                             f"{', '.join(self.task_sets) or 'none'}")
+        for d in ft.datasets:
+            if d not in self.datasets:
+                raise ValueError(f"finetune.datasets: unknown dataset {d!r} (not in datasets)")
+            if d not in self.folds.datasets:
+                raise ValueError(f"finetune.datasets: {d!r} has no fold settings (folds.datasets)")
+            label_sets = self.datasets[d].label_sets
+            for task, spec in task_set.tasks.items():
+                if spec.label not in LABEL_COLUMNS and spec.label not in label_sets:
+                    raise ValueError(
+                        f"task_sets.{name}.tasks.{task}.label: {spec.label!r} is neither a manifest label column "
+                        f"({', '.join(LABEL_COLUMNS)}) nor a label set of dataset {d!r} "
+                        f"(datasets.{d}.label_sets: {', '.join(label_sets) or 'none'})")
+        for method in ft.run_methods:  # a method that is not run need not fit this task set
+            cfg = ft.methods[method]
+            try:
+                parse_weighting(cfg.weighting, cfg.options(), task_set.names)
+            except ValueError as exc:
+                raise ValueError(f"finetune.methods.{method}: {exc} (task set {name!r}: "
+                                 f"{', '.join(task_set.names)})") from None
+        return self
 
     @model_validator(mode="after")
     def _report_cross_checks(self) -> Params:
@@ -641,9 +592,10 @@ class Params(_Strict):
             return self
         if rp.reference not in ft.run_methods:
             raise ValueError(f"report.reference: {rp.reference!r} is not in finetune.run_methods {ft.run_methods}")
-        if not any(abs(rp.val_far - f) <= 1e-12 for f in ft.common.far_targets):
-            raise ValueError(f"report.val_far: {rp.val_far:g} is not one of finetune.common.far_targets "
-                             f"{list(ft.common.far_targets)}")
+        targets = ft.common.protocol.far_targets
+        if not any(abs(rp.val_far - f) <= 1e-12 for f in targets):
+            raise ValueError(f"report.val_far: {rp.val_far:g} is not one of finetune.common.protocol.far_targets "
+                             f"{list(targets)}")
         unknown = [m for m in rp.curves_methods if m not in ft.methods]
         if unknown:
             raise ValueError(f"report.curves_methods: unknown method(s) {unknown}; defined: {sorted(ft.methods)}")
@@ -673,8 +625,12 @@ def _format_error(exc: ValidationError, source: str) -> str:
         parts = [p for i, p in enumerate(parts) if not (i > 0 and parts[i - 1] == "source" and p in _UNION_TAGS)]
         loc = ".".join(parts)
         msg = err["msg"]
-        if err["type"] == "extra_forbidden":
+        if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             msg = "unknown key (misspelled?)"
+        elif err["type"] == "missing":
+            msg = "missing key"
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         lines.append(f"{loc}: {msg}" if loc else msg)
     return f"{source}: " + "; ".join(lines)
 
@@ -690,17 +646,51 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        _refuse_duplicate_keys(yaml.compose(text), "")
+        raw = yaml.safe_load(text)
     except FileNotFoundError:
         raise ParamsError(f"params file not found: {path}") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
+    except ValueError as exc:
+        raise ParamsError(f"{path}: {exc}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
         raise ParamsError(_format_error(exc, str(path))) from None
+
+
+def _refuse_duplicate_keys(node: yaml.Node | None, where: str) -> None:
+    """A key given twice in one mapping is an error (YAML loaders silently keep the last one)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            name = str(key.value)
+            dotted = f"{where}.{name}" if where else name
+            if name in seen:
+                raise ValueError(f"{dotted}: key given twice (line {key.start_mark.line + 1}); YAML would keep only "
+                                 "the last one")
+            seen.add(name)
+            _refuse_duplicate_keys(value, dotted)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{where}.{i}")
+
+
+def plain(value: Any) -> Any:
+    """A params value (pydantic model, settings dataclass, list, mapping) as plain JSON-able data."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
 
 
 class StageParams:
@@ -726,8 +716,7 @@ class StageParams:
         """Declared sections flattened to ``{"a.b.c": value}`` (for MLflow params)."""
         out: dict[str, Any] = {}
         for d in self.declared:
-            value = self.get(d)
-            _flatten(value.model_dump(mode="json") if isinstance(value, BaseModel) else value, d, out)
+            _flatten(plain(self.get(d)), d, out)
         return out
 
 

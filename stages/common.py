@@ -16,7 +16,8 @@ import typer
 from pipeline.config import StageParams, load_params
 from pipeline.errors import UserError
 
-__all__ = ["atomic_dir", "load_stage_params", "progress_bar", "staged_files", "user_errors", "write_json_atomic"]
+__all__ = ["atomic_dir", "finetune_dataset", "load_stage_params", "progress_bar", "staged_files", "user_errors",
+           "write_json_atomic"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,6 +32,22 @@ def load_stage_params(ctx: typer.Context, declared: list[str]) -> StageParams:
             known = ", ".join(sorted(params.datasets))
             raise UserError(f"unknown dataset {name!r}: params.yaml defines {known}")
     return StageParams(params, declared)
+
+
+def finetune_dataset(params: Any, dataset: str | None) -> str:
+    """The ``--dataset`` of a per-dataset command: one of ``finetune.datasets`` (by default the only one).
+
+    Raises:
+        UserError: an unknown dataset, or none given while several are listed.
+    """
+    listed = list(params.finetune.datasets)
+    if dataset is None:
+        if len(listed) != 1:
+            raise UserError(f"--dataset: finetune.datasets lists {', '.join(listed) or 'none'}: name one")
+        return listed[0]
+    if dataset not in listed:
+        raise UserError(f"--dataset {dataset}: not in finetune.datasets ({', '.join(listed) or 'empty'})")
+    return dataset
 
 
 def user_errors(fn: F) -> F:

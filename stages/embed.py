@@ -68,7 +68,7 @@ def load_checkpoint(path: Path, device: str):
         raise UserError(msg) from None
     except (RuntimeError, TypeError, KeyError, ValueError) as exc:  # config or weights that do not fit the network
         raise UserError(f"checkpoint {path} does not rebuild a model: {str(exc).splitlines()[0]}") from None
-    alignment = model.config.alignment
+    alignment = model.config.align_convention
     if alignment not in CONVENTIONS:
         raise UserError(f"checkpoint {path}: unknown alignment convention {alignment!r} "
                         f"(known: {', '.join(CONVENTIONS)})")
@@ -251,22 +251,22 @@ def command(
         row_ids = [str(p) for p in images]
 
     model, meta, conv = load_checkpoint(checkpoint, dev)
-    size, input_size = conv.size, model.config.input_size
-    crop = getattr(model.config, "crop", conv.train_size) if crop is None else crop
+    size, input_size = conv.size, model.config.network.input_size
+    crop = model.config.crop.size if crop is None else crop
     if crop > size:
-        raise UserError(f"--crop {crop} is larger than the aligned faces ({size} px, {model.config.alignment})")
+        raise UserError(f"--crop {crop} is larger than the aligned faces ({size} px, {model.config.align_convention})")
     kw = {"crop": crop, "input_size": input_size, "device": dev}
-    what = (f"{checkpoint} ({model.config.alignment}: crop {crop} of {size} px, input {input_size} px"
+    what = (f"{checkpoint} ({model.config.align_convention}: crop {crop} of {size} px, input {input_size} px"
             + (f", {meta['method']} fold {meta['fold']}" if "method" in meta and "fold" in meta else "") + f", {dev})")
 
     if aligned is not None:
         if source.crop_size != size:
             typer.echo(f"note: {aligned} holds {source.crop_size} px faces; resized to {size} px "
-                       f"({model.config.alignment})", err=True)
+                       f"({model.config.align_convention})", err=True)
         emb = embed_faces(model, _read_batches(source, positions, batch_size, size), **kw)
     else:
         if detect:
-            faces = _detect_faces(decoded, images, model.config.alignment, dev, batch_size)
+            faces = _detect_faces(decoded, images, model.config.align_convention, dev, batch_size)
         else:
             _check_square(decoded, images)
             faces = decoded

@@ -27,10 +27,9 @@ if TYPE_CHECKING:
     from pipeline.folds.pairs import PairSet
     from pipeline.folds.split import Fold
 
-#: ``label_sets`` whole: DVC cannot template ``label_sets.${datasets.${key}.label_set}``, so a change to any label
-#: set re-runs the stage (rare); ``folds.run`` is deliberately absent (it selects downstream folds only)
-DECLARED = ["folds.k", "folds.assignment", "folds.seed", "folds.datasets.{name}", "datasets.{name}.label_set",
-            "label_sets"]
+#: the dataset's own label sets only (so another dataset's label-set edit does not re-run this one);
+#: ``folds.run`` is deliberately absent (it selects downstream folds only)
+DECLARED = ["folds.k", "folds.assignment", "folds.seed", "folds.datasets.{name}", "datasets.{name}.label_sets"]
 MANIFESTS = Path("data/manifests")
 FOLDS = Path("data/folds")
 METRICS = Path("metrics/folds")
@@ -127,7 +126,7 @@ def _fold_pairs(sp: StageParams, name: str, manifest: pd.DataFrame, fold: Fold, 
     cfg = sp.get(f"folds.datasets.{name}").pairs
     if cfg.kind == "none":
         return PairSet(empty_pairs()), "none"
-    label_set = sp.get(f"label_sets.{sp.get(f'datasets.{name}.label_set')}")
+    label_set = sp.get(f"datasets.{name}.label_sets")[cfg.label_set]
     file = cfg.original_files.get(fold.index)
     if file is None:
         pairs = _wrap(lambda: expression_pairs(manifest, label_set, fold.test_subjects, cfg.required,

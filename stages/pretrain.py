@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import logging
 import os
 import shutil
@@ -40,8 +41,7 @@ from stages.training_runs import resolve_device, work_key
 #: params DVC tracks (``{pretrain_dataset}`` = pretrain.train.dataset)
 DECLARED = ["pretrain.train", "datasets.{pretrain_dataset}.align_convention"]
 #: read but not tracked by DVC: they change only the speed
-RUNTIME = ["pretrain.device", "pretrain.workers", "pretrain.decode", "pretrain.compile", "pretrain.threads",
-           "pretrain.eval_batch_size"]
+RUNTIME = ["pretrain.runtime"]
 MANIFESTS = Path("data/manifests")
 ALIGNED = Path("data/aligned")
 FOLDS = Path("data/folds")
@@ -64,26 +64,17 @@ def checkpoint_path(dataset: str) -> Path:
     return OUT / dataset / "model.pt"
 
 
-def build_spec(t: Any, n_classes: int, alignment: str, *, workers: int, eval_batch_size: int,
-               decode: str = "worker", compile: bool = False):
-    """The :class:`~pipeline.training.pretrain.PretrainSpec` of ``pretrain.train`` ``t``."""
-    from pipeline.models.network import HeadSpec, ModelConfig
-    from pipeline.training.pretrain import PretrainSpec
+def resolve_init(init: str) -> str | None:
+    """The checkpoint ``pretrain.train.init`` names (``random`` → None).
 
-    model = ModelConfig(heads=(HeadSpec("identity", n_classes),), depth=t.depth, keep_prob=t.keep_prob,
-                        input_size=t.input_size, alignment=alignment, crop=t.crop, bn_decay=t.bn_decay)
-    init = None if t.init == "random" else t.init
-    if init is not None and not Path(init).is_file():
+    Raises:
+        UserError: the checkpoint does not exist.
+    """
+    if init == "random":
+        return None
+    if not Path(init).is_file():
         raise UserError(f"pretrain.train.init: checkpoint not found: {init} (use 'random' or a checkpoint path)")
-    return PretrainSpec(
-        model=model, steps=t.steps, batch_size=t.batch_size, init=init, optimizer=t.optimizer, lr=t.lr,
-        lr_boundaries=tuple(t.lr_boundaries), lr_factor=t.lr_factor, momentum=t.momentum, rms_decay=t.rms_decay,
-        rms_eps=t.rms_eps, weight_decay=t.weight_decay, clip_norm=t.clip_norm,
-        center_loss_factor=t.center_loss_factor, center_loss_alpha=t.center_loss_alpha, crop=t.crop,
-        random_crop=t.random_crop, flip=t.flip, freeze_bn=t.freeze_bn, window=t.shuffle_window, workers=workers,
-        checkpoint_every=t.checkpoint_every, eval_every=t.eval_every, log_every=t.log_every, eval_mode=t.eval_mode,
-        eval_folds=t.eval_folds, far_targets=tuple(t.far_targets), eval_batch_size=eval_batch_size, seed=t.seed,
-        amp=t.amp, channels_last=t.channels_last, compile=compile, decode=decode)
+    return init
 
 
 def _torchrun(ctx: typer.Context, processes: int) -> None:
@@ -117,10 +108,10 @@ def command(ctx: typer.Context) -> None:
     if t.processes > 1 and not launched_by_torchrun():
         _torchrun(ctx, t.processes)
         return
-    threads = sp.get("pretrain.threads")
-    if threads:
-        torch.set_num_threads(threads)
-    dist = from_env(resolve_device(sp.get("pretrain.device"), "pretrain.device"))
+    runtime = sp.get("pretrain.runtime")
+    if runtime.threads:
+        torch.set_num_threads(runtime.threads)
+    dist = from_env(resolve_device(runtime.device, "pretrain.runtime.device"))
     try:
         _train(sp, t, dataset, p, dist)
     finally:
@@ -136,14 +127,17 @@ def _train(sp, t, dataset: str, p: dict[str, Any], dist) -> None:
         raise DatasetError(f"{p['aligned']}: {len(ids.faces)} aligned faces are fewer than one batch "
                            f"(pretrain.train.batch_size {t.batch_size})")
     verify, vcounts = load_verification_pairs(p["verify_aligned"], p["pairs"])
-    spec = build_spec(t, ids.n_classes, sp.get(f"datasets.{dataset}.align_convention"),
-                      workers=sp.get("pretrain.workers"), eval_batch_size=sp.get("pretrain.eval_batch_size"),
-                      decode=sp.get("pretrain.decode"), compile=sp.get("pretrain.compile"))
-    where = (f"on {dist.device} in the training process (pretrain.decode: device)" if spec.decode == "device"
-             else f"in {spec.workers} loader worker processes (pretrain.decode: worker)" if spec.workers
-             else "in the training process by OpenCV (pretrain.workers: 0)")
+    from pipeline.training.pretrain import pretrain_spec
+
+    runtime = dataclasses.replace(sp.get("pretrain.runtime"), device=dist.device)
+    spec = pretrain_spec(t, n_classes=ids.n_classes, align_convention=sp.get(f"datasets.{dataset}.align_convention"),
+                         checkpoint=resolve_init(t.init), runtime=runtime)
+    where = (f"on {dist.device} in the training process (pretrain.runtime.decode: device)"
+             if runtime.decode == "device"
+             else f"in {runtime.workers} loader worker processes (pretrain.runtime.decode: worker)" if runtime.workers
+             else "in the training process by OpenCV (pretrain.runtime.workers: 0)")
     log.info("faces decoded %s", where)
-    if spec.init is not None and dist.is_main:
+    if spec.checkpoint is not None and dist.is_main:
         from pipeline.models.checkpoint import CheckpointError
         from pipeline.training.pretrain import build_pretrain_model
 
@@ -180,7 +174,7 @@ def _train(sp, t, dataset: str, p: dict[str, Any], dist) -> None:
         from pipeline.training.pretrain import run_pretrain
         from pipeline.training.step import NonFiniteError
 
-        bar = progress_bar(f"pretrain {dataset}", spec.steps * spec.batch_size) if dist.is_main \
+        bar = progress_bar(f"pretrain {dataset}", t.steps * t.batch_size) if dist.is_main \
             else contextlib.nullcontext(None)
         with bar as advance:
             try:
@@ -204,7 +198,7 @@ def _train(sp, t, dataset: str, p: dict[str, Any], dist) -> None:
         run.log_dict(metrics, "metrics.json")
     shutil.rmtree(work, ignore_errors=True)
     acc = (result.metrics.get("verification") or {}).get("last", {}).get("verification_accuracy")
-    typer.echo(f"pretrain {dataset}: {spec.steps} steps, last loss {result.metrics['last']['loss']:.4f}, "
+    typer.echo(f"pretrain {dataset}: {t.steps} steps, last loss {result.metrics['last']['loss']:.4f}, "
                f"verification {acc if acc is None else f'{acc:.4f}'} ({result.images_per_second:.0f} img/s on "
                f"{dist.world} x {dist.device}, data wait {100 * result.data_wait_fraction:.1f} %) -> {p['out']}")
 
@@ -214,7 +208,7 @@ def _write_outputs(p: dict[str, Any], result, metrics: dict, spec, ids, dataset:
     from pipeline.training.pretrain import ROW_COLUMNS
 
     with staged_files(p["metrics"]) as (tmp_metrics,), atomic_dir(p["out"]) as tmp:
-        meta = {"stage": "pretrain", "dataset": dataset, "steps": spec.steps, "identities": ids.n_classes}
+        meta = {"stage": "pretrain", "dataset": dataset, "steps": spec.settings.steps, "identities": ids.n_classes}
         save_model(result.model, tmp / "model.pt", meta=meta)
         with open(tmp / "steps.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=ROW_COLUMNS)

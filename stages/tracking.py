@@ -87,30 +87,37 @@ def run_item(dataset: str, fold: int, method: str) -> str:
     return f"{dataset}/fold{fold}/{method}"
 
 
-def group_key(params: Any, root: Path | None = None, commit: str | None = None) -> str:
-    """The key shared by the runs of one results table: a hash of the configuration, the commit and the data.
+def group_key(params: Any, dataset: str, root: Path | None = None, commit: str | None = None) -> str:
+    """The key shared by the runs of one results table (one dataset's section): a hash of the configuration, the
+    commit and the data.
 
-    Hashed: ``finetune.common``, ``folds`` (k, assignment, seed and the fine-tuning dataset's settings),
-    ``pretrain.train``, ``pixel_baseline``, the git commit, and the ``dvc.lock`` md5 of the dataset's aligned faces
-    and folds. Not hashed: the method blocks (each method's run carries its own params) and ``folds.run`` (adding
-    a fold keeps the group).
+    Hashed: ``finetune.common``, the task set it names, ``folds`` (k, assignment, seed and ``dataset``'s settings),
+    ``dataset``'s label sets, ``pretrain.train``, ``pixel_baseline``, the git commit, and the ``dvc.lock`` md5 of the
+    dataset's aligned faces and folds. Not hashed: the method blocks (each method's run carries its own params) and
+    ``folds.run`` (adding a fold keeps the group).
 
     Args:
         params: the validated :class:`pipeline.config.Params`.
+        dataset: the fine-tuning dataset of the table.
         root: the repository (default: :func:`repo_root`).
         commit: the git commit when the caller knows it already (default: asks git).
     """
     import hashlib
 
+    from pipeline.config import plain
+
     root = root or repo_root()
-    dataset = params.finetune.common.dataset
     folds = params.folds
+    common = params.finetune.common
     data = input_hashes(root, [f"data/aligned/{dataset}", f"data/folds/{dataset}"])
     content = {
-        "finetune.common": params.finetune.common.model_dump(mode="json"),
+        "dataset": dataset,
+        "finetune.common": plain(common),
+        "task_set": plain(params.task_sets.get(common.task_set)),
+        "label_sets": plain(params.datasets[dataset].label_sets) if dataset in params.datasets else None,
         "folds": {"k": folds.k, "assignment": folds.assignment, "seed": folds.seed,
                   "dataset": folds.datasets[dataset].model_dump(mode="json") if dataset in folds.datasets else None},
-        "pretrain.train": params.pretrain.train.model_dump(mode="json"),
+        "pretrain.train": plain(params.pretrain.train),
         "pixel_baseline": params.pixel_baseline.model_dump(mode="json"),
         "commit": commit if commit is not None else git_state(root).get("git.commit", ""),
         "data": {k: v for k, v in data.items() if k.endswith(".md5")},
@@ -167,16 +174,17 @@ class RunLogger:
         if self._mlflow:
             self._mlflow.set_tags(tags)
 
-    def adopt_runs(self, items: Sequence[str]) -> list[dict[str, str]]:
+    def adopt_runs(self, items: Sequence[str], group: str | None = None) -> list[dict[str, str]]:
         """Nest the runs of ``items`` (:func:`run_item`) under this run (tag ``mlflow.parentRunId``).
 
-        Per item the newest run tagged with this run's ``group``; else the newest run of that item from another
-        configuration (its outputs were restored from DVC's cache); else none (restored from the cache of another
-        store: nothing to nest). Returns one row per item: ``item``, ``run_id`` ("" when none) and ``status``
-        (``this group`` | ``other group <key>`` | ``no run in this store``). One search finds the whole group;
-        only the items missing from it are searched one by one.
+        Per item the newest run tagged with ``group`` (default: this run's ``group``); else the newest run of that
+        item from another configuration (its outputs were restored from DVC's cache); else none (restored from the
+        cache of another store: nothing to nest). Returns one row per item: ``item``, ``run_id`` ("" when none) and
+        ``status`` (``this group`` | ``other group <key>`` | ``no run in this store``). One search finds the whole
+        group; only the items missing from it are searched one by one.
         """
-        if not self._mlflow or self.run_id is None or self.group is None:
+        group = group or self.group
+        if not self._mlflow or self.run_id is None or group is None:
             return []
         from mlflow.tracking import MlflowClient
 
@@ -184,7 +192,7 @@ class RunLogger:
         experiment = client.get_run(self.run_id).info.experiment_id
         newest: dict[str, Any] = {}
         wanted = set(items)
-        for run in client.search_runs([experiment], f"tags.group = '{self.group}'", max_results=50000,
+        for run in client.search_runs([experiment], f"tags.group = '{group}'", max_results=50000,
                                       order_by=["attributes.start_time DESC"]):
             item = run.data.tags.get("item")
             if item in wanted and item not in newest:
@@ -249,8 +257,9 @@ def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str] = (), it
         resume_file: a file holding the id of this job's run: when it names a run that exists, that run is
             reopened (a resumed job logs into its first run instead of a duplicate); the id of a new run is
             written there.
-        group: the validated :class:`pipeline.config.Params` of a run that belongs to a results table: its
-            :func:`group_key` becomes the ``group`` tag.
+        group: ``(params, dataset)`` of a run that belongs to a results table (the validated
+            :class:`pipeline.config.Params` and the table's dataset): its :func:`group_key` becomes the ``group``
+            tag.
     """
     if os.environ.get("DMTL_MLFLOW", "1").lower() in {"0", "false", "no", "off"}:
         yield RunLogger(None)
@@ -269,7 +278,8 @@ def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str] = (), it
     if item is not None:
         tags["item"] = item
     if group is not None:
-        tags["group"] = group_key(group, root, commit=tags.get("git.commit", ""))
+        group_params, group_dataset = group
+        tags["group"] = group_key(group_params, group_dataset, root, commit=tags.get("git.commit", ""))
     dvc_env = (("DVC_STAGE", "dvc.stage"), ("DVC_EXP_NAME", "dvc.exp"), ("DVC_EXP_BASELINE_REV", "dvc.exp.baseline"))
     for env, tag in dvc_env:
         if os.environ.get(env):

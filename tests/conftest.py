@@ -23,8 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 #: one short epoch of a small input on one thread: the fine-tuning settings of the end-to-end `dvc repro` tests
-TINY_FINETUNE = {"finetune.common.input_size": 80, "finetune.common.batch_size": 4, "finetune.common.epoch_size": 2,
-                 "finetune.common.epochs": 1, "finetune.threads": 1, "finetune.eval_batch_size": 32}
+TINY_FINETUNE = {"finetune.common.network.input_size": 80, "finetune.common.batch_size": 4,
+                 "finetune.common.epoch_size": 2, "finetune.common.epochs": 1, "finetune.runtime.threads": 1,
+                 "finetune.runtime.eval_batch_size": 32}
 
 
 def tiny_params(**overrides) -> dict:
@@ -38,9 +39,10 @@ def tiny_params(**overrides) -> dict:
     params["datasets"]["demo_webface"]["expected"] = {"subjects": 3, "images": 9}
     params["demo"]["workers"] = 1
     # pretraining on the 9 faces of the tiny demo_webface: a few steps of a small batch on one thread
-    params["pretrain"].update(device="cpu", workers=0, threads=1, eval_batch_size=32)
-    params["pretrain"]["train"].update(batch_size=4, steps=4, checkpoint_every=2, eval_every=2, log_every=1,
-                                       lr_boundaries=[3], eval_folds=2)
+    params["pretrain"]["runtime"].update(device="cpu", workers=0, threads=1, eval_batch_size=32)
+    params["pretrain"]["train"].update(batch_size=4, steps=4, checkpoint_every=2, eval_every=2, log_every=1)
+    params["pretrain"]["train"]["schedule"]["boundaries"] = [3]
+    params["pretrain"]["train"]["protocol"]["n_folds"] = 2
     params["pretrain"]["train"]["verification"]["folds"] = [0, 1]
     for dotted, value in overrides.items():
         node = params
@@ -170,3 +172,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def e2e_repo(tmp_path_factory) -> dict:
+    """The one end-to-end repository of the e2e modules, after its first ``dvc repro`` (``tests/e2e_repo.py``)."""
+    from tests.e2e_repo import build
+
+    return build(tmp_path_factory.mktemp("e2e"))

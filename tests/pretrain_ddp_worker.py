@@ -14,22 +14,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.models.network import HeadSpec, ModelConfig
+from pipeline.settings import OptimizerSettings
 from pipeline.training.distributed import from_env
-from pipeline.training.pretrain import PretrainSpec, run_pretrain
+from pipeline.training.pretrain import pretrain_spec, run_pretrain
 from pipeline.training.shard_data import ShardFaces
+from tests.settings_helpers import PRETRAIN_CPU, pretrain_settings
 
 
 def main(shard_dir: str, out: str, steps: int, batch: int) -> None:
     torch.set_num_threads(1)
     meta = np.load(Path(shard_dir) / "index.npz")
     faces = ShardFaces(shard_dir, meta["shard"], meta["offset"], meta["length"], meta["labels"], int(meta["size"]))
-    spec = PretrainSpec(
-        model=ModelConfig(heads=(HeadSpec("identity", int(meta["labels"].max()) + 1),), keep_prob=1.0,
-                          input_size=80, crop=80),
-        steps=steps, batch_size=batch, optimizer="rmsprop_tf1", lr=0.01, lr_boundaries=(), weight_decay=5e-5,
-        clip_norm=5.0, center_loss_factor=0.1, crop=80, random_crop=False, flip=False, freeze_bn=True, workers=0,
-        checkpoint_every=1000, eval_every=1000, log_every=1, amp=False, seed=3)
+    settings = pretrain_settings(**{
+        "network.keep_prob": 1.0, "network.input_size": 80, "crop.size": 80, "crop.random": False, "crop.flip": False,
+        "steps": steps, "batch_size": batch, "schedule.lr": 0.01, "schedule.boundaries": [],
+        "optimizer": OptimizerSettings(name="rmsprop_tf1", momentum=0.9, rms_decay=0.9, rms_eps=1.0,
+                                       weight_decay=5e-5, clip_norm=5.0),
+        "center_loss.factor": 0.1, "freeze_bn": True, "checkpoint_every": 1000, "eval_every": 1000, "log_every": 1,
+        "precision.amp": False, "seed": 3})
+    spec = pretrain_spec(settings, n_classes=int(meta["labels"].max()) + 1, align_convention="paper_182_44",
+                         checkpoint=None, runtime=PRETRAIN_CPU)
     dist = from_env("cpu")
     work = Path(out) / f"work-rank{dist.rank}"  # a state per rank: the test compares, it does not resume
     result = run_pretrain(spec, faces, work, dist)

@@ -26,7 +26,8 @@ def _command(stage: dict) -> str:
 
 #: placeholders of the stage modules' DECLARED lists → their dvc.yaml spelling (foreach key, matrix items)
 PLACEHOLDERS = {"{name}": "${key}", "{method}": "${item.method}", "{fold}": "${item.fold}",
-                "{dataset}": "${finetune.common.dataset}", "{pretrain_dataset}": "${pretrain.train.dataset}"}
+                "{dataset}": "${item.dataset}", "{task_set}": "${finetune.common.task_set}",
+                "{pretrain_dataset}": "${pretrain.train.dataset}"}
 
 
 def _dvc_spelling(section: str) -> str:
@@ -113,16 +114,17 @@ def test_cli_lists_every_stage():
         assert _command(stage) in result.output
 
 
-# --- the finetune matrix: one instance per (fold, method), each tracking only its own method block ------------------
+# --- the finetune matrix: one instance per (dataset, fold, method), each tracking only its own method block ---------
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 
 
-def _finetune_instances() -> set[str]:
-    return {f"finetune@{f}-{m}" for f in PARAMS["folds"]["run"] for m in PARAMS["finetune"]["run_methods"]}
+def _finetune_instances(params: dict = PARAMS) -> set[str]:
+    return {f"finetune@{d}-{f}-{m}" for d in params["finetune"]["datasets"] for f in params["folds"]["run"]
+            for m in params["finetune"]["run_methods"]}
 
 
-def test_dvc_stage_list_has_one_finetune_stage_per_fold_and_method():
+def test_dvc_stage_list_has_one_finetune_stage_per_dataset_fold_and_method():
     import subprocess
     import sys
 
@@ -130,7 +132,8 @@ def test_dvc_stage_list_has_one_finetune_stage_per_fold_and_method():
                          check=True).stdout
     listed = {line.split()[0] for line in out.splitlines() if line.startswith("finetune@")}
     assert listed == _finetune_instances()
-    assert len(listed) == len(PARAMS["folds"]["run"]) * len(PARAMS["finetune"]["run_methods"])
+    assert len(listed) == len(PARAMS["finetune"]["datasets"]) * len(PARAMS["folds"]["run"]) * len(
+        PARAMS["finetune"]["run_methods"])
 
 
 @pytest.fixture
@@ -160,15 +163,16 @@ def test_finetune_instance_tracks_its_declared_params(dvc_copy):
     from stages import finetune
 
     values = dvc_copy(PARAMS)
-    dataset = PARAMS["finetune"]["common"]["dataset"]
-    for m in PARAMS["finetune"]["run_methods"]:
-        expected = [s.format(method=m, dataset=dataset) for s in finetune.DECLARED]
-        assert list(values[f"finetune@0-{m}"]) == expected
-        assert values[f"finetune@0-{m}"][f"finetune.methods.{m}"] == PARAMS["finetune"]["methods"][m]
+    task_set = PARAMS["finetune"]["common"]["task_set"]
+    for d in PARAMS["finetune"]["datasets"]:
+        for m in PARAMS["finetune"]["run_methods"]:
+            expected = [s.format(method=m, dataset=d, task_set=task_set) for s in finetune.DECLARED]
+            assert list(values[f"finetune@{d}-0-{m}"]) == expected
+            assert values[f"finetune@{d}-0-{m}"][f"finetune.methods.{m}"] == PARAMS["finetune"]["methods"][m]
 
 
 def _changed(before: dict, after: dict) -> set[str]:
-    return {name for name in before if before[name] != after[name]}
+    return {name for name in before if name in after and before[name] != after[name]}
 
 
 def test_changing_one_method_block_changes_only_that_methods_stages(dvc_copy):
@@ -177,12 +181,27 @@ def test_changing_one_method_block_changes_only_that_methods_stages(dvc_copy):
     before = dvc_copy(PARAMS)
     params = copy.deepcopy(PARAMS)
     params["finetune"]["methods"]["dynamic"]["lr_weights"] = 0.0123
-    assert _changed(before, dvc_copy(params)) == {f"finetune@{f}-dynamic" for f in PARAMS["folds"]["run"]}
+    assert _changed(before, dvc_copy(params)) == {f"finetune@{d}-{f}-dynamic" for d in PARAMS["finetune"]["datasets"]
+                                                  for f in PARAMS["folds"]["run"]}
     params = copy.deepcopy(PARAMS)
     params["finetune"]["common"]["epochs"] += 1
     assert _changed(before, dvc_copy(params)) == _finetune_instances()
     params = copy.deepcopy(PARAMS)  # read for speed only: no stage is stale
-    params["finetune"].update(device="cpu", eval_batch_size=7, threads=1)
+    params["finetune"]["runtime"].update(device="cpu", eval_batch_size=7, threads=1, compile=True)
+    assert _changed(before, dvc_copy(params)) == set()
+
+
+def test_the_task_set_is_tracked_by_the_stages_that_train_evaluate_and_report_it(dvc_copy):
+    import copy
+
+    before = dvc_copy(PARAMS)
+    params = copy.deepcopy(PARAMS)
+    task_set = params["finetune"]["common"]["task_set"]
+    params["task_sets"][task_set]["tasks"]["expression"]["head"]["hidden"] = 64
+    per_fold = {f"pixel_baseline@{d}-{f}" for d in PARAMS["finetune"]["datasets"] for f in PARAMS["folds"]["run"]}
+    assert _changed(before, dvc_copy(params)) == _finetune_instances() | per_fold | {"report"}
+    params = copy.deepcopy(PARAMS)  # another task set: nothing runs it
+    params["task_sets"]["other"] = copy.deepcopy(params["task_sets"][task_set])
     assert _changed(before, dvc_copy(params)) == set()
 
 
@@ -191,7 +210,8 @@ def test_pretrain_tracks_its_training_settings_but_not_its_speed_settings(dvc_co
 
     before = dvc_copy(PARAMS)
     params = copy.deepcopy(PARAMS)
-    params["pretrain"].update(device="cpu", workers=7, threads=1, eval_batch_size=7)
+    params["pretrain"]["runtime"].update(device="cpu", workers=7, threads=1, eval_batch_size=7, decode="device",
+                                         compile=True)
     assert _changed(before, dvc_copy(params)) == set()
     params = copy.deepcopy(PARAMS)
     params["pretrain"]["train"]["steps"] += 1  # finetune re-runs through its dep on model.pt, not through params
@@ -215,5 +235,25 @@ def test_report_params_rerun_only_the_report(dvc_copy):
     params = copy.deepcopy(PARAMS)
     params["finetune"]["run_methods"] = [m for m in params["finetune"]["run_methods"] if m != "gradnorm"]
     after = dvc_copy(params)
-    assert set(before) - set(after) == {f"finetune@{f}-gradnorm" for f in PARAMS["folds"]["run"]}
+    assert set(before) - set(after) == {f"finetune@{d}-{f}-gradnorm" for d in PARAMS["finetune"]["datasets"]
+                                        for f in PARAMS["folds"]["run"]}
     assert {name for name in after if before[name] != after[name]} == {"report"}
+
+
+def test_a_dataset_label_set_edit_reaches_only_that_datasets_stages(dvc_copy):
+    """Label sets live in their dataset's entry: editing one re-runs that dataset's folds, fine-tuning and pixel
+    baseline (and the report), never another dataset's."""
+    import copy
+
+    params = copy.deepcopy(PARAMS)
+    other = copy.deepcopy(params["datasets"]["demo_oulu"])
+    other["source"]["first_identity"] = 500
+    params["datasets"]["other_oulu"] = other
+    params["folds"]["datasets"]["other_oulu"] = copy.deepcopy(params["folds"]["datasets"]["demo_oulu"])
+    params["finetune"]["datasets"] = ["demo_oulu", "other_oulu"]
+    before = dvc_copy(params)
+    edited = copy.deepcopy(params)
+    edited["datasets"]["other_oulu"]["label_sets"]["expression"] = "oulu_seven"
+    changed = _changed(before, dvc_copy(edited))
+    assert changed == ({"folds@other_oulu", "report"} | {s for s in _finetune_instances(params) if "other_oulu" in s}
+                       | {f"pixel_baseline@other_oulu-{f}" for f in params["folds"]["run"]})

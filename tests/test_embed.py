@@ -6,6 +6,7 @@ a synthetic align-stage folder (lossless PNG shards) stands in for the aligned f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -57,11 +58,13 @@ def write_aligned(root: Path, ids: list[str], crops: np.ndarray, failed: tuple[s
 
 
 def tiny_model(input_size: int = 80, alignment: str = "paper_182_44", seed: int = 0):
-    from pipeline.models.network import HeadSpec, ModelConfig, MultiTaskInceptionResNetV1
+    from pipeline.models.network import MultiTaskInceptionResNetV1
+    from tests.settings_helpers import head, model_config, task_set
 
     torch.manual_seed(seed)
-    config = ModelConfig(heads=(HeadSpec("identity", 5), HeadSpec("expression", 6, 128, True)), depth="reduced",
-                         input_size=input_size, alignment=alignment)
+    tasks = task_set(**{"tasks.expression.head": head(128, relu_logits=True)})
+    config = dataclasses.replace(model_config({"identity": 5, "expression": 6}, tasks=tasks, depth="reduced",
+                                              input_size=input_size), align_convention=alignment)
     return MultiTaskInceptionResNetV1(config).eval()
 
 
@@ -98,7 +101,7 @@ def _expected(model, crops_nhwc: np.ndarray, crop: int = 160) -> np.ndarray:
 
     x = torch.from_numpy(crops_nhwc).permute(0, 3, 1, 2)
     with torch.no_grad():
-        return model.embed(preprocess(x, crop=crop, input_size=model.config.input_size, train=False)).numpy()
+        return model.embed(preprocess(x, crop=crop, input_size=model.config.network.input_size, train=False)).numpy()
 
 
 def _embed(*args: str):
@@ -135,6 +138,7 @@ def test_aligned_folder_matches_model_embed(setup, tmp_path):
 
 def test_pairs_feed_verify_with_the_evaluation_numbers(setup, tmp_path):
     from pipeline.data.faces import FaceSource
+    from pipeline.settings import ProtocolSettings
     from pipeline.training.evaluate import EvalData, evaluate, predict
 
     out = tmp_path / "pairs"
@@ -159,8 +163,10 @@ def test_pairs_feed_verify_with_the_evaluation_numbers(setup, tmp_path):
     df = setup["pairs_df"].iloc[:40]
     data = EvalData(images=source.load_all(), pair_a=np.array([pos[i] for i in df["input_id"]]),
                     pair_b=np.array([pos[i] for i in df["reference_id"]]), same=df["is_same"].to_numpy(dtype=bool),
-                    expression=np.full(len(source), -1), class_names=[])
-    m, _ = evaluate(predict(setup["model"], data.images, crop=160, input_size=80), data, seed=7)
+                    labels={}, class_names={})
+    protocol = ProtocolSettings(mode="clean", n_folds=10, far_targets=[1e-3, 1e-2])
+    m, _ = evaluate(predict(setup["model"], data.images, crop=160, input_size=80, embed=["identity"]), data,
+                    [("identity", "verification")], protocol=protocol, seed=7)
     ref = m["verification"]
     assert got["accuracy"] == pytest.approx(ref["accuracy"], abs=1e-12)
     assert got["auc"] == pytest.approx(ref["auc"], abs=1e-9)

@@ -15,8 +15,8 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from pipeline.evaluation import (
     EvaluationInputError,
+    evaluate_classification,
     evaluate_distances,
-    evaluate_expression,
     evaluate_identification,
     evaluate_verification,
     first_hit_rank,
@@ -355,7 +355,7 @@ def test_auc_eer_match_sklearn_and_brentq(seed):
 def test_expression_metrics_by_hand():
     y_true = np.array([0, 0, 0, 1, 1, 2])
     y_pred = np.array([0, 1, 0, 1, 1, 0])
-    r = evaluate_expression(y_true, y_pred, n_classes=4, class_names=["a", "b", "c", "d"])
+    r = evaluate_classification(y_true, y_pred, n_classes=4, class_names=["a", "b", "c", "d"])
     assert r.confusion.tolist() == [[2, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
     assert r.accuracy == pytest.approx(4 / 6)
     np.testing.assert_allclose(r.per_class_accuracy[:3], [2 / 3, 1.0, 0.0])
@@ -369,10 +369,10 @@ def test_expression_metrics_by_hand():
 def test_expression_argmax_ties_go_to_lowest_index():
     scores = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 2.0], [0.0, 0.0, 0.0], [0.0, 0.0, 5.0]])  # ReLU'd logits
     assert predict(scores).tolist() == [0, 1, 0, 2]
-    r = evaluate_expression(np.array([0, 2, 0, 2]), scores)
+    r = evaluate_classification(np.array([0, 2, 0, 2]), scores)
     assert r.accuracy == 0.75 and r.confusion.shape == (3, 3)
     with pytest.raises(EvaluationInputError, match=r"lie in \[0, 3\)"):
-        evaluate_expression(np.array([0, 3]), np.array([0, 1]), n_classes=3)
+        evaluate_classification(np.array([0, 3]), np.array([0, 1]), n_classes=3)
 
 
 # --- identification --------------------------------------------------------------------------------------------------

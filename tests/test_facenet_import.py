@@ -13,10 +13,16 @@ from torch import nn
 
 from pipeline.models.checkpoint import CheckpointError
 from pipeline.models.facenet_import import import_facenet, is_facenet_state_dict, read_facenet_state_dict
-from pipeline.models.network import HeadSpec, ModelConfig, MultiTaskInceptionResNetV1
-from pipeline.training.build import FinetuneSpec, build_model
-from pipeline.training.schedule import LrSchedule
-from pipeline.training.step import TaskSpec
+from pipeline.models.network import MultiTaskInceptionResNetV1
+from pipeline.training.build import build_model
+from tests.settings_helpers import (
+    PRETRAIN_CPU,
+    finetune_settings,
+    finetune_spec,
+    model_config,
+    pretrain_settings,
+    task_set,
+)
 
 
 def _facenet(seed: int = 0) -> InceptionResnetV1:
@@ -45,8 +51,8 @@ def _facenet_features(net: InceptionResnetV1, x: torch.Tensor) -> torch.Tensor:
 
 
 def _ours(depth: str = "full", input_size: int = 160) -> MultiTaskInceptionResNetV1:
-    heads = (HeadSpec("identity", 7), HeadSpec("expression", 6, hidden=128))
-    return MultiTaskInceptionResNetV1(ModelConfig(heads=heads, depth=depth, input_size=input_size))
+    return MultiTaskInceptionResNetV1(model_config({"identity": 7, "expression": 6}, tasks=task_set(), depth=depth,
+                                                   input_size=input_size))
 
 
 def test_same_input_gives_the_same_1792_d_features_as_facenet_pytorch(tmp_path):
@@ -118,11 +124,9 @@ def test_finetune_init_accepts_a_facenet_file_and_copies_the_branch(tmp_path):
     net = _facenet(seed=3)
     path = tmp_path / "casia-webface-like.pt"
     torch.save(net.state_dict(), path)
-    heads = (HeadSpec("identity", 7), HeadSpec("expression", 6, hidden=128))
-    spec = FinetuneSpec(model=ModelConfig(heads=heads, depth="full", input_size=96),
-                        tasks=[TaskSpec("identity", 0.1), TaskSpec("expression")], weighting="static",
-                        weighting_options={"weights": [0.5, 0.5]}, schedule=LrSchedule.constant(1e-4), epochs=1,
-                        init=str(path))
+    settings = finetune_settings(**{"network.depth": "full", "network.input_size": 96})
+    spec = finetune_spec(settings, weighting="static", n_classes={"identity": 7, "expression": 6},
+                         checkpoint=str(path))
     model = build_model(spec, torch.device("cpu")).eval()
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
@@ -136,19 +140,21 @@ def test_finetune_init_accepts_a_facenet_file_and_copies_the_branch(tmp_path):
 def test_a_facenet_file_initialises_pretraining_and_its_features_survive(tmp_path):
     """``pretrain.train.init``: the pretraining model (one identity head, other classes) starts from the file; its
     1792-d features in evaluation mode are facenet-pytorch's."""
-    from pipeline.training.pretrain import PretrainSpec, build_pretrain_model
+    from pipeline.training.pretrain import build_pretrain_model, pretrain_spec
 
     net = _facenet(1)
     path = tmp_path / "casia-like.pt"
     torch.save(net.state_dict(), path)
-    spec = PretrainSpec(model=ModelConfig(heads=(HeadSpec("identity", 11),), depth="full", input_size=96), steps=1,
-                        init=str(path))
-    model = build_pretrain_model(spec).eval()
+
+    def spec(depth: str):
+        settings = pretrain_settings(**{"network.depth": depth, "network.input_size": 96})
+        return pretrain_spec(settings, n_classes=11, align_convention="paper_182_44", checkpoint=str(path),
+                             runtime=PRETRAIN_CPU)
+
+    model = build_pretrain_model(spec("full")).eval()
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         ours = model.branches["identity"](model.trunk(x)).prelogits
         torch.testing.assert_close(ours, _facenet_features(net, x), rtol=1e-4, atol=1e-4)
-    reduced = PretrainSpec(model=ModelConfig(heads=(HeadSpec("identity", 11),), depth="reduced", input_size=96),
-                           steps=1, init=str(path))
     with pytest.raises(CheckpointError):
-        build_pretrain_model(reduced)
+        build_pretrain_model(spec("reduced"))

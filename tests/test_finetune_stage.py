@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -35,8 +36,9 @@ METRICS = Path("metrics/finetune/demo_oulu/fold0-dynamic.json")
 #: the tiny demo (3 subjects → folds.k 3) with a finetune small enough for a 2-core CPU
 STAGE_PARAMS = {
     "folds.k": 3, "folds.run": [0], "align.workers": 0, "align.batch_size": 8,
-    "finetune.device": "cpu", "finetune.threads": 1, "finetune.eval_batch_size": 32,
-    "finetune.common.input_size": 80, "finetune.common.batch_size": BATCH, "finetune.common.epoch_size": EPOCH_SIZE,
+    "finetune.runtime.device": "cpu", "finetune.runtime.threads": 1, "finetune.runtime.eval_batch_size": 32,
+    "finetune.common.network.input_size": 80, "finetune.common.batch_size": BATCH,
+    "finetune.common.epoch_size": EPOCH_SIZE,
     "finetune.common.epochs": EPOCHS, "finetune.run_methods": ["dynamic", "static"], "finetune.common.init": "random",
 }
 
@@ -45,7 +47,7 @@ def _params(**overrides) -> dict:
     return tiny_params(**{**STAGE_PARAMS, **overrides})
 
 
-LR = _params()["finetune"]["common"]["lr"]
+LR = _params()["finetune"]["common"]["schedule"]["lr"]
 LR_WEIGHTS = _params()["finetune"]["methods"]["dynamic"]["lr_weights"]
 
 
@@ -126,12 +128,13 @@ def test_stage_writes_model_steps_scores_and_history(reference):
     model, meta = load_model(out / "model.pt")  # no params.yaml needed
     cfg = model.config
     assert [(h.name, h.n_classes) for h in cfg.heads] == [("identity", 3), ("expression", 6)]
-    assert cfg.input_size == 80 and cfg.depth == "reduced" and cfg.alignment == "paper_182_44"
+    assert cfg.network.input_size == 80 and cfg.network.depth == "reduced" and cfg.align_convention == "paper_182_44"
     assert cfg.class_names == {"expression": OULU_SIX}
-    common = _params()["finetune"]["common"]
-    assert cfg.heads[1].hidden == (common["expression_hidden"] or None)
-    assert cfg.heads[1].relu_logits == common["expression_relu_logits"]
-    assert cfg.keep_prob == common["keep_prob"]
+    params = _params()
+    expression_head = params["task_sets"]["fr_fer"]["tasks"]["expression"]["head"]
+    assert cfg.heads[1].head.hidden == expression_head["hidden"]
+    assert cfg.heads[1].head.relu_logits == expression_head["relu_logits"]
+    assert cfg.network.keep_prob == params["finetune"]["common"]["network"]["keep_prob"]
     assert meta["fold"] == 0 and meta["method"] == "dynamic" and meta["epoch"] == EPOCHS
     assert meta["test_subjects"] == ["P001"]  # fold 0 of the 3-subject demo
 
@@ -139,9 +142,11 @@ def test_stage_writes_model_steps_scores_and_history(reference):
     assert len(rows) == EPOCHS * EPOCH_SIZE
     assert [int(r["step"]) for r in rows] == list(range(1, EPOCHS * EPOCH_SIZE + 1))
     assert [int(r["epoch"]) for r in rows] == [e for e in range(1, EPOCHS + 1) for _ in range(EPOCH_SIZE)]
+    assert list(rows[0])[-len(TASKS):] == [f"present_{t}" for t in TASKS]
     for r in rows:
         weights = [float(r[f"weight_{t}"]) for t in TASKS]
         assert sum(weights) == pytest.approx(1.0, abs=1e-6)  # the dynamic unit's softmax
+        assert all(r[f"present_{t}"] == "1" for t in TASKS)  # every training image labels both tasks
         assert all(float(r[f"loss_{t}"]) > 0 for t in TASKS)
         assert float(r["lr"]) == LR and float(r["lr_weights"]) == LR_WEIGHTS  # constant rates from params.yaml
 
@@ -188,8 +193,9 @@ def test_metrics_json_is_consistent_with_history_and_scores(reference):
     assert last["expression_accuracy"] == pytest.approx(float(np.mean(predicted == labels[labelled])))
     assert last["expression"]["n_images"] == int(labelled.sum())
     common = _params()["finetune"]["common"]
-    ver = evaluate_distances(scores["last_distances"], scores["last_same"], n_folds=common["eval_folds"],
-                             far_targets=tuple(common["far_targets"]), mode=common["eval_mode"], seed=common["seed"])
+    protocol = common["protocol"]
+    ver = evaluate_distances(scores["last_distances"], scores["last_same"], n_folds=protocol["n_folds"],
+                             far_targets=tuple(protocol["far_targets"]), mode=protocol["mode"], seed=common["seed"])
     assert last["verification_accuracy"] == pytest.approx(ver.accuracy)
     assert last["verification"]["n_pairs"] == len(scores["last_distances"]) == metrics["data"]["test_pairs"]
     assert last["verification"]["accuracy"] == last["verification_accuracy"]
@@ -378,7 +384,7 @@ def test_init_that_is_no_checkpoint_or_does_not_fit_is_one_line(errdir):
 
     torch.save(InceptionResnetV1(pretrained=None).state_dict(), errdir / "vggface2.pt")
     line = _error(errdir, "--fold", "0", "--method", "dynamic",
-                  params=_params(**{"finetune.common.init": "vggface2.pt", "finetune.common.depth": "reduced"}))
+                  params=_params(**{"finetune.common.init": "vggface2.pt", "finetune.common.network.depth": "reduced"}))
     assert "finetune.common.init" in line and "depth 'full'" in line, line
 
 
@@ -387,8 +393,8 @@ def test_lr_schedule_must_lie_under_data_protocols(errdir, tmp_path):
     outside.write_text("0: 0.1\n")
     for path in (str(outside), "data/../schedule.txt", "schedules/lr.txt"):
         line = _error(errdir, "--fold", "0", "--method", "dynamic",
-                      params=_params(**{"finetune.common.lr_schedule": path}))
-        assert "lr_schedule" in line and "data/protocols" in line, line
+                      params=_params(**{"finetune.common.schedule.file": path}))
+        assert "finetune.common.schedule" in line and "data/protocols" in line, line
 
 
 def test_bad_schedule_file_and_missing_init_checkpoint(errdir):
@@ -396,8 +402,90 @@ def test_bad_schedule_file_and_missing_init_checkpoint(errdir):
     (errdir / "data/protocols").mkdir()
     (errdir / "data/protocols/bad.txt").write_text("0: 0.1\nten: 0.01\n")
     line = _error(errdir, "--fold", "0", "--method", "dynamic",
-                  params=_params(**{"finetune.common.lr_schedule": "data/protocols/bad.txt"}))
-    assert "finetune.common.lr_schedule" in line and "bad.txt:2" in line
+                  params=_params(**{"finetune.common.schedule.file": "data/protocols/bad.txt"}))
+    assert "finetune.common.schedule" in line and "bad.txt:2" in line
     line = _error(errdir, "--fold", "0", "--method", "dynamic",
                   params=_params(**{"finetune.common.init": "models/missing.pt"}))
     assert "finetune.common.init" in line and "models/missing.pt" in line
+
+
+# --- any task set, from params alone ---------------------------------------------------------------------------------
+
+#: a third task on the tiny demo, labelled only on the peak frames of the happy and surprised sequences (2 of 6
+#: sequences, and on none of the neutral first frames that identity labels): many batches have no sample of it
+PAIR = {"classes": ["Happiness", "Surprise"], "neutral": None, "peak_frames": 3, "neutral_frames": 0}
+THREE_TASKS = {
+    "title": "Identity, expression and happy-or-surprised",
+    "tasks": {
+        "identity": {"label": "identity", "head": {"hidden": 0, "relu_logits": False}, "loss": "softmax",
+                     "center": {"factor": 0.1, "alpha": 0.5, "embedding": "own", "matrix": "own", "updates": True},
+                     "evaluation": ["verification", "identification"]},
+        "expression": {"label": "expression", "head": {"hidden": 16, "relu_logits": False}, "loss": "softmax",
+                       "center": None, "evaluation": ["classification"]},
+        "pair": {"label": "pair", "head": {"hidden": 0, "relu_logits": False}, "loss": "softmax", "center": None,
+                 "evaluation": ["classification"]},
+    },
+    "copy_branches": [["identity", "expression"], ["identity", "pair"]],
+    "train_images": "any",
+}
+
+
+def _three_task_params() -> dict:
+    params = _params(**{"finetune.common.task_set": "three", "datasets.demo_oulu.label_sets.pair": PAIR,
+                        "finetune.run_methods": ["dynamic", "naive_dynamic", "gradnorm"]})
+    params["task_sets"]["three"] = THREE_TASKS
+    return params
+
+
+@pytest.mark.parametrize("method", ["dynamic", "naive_dynamic", "gradnorm"])
+def test_a_three_task_set_with_a_sparsely_labelled_task_trains_from_params_alone(inputs, tmp_path, monkeypatch,
+                                                                               no_mlflow, method):
+    """The task-set issue's generality check: three tasks, one labelled on a fraction of the images, trained by the
+    stage from params alone; batches without that task's label drop it (``present_pair`` 0) and the logged totals
+    follow the masked formulas."""
+    work = _workdir(tmp_path / "repo", inputs, _three_task_params())
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("DVC_ROOT", str(work))
+    res = runner.invoke(app, ["--params", "params.yaml", "finetune", "--fold", "0", "--method", method])
+    assert res.exit_code == 0, res.output
+    out = Path(f"data/finetune/demo_oulu/fold0-{method}")
+    model, _ = load_model(out / "model.pt")
+    assert [(h.name, h.n_classes) for h in model.config.heads] == [("identity", 3), ("expression", 6), ("pair", 2)]
+    assert model.config.class_names == {"expression": OULU_SIX, "pair": ["Happiness", "Surprise"]}
+    names = ["identity", "expression", "pair"]
+    rows = _steps(out / "steps.csv")
+    assert {r["present_identity"] for r in rows} == {"1"}  # identity labels every training image
+    assert {r["present_pair"] for r in rows} == {"0", "1"}  # some batches have a pair label, some have none
+    for r in rows:
+        present = [r[f"present_{t}"] == "1" for t in names]
+        losses = [float(r[f"loss_{t}"]) for t in names]
+        weights = [float(r[f"weight_{t}"]) for t in names]
+        assert all(math.isfinite(v) for v in [*losses, *weights, float(r["total_loss"])])
+        assert all(loss == 0.0 for loss, p in zip(losses, present, strict=True) if not p)
+        used = [(w, loss) for w, loss, p in zip(weights, losses, present, strict=True) if p]
+        if method == "gradnorm":  # constants to the network: Σ over the present tasks
+            assert sum(weights) == pytest.approx(3.0, rel=1e-5)  # renormalised to Σ w = T
+        else:
+            assert sum(weights) == pytest.approx(1.0, rel=1e-5)  # the unit's softmax, over all three tasks
+        assert float(r["total_loss"]) == pytest.approx(sum(w * v for w, v in used), rel=1e-5)
+        if method == "dynamic":
+            assert float(r["weight_loss"]) == pytest.approx(sum(w / (v + 0.01) for w, v in used), rel=1e-5)
+    metrics = json.loads(Path(f"metrics/finetune/demo_oulu/fold0-{method}.json").read_text())
+    last = metrics["last"]
+    assert set(metrics["best"]) == {"selected_on", "verification", "expression", "pair", "identification",
+                                    "authentication"}
+    assert last["authentication"] == pytest.approx(last["verification_accuracy"] * last["expression_accuracy"]
+                                                   * last["pair_accuracy"])
+    assert last["pair"]["class_names"] == ["Happiness", "Surprise"]
+    assert 0.0 <= last["identification_rank1"] <= 1.0 and last["identification"]["task"] == "identity"
+    # the train images are those labelled for any task: identity's, neutral first frames included
+    assert metrics["data"]["train_images"] > 2 * 6 * 3
+
+
+def test_a_dataset_that_lacks_a_task_label_or_is_not_listed_is_one_line(errdir):
+    params = _three_task_params()
+    del params["datasets"]["demo_oulu"]["label_sets"]["pair"]
+    line = _error(errdir, "--fold", "0", "--method", "dynamic", params=params)
+    assert "task_sets.three.tasks.pair.label: 'pair' is neither a manifest label column" in line, line
+    line = _error(errdir, "--fold", "0", "--method", "dynamic", "--dataset", "demo_webface", params=_params())
+    assert "--dataset demo_webface: not in finetune.datasets (demo_oulu)" in line, line

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import KFold
 
-from pipeline.config import load_params
+from pipeline.config import STANDARD_LABEL_SETS
 from pipeline.data.readers.lfw import read_lfw_pairs
 from pipeline.folds.lfw import lfw_fold_pairs, lfw_test_subjects
 from pipeline.folds.pair_file import map_original_pairs, parse_image_path, read_pair_file
@@ -29,7 +29,7 @@ LFW_PAIRS = REPO / "data/protocols/lfw_pairs.txt"
 PREFIX = "/data/zming/datasets/Oulu-Casia/VL_Strong_mtcnnpy_182_160/"
 FOLD4 = ["P018", "P019", "P022", "P030", "P043", "P055", "P069", "P078"]
 OULU = ("Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise")
-LABEL_SETS = load_params(REPO / "params.yaml").label_sets
+LABEL_SETS = STANDARD_LABEL_SETS
 
 
 def oulu_manifest(subjects, expressions=OULU, n_frames=9, frames=None) -> pd.DataFrame:

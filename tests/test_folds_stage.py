@@ -133,11 +133,12 @@ def _fold4_setup(workdir, *, test_subjects=True, drop=()):
     _write_manifest(workdir / "data/manifests/oulu.parquet", "oulu", frames)
     params = _params(**{"folds.k": 10})
     params["datasets"]["oulu"] = {"reader": "oulu_casia", "root": str(workdir / "oulu"), "role": "finetune",
-                                  "label_set": "oulu_six", "source": {"kind": "licensed"}, "options": {},
-                                  "expected": {}}
+                                  "label_sets": {"expression": "oulu_six"}, "source": {"kind": "licensed"},
+                                  "options": {}, "expected": {}}
     params["folds"]["datasets"]["oulu"] = {
         "test_subjects": {4: FOLD4} if test_subjects else {},
-        "pairs": {"kind": "expression", "required": ["Happiness", "Surprise"], "original_files": {4: PAIR_REL},
+        "pairs": {"kind": "expression", "label_set": "expression", "required": ["Happiness", "Surprise"],
+                  "original_files": {4: PAIR_REL},
                   "prefix": PREFIX}}
     write_params(workdir / "params.yaml", params)
     return params
@@ -191,7 +192,7 @@ def test_lfw_kind_uses_the_pairs_file_folds(workdir, no_mlflow):
                for n, i in [("A", 1), ("A", 2), ("B", 1), ("C", 1), ("D", 1), ("E", 1)]]  # C_0002 is missing
     write_manifest(to_frame(assign_identities(records)), workdir / "data/manifests/lfw.parquet")
     params = _params(**{"folds.k": 2})
-    params["datasets"]["lfw"] = {"reader": "lfw", "root": "data/raw/lfw/lfw", "role": "eval", "label_set": None,
+    params["datasets"]["lfw"] = {"reader": "lfw", "root": "data/raw/lfw/lfw", "role": "eval", "label_sets": {},
                                  "source": {"kind": "lfw"}, "options": {}, "expected": {}}
     params["folds"]["datasets"]["lfw"] = {"pairs": {"kind": "lfw", "file": "data/protocols/pairs.txt",
                                                     "max_unmatched_fraction": 0.5}}
@@ -226,8 +227,8 @@ def test_dataset_without_fold_settings(workdir, no_mlflow):
     ({"folds.datasets.demo_oulu.test_subjects": {1: ["P002", "P999"]}},
      "test_subjects.1: unknown subject(s) ['P999'] (not in the manifest)"),
     ({"folds.datasets.demo_oulu.pairs.required": ["Happy", "Surprise"]},
-     "folds.datasets.demo_oulu.pairs.required: unknown expression(s) ['Happy']; label set 'oulu_six' has"),
-    ({"folds.run": [0, 4]}, "folds: Value error, run: fold(s) [4] not in 0..3 (k = 4)"),
+     "folds.datasets.demo_oulu.pairs.required: unknown expression(s) ['Happy']; label set 'expression' has"),
+    ({"folds.run": [0, 4]}, "folds: run: fold(s) [4] not in 0..3 (k = 4)"),
     ({"folds.k": 1}, "folds.k: Input should be greater than or equal to 2"),
     ({"folds.datasets.demo_oulu.test_subjects": {1: ["P002"], 2: ["P002"]}}, "'P002' is listed for folds 1 and 2"),
     ({"folds.datasets.demo_oulu.test_subjects": {7: ["P002"]}}, "fold index(es) [7] not in 0..3"),

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.config import load_params
+from pipeline.config import STANDARD_LABEL_SETS
 from pipeline.data.label_sets import apply_label_set
-from tests.conftest import REPO
 
 
 def _manifest(rows):
@@ -22,7 +21,7 @@ def _manifest(rows):
 
 
 def test_oulu_six_and_seven():
-    sets = load_params(REPO / "params.yaml").label_sets
+    sets = STANDARD_LABEL_SETS
     df = _manifest([("P001", "Anger", "Anger", 10, [0, 7, 8, 9]), ("P001", "Surprise", "Surprise", 6, [0, 3, 4, 5])])
     six = apply_label_set(df, sets["oulu_six"])
     assert list(six["frame"]) == [7, 8, 9, 3, 4, 5]
@@ -36,7 +35,7 @@ def test_oulu_six_and_seven():
 
 
 def test_ckplus_unlabelled_sequences_give_nothing():
-    sets = load_params(REPO / "params.yaml").label_sets
+    sets = STANDARD_LABEL_SETS
     df = _manifest([("S005", "001", "disgust", 11, [0, 8, 9, 10]), ("S005", "002", None, 9, [0, 6, 7, 8])])
     eight = apply_label_set(df, sets["ckplus_eight"])
     assert list(eight["sequence"]) == ["001"] * 4
@@ -44,7 +43,7 @@ def test_ckplus_unlabelled_sequences_give_nothing():
 
 
 def test_short_sequence_frames_count_as_peak():
-    sets = load_params(REPO / "params.yaml").label_sets
+    sets = STANDARD_LABEL_SETS
     df = _manifest([("P002", "Fear", "Fear", 3, [0, 1, 2])])
     seven = apply_label_set(df, sets["oulu_seven"])
     assert list(seven["label_name"]) == ["Fear"] * 3

@@ -20,6 +20,7 @@ from pipeline.models.network import (
     count_parameters,
     l2_normalize,
 )
+from pipeline.settings import CropSettings, HeadSettings, NetworkSettings
 
 N_IDS, N_EXPR = 10, 6
 
@@ -34,9 +35,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(input_size: int = 96, depth: str = "reduced", keep_prob: float = 0.5, relu_logits: bool = True,
-            **kw) -> ModelConfig:
-    heads = (HeadSpec("identity", N_IDS), HeadSpec("expression", N_EXPR, hidden=128, relu_logits=relu_logits))
-    return ModelConfig(heads=heads, depth=depth, keep_prob=keep_prob, input_size=input_size, **kw)
+            bn_decay: float = 0.995, align_convention: str = "paper_182_44", crop: int = 160, **kw) -> ModelConfig:
+    heads = (HeadSpec("identity", N_IDS), HeadSpec("expression", N_EXPR, HeadSettings(hidden=128,
+                                                                                     relu_logits=relu_logits)))
+    return ModelConfig(heads=heads, network=NetworkSettings(depth=depth, keep_prob=keep_prob, input_size=input_size,
+                                                            bn_decay=bn_decay),
+                       align_convention=align_convention, crop=CropSettings(size=crop, random=True, flip=False), **kw)
 
 
 def _model(**kw) -> MultiTaskInceptionResNetV1:
@@ -183,11 +187,19 @@ def test_bn_decay_travels_with_the_checkpoint_and_old_checkpoints_get_the_origin
     model = _model(bn_decay=0.9)
     path = save_model(model, tmp_path / "model.pt")
     loaded, _ = load_model(path)
-    assert loaded.config.bn_decay == 0.9 and all(bn.momentum == pytest.approx(0.1) for bn in _bn_layers(loaded))
-    config = model.config.to_dict()
-    del config["bn_decay"]  # a checkpoint written before the field existed
-    assert ModelConfig.from_dict(config).bn_decay == 0.995
-    assert all(bn.momentum == 0.005 for bn in _bn_layers(MultiTaskInceptionResNetV1(ModelConfig.from_dict(config))))
+    assert loaded.config.network.bn_decay == 0.9
+    assert all(bn.momentum == pytest.approx(0.1) for bn in _bn_layers(loaded))
+    # a checkpoint written before the settings model: flat fields, no bn_decay (its field came later)
+    old = {"heads": [{"name": "identity", "n_classes": N_IDS, "hidden": None, "relu_logits": False},
+                     {"name": "expression", "n_classes": N_EXPR, "hidden": 128, "relu_logits": True}],
+           "depth": "reduced", "keep_prob": 0.5, "input_size": 96, "alignment": "facenet_160_32", "crop": 150,
+           "class_names": {}}
+    config = ModelConfig.from_dict(old)
+    assert config.network.bn_decay == 0.995 and config.network.input_size == 96
+    assert config.align_convention == "facenet_160_32" and config.crop.size == 150
+    assert config.heads[0].head == HeadSettings(hidden=0, relu_logits=False)
+    assert config.heads[1].head == HeadSettings(hidden=128, relu_logits=True)
+    assert all(bn.momentum == 0.005 for bn in _bn_layers(MultiTaskInceptionResNetV1(config)))
     with pytest.raises(ValueError, match="bn_decay"):
         _config(bn_decay=1.0)
 
@@ -364,7 +376,7 @@ def test_copy_branch_copies_blocks_and_bn_stats_but_not_heads():
 
 
 def test_checkpoint_roundtrip_gives_identical_outputs_without_params(tmp_path):
-    cfg = _config(input_size=80, alignment="facenet_160_32",
+    cfg = _config(input_size=80, align_convention="facenet_160_32",
                   class_names={"expression": ["a", "b", "c", "d", "e", "f"]})
     model = MultiTaskInceptionResNetV1(cfg)
     model.train()
@@ -387,7 +399,7 @@ def test_checkpoint_roundtrip_gives_identical_outputs_without_params(tmp_path):
     sd, sd2 = model.state_dict(), loaded.state_dict()
     assert all(torch.equal(sd[k], sd2[k]) for k in sd)
     assert read_checkpoint(path)["config"]["heads"][1] == {"name": "expression", "n_classes": N_EXPR,
-                                                          "hidden": 128, "relu_logits": True}
+                                                          "head": {"hidden": 128, "relu_logits": True}}
 
 
 def _one_line_error(path) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.settings import OptimizerSettings
 from pipeline.training.optim import OPTIMIZERS, TF1RMSProp, build_optimizer, clip_by_global_norm_
 
 REF_PATH = Path(__file__).parent / "fixtures" / "optim" / "tf1_rmsprop_reference.json"
@@ -211,22 +212,27 @@ def test_clip_edge_cases():
         clip_by_global_norm_([torch.ones(1)], 0.0)
 
 
+def _settings(name: str, **kw) -> OptimizerSettings:
+    values = {"momentum": 0.9, "rms_decay": 0.9, "rms_eps": 1.0, "weight_decay": 0.0, "clip_norm": 0.0, **kw}
+    return OptimizerSettings(name=name, **values)
+
+
 def test_build_optimizer_names():
     p = [torch.nn.Parameter(torch.zeros(2))]
-    opt = build_optimizer("rmsprop_tf1", p, 0.1)
+    opt = build_optimizer(_settings("rmsprop_tf1"), p, 0.1)
     assert isinstance(opt, TF1RMSProp)
     assert opt.defaults["rho"] == 0.9 and opt.defaults["momentum"] == 0.9 and opt.defaults["eps"] == 1.0
-    rms = build_optimizer("RMSProp", p, 0.1, decay=0.8, eps=0.5)
+    rms = build_optimizer(_settings("RMSProp", rms_decay=0.8, rms_eps=0.5), p, 0.1)
     assert type(rms) is torch.optim.RMSprop and rms.defaults["alpha"] == 0.8 and rms.defaults["eps"] == 0.5
-    assert build_optimizer("adam", p, 0.1).defaults["eps"] == 1e-8  # the RMSProp eps=1.0 is not reused
-    assert build_optimizer("adam", p, 0.1, eps=1e-6).defaults["eps"] == 1e-6
-    sgd = build_optimizer("sgd", p, 0.1, momentum=0.5)
-    assert type(sgd) is torch.optim.SGD and sgd.defaults["momentum"] == 0.5
+    assert build_optimizer(_settings("adam"), p, 0.1).defaults["eps"] == 1e-8  # the RMSProp eps=1.0 is not reused
+    assert build_optimizer(_settings("adam", rms_eps=1e-6), p, 0.1).defaults["eps"] == 1e-6
+    sgd = build_optimizer(_settings("sgd", momentum=0.5, weight_decay=0.01), p, 0.1)
+    assert type(sgd) is torch.optim.SGD and sgd.defaults["momentum"] == 0.5 and sgd.defaults["weight_decay"] == 0.01
 
 
 def test_build_optimizer_unknown_name():
     with pytest.raises(ValueError) as err:
-        build_optimizer("adagrad", [torch.nn.Parameter(torch.zeros(1))], 0.1)
+        build_optimizer(_settings("adagrad"), [torch.nn.Parameter(torch.zeros(1))], 0.1)
     msg = str(err.value)
     assert "\n" not in msg and "'adagrad'" in msg
     assert all(name in msg for name in OPTIMIZERS)

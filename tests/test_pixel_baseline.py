@@ -3,6 +3,7 @@ outputs in the finetune stage's shapes (on a small synthetic fold)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,11 +20,13 @@ from pipeline.training.fold_data import FoldData
 from stages.app import app
 from stages.pixel_baseline import metrics_record, run_fold
 from tests.conftest import tiny_params, write_params
+from tests.settings_helpers import PARAMS, task_set
 from tests.test_embed import synthetic_faces, write_aligned
 
 CLASSES = ["Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise"]
 S, CROP = 40, 32
-SETTINGS = PixelPCASettings(crop=CROP, size=8, grey=False, components=8, whiten=False, seed=3)
+SETTINGS = PixelPCASettings(crop=CROP, size=8, grey=False, components=8, whiten=False, probe_c=1.0, seed=3)
+TASKS = task_set()
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -56,12 +59,18 @@ def fold_data(test_seed: int = 1) -> FoldData:
     same = np.array([test_subj[i] == test_subj[j] for i, j in zip(a, b, strict=True)])
     test = EvalData(images=torch.from_numpy(faces(test_subj, [max(e, 0) for e in test_expr], seed=test_seed)),
                     pair_a=a, pair_b=b, same=same,
-                    expression=np.array(test_expr), class_names=CLASSES)
+                    labels={"identity": np.array(test_subj), "expression": np.array(test_expr)},
+                    class_names={"expression": CLASSES})
     return FoldData(train=train, test=test, test_ids=[f"te/{k}" for k in range(16)], test_subjects=["te"], val=None,
-                    n_identities=6, class_names=CLASSES, counts={"train_images": 48, "test_images": 16})
+                    n_classes={"identity": 6, "expression": 6}, class_names={"expression": CLASSES},
+                    counts={"train_images": 48, "test_images": 16})
 
 
-EVAL = {"eval_mode": "clean", "eval_folds": 4, "far_targets": (1e-3, 1e-2), "seed": 5}
+EVAL = {"protocol": dataclasses.replace(PARAMS.finetune.common.protocol, n_folds=4), "seed": 5}
+
+
+def _fit(images: np.ndarray, expression: np.ndarray) -> PixelPCA:
+    return PixelPCA(SETTINGS).fit(images, {"expression": (expression, 6)})
 
 
 def test_center_crop_is_the_networks():
@@ -89,14 +98,14 @@ def test_features_are_standardised_per_image():
 def test_pca_is_fitted_on_training_images_only():
     d1, d2 = fold_data(test_seed=1), fold_data(test_seed=2)
     assert not torch.equal(d1.test.images, d2.test.images)
-    m1, s1, p1 = run_fold(d1, SETTINGS, **EVAL)
-    m2, s2, p2 = run_fold(d2, SETTINGS, **EVAL)
+    m1, s1, p1 = run_fold(d1, TASKS, SETTINGS, **EVAL)
+    m2, s2, p2 = run_fold(d2, TASKS, SETTINGS, **EVAL)
     np.testing.assert_array_equal(p1.pca.components_, p2.pca.components_)
     np.testing.assert_array_equal(p1.pca.mean_, p2.pca.mean_)
-    np.testing.assert_array_equal(p1.classifier.coef_, p2.classifier.coef_)
+    np.testing.assert_array_equal(p1.probes["expression"].classifier.coef_, p2.probes["expression"].classifier.coef_)
     assert not np.array_equal(s1["distances"], s2["distances"])  # the test images did change the evaluation
     # and the basis is the PCA of the training images alone
-    ref = PixelPCA(SETTINGS).fit(d1.train.images.numpy(), d1.train.labels["expression"].numpy(), 6)
+    ref = _fit(d1.train.images.numpy(), d1.train.labels["expression"].numpy())
     np.testing.assert_allclose(np.abs(p1.pca.components_), np.abs(ref.pca.components_), atol=1e-12)
     assert p1.n_components == 8 and p1.summary()["train_images"] == 48
 
@@ -105,19 +114,19 @@ def test_embeddings_are_unit_vectors_and_scores_cover_every_class():
     d = fold_data()
     y = d.train.labels["expression"].numpy().copy()
     y[y == 4] = -1  # class 4 never seen in training: its score is never the argmax
-    model = PixelPCA(SETTINGS).fit(d.train.images.numpy(), y, 6)
+    model = _fit(d.train.images.numpy(), y)
     emb = model.embed(d.test.images.numpy())
     assert emb.shape == (16, 8) and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-6)
-    scores = model.expression_scores(d.test.images.numpy())
+    scores = model.scores("expression", d.test.images.numpy())
     assert scores.shape == (16, 6) and np.all(scores[:, 4] == ABSENT_CLASS)
     assert not np.any(scores.argmax(axis=1) == 4)
 
 
 def test_run_fold_is_deterministic_and_uses_the_protocol():
     d = fold_data()
-    m1, s1, _ = run_fold(d, SETTINGS, **EVAL)
-    m2, s2, _ = run_fold(fold_data(), SETTINGS, **EVAL)
+    m1, s1, _ = run_fold(d, TASKS, SETTINGS, **EVAL)
+    m2, s2, _ = run_fold(fold_data(), TASKS, SETTINGS, **EVAL)
     assert json.dumps(m1, sort_keys=True) == json.dumps(m2, sort_keys=True)
     assert s1.keys() == s2.keys() and all(np.array_equal(s1[k], s2[k]) for k in s1)
     v = m1["verification"]
@@ -139,11 +148,13 @@ def _finetune_shape(m: dict, counts: dict) -> dict:
     """A finetune metrics record built by the finetune code itself from the same evaluation ``m``."""
     from types import SimpleNamespace
 
+    from pipeline.training.evaluate import criteria
     from pipeline.training.finetune import _metrics, _Selector
 
-    selector = _Selector("test_fold")
+    selector = _Selector("test_fold", criteria(TASKS))
     selector.update(1, m, m)
-    body = _metrics(SimpleNamespace(selection="test_fold", epochs=1), [{"epoch": 1, "test": m}], selector)
+    spec = SimpleNamespace(settings=SimpleNamespace(selection="test_fold", epochs=1))
+    body = _metrics(spec, [{"epoch": 1, "test": m}], selector)
     return {"dataset": "d", "fold": 0, "method": "x", "weighting": "x", "selection": "test_fold", "data": counts,
             **body}
 
@@ -184,10 +195,10 @@ def make_dataset(root: Path) -> None:
 def test_stage_writes_finetune_shaped_outputs(tmp_path, monkeypatch, no_mlflow):
     make_dataset(tmp_path)
     params = write_params(tmp_path / "params.yaml", tiny_params(**{
-        "finetune.common.crop": CROP, "finetune.common.eval_folds": 4, "pixel_baseline.size": 8,
+        "finetune.common.crop.size": CROP, "finetune.common.protocol.n_folds": 4, "pixel_baseline.size": 8,
         "pixel_baseline.components": 8}))
     monkeypatch.chdir(tmp_path)
-    res = CliRunner().invoke(app, ["--params", str(params), "pixel_baseline", "--fold", "0"])
+    res = CliRunner().invoke(app, ["--params", str(params), "pixel_baseline", "--dataset", "demo_oulu", "--fold", "0"])
     assert res.exit_code == 0, res.output
     assert "demo_oulu/fold0/pixel_pca: verification" in res.stdout
     metrics = json.loads((tmp_path / "metrics/finetune/demo_oulu/fold0-pixel_pca.json").read_text())
@@ -199,20 +210,22 @@ def test_stage_writes_finetune_shaped_outputs(tmp_path, monkeypatch, no_mlflow):
     finetune = _finetune_shape(metrics["last"], metrics["data"])
     assert _keys(metrics) == _keys(finetune)
     assert metrics == metrics_record("demo_oulu", 0, metrics["data"], {k: v for k, v in metrics["last"].items()
-                                                                       if k != "epoch"})
+                                                                       if k != "epoch"},
+                                     ["verification", "expression", "authentication"])
     out = tmp_path / "data/finetune/demo_oulu/fold0-pixel_pca"
     scores = np.load(out / "scores.npz")
     assert set(scores.files) == {"last_distances", "last_same", "last_expression_logits", "last_expression_labels",
                                  "test_image_ids"}
     assert scores["last_expression_logits"].shape == (48, 6) and len(scores["test_image_ids"]) == 48
-    assert json.loads((out / "pca.json").read_text())["components"] == 8
+    summary = json.loads((out / "pca.json").read_text())
+    assert summary["components"] == 8 and summary["expression_classes_trained"] == 6 and summary["expression_c"] == 1
     assert sorted(p.name for p in out.iterdir()) == ["pca.json", "scores.npz"]
 
 
 def test_stage_refuses_a_crop_larger_than_the_faces(tmp_path, monkeypatch, no_mlflow):
     make_dataset(tmp_path)
-    params = write_params(tmp_path / "params.yaml", tiny_params(**{"finetune.common.crop": 64}))
+    params = write_params(tmp_path / "params.yaml", tiny_params(**{"finetune.common.crop.size": 64}))
     monkeypatch.chdir(tmp_path)
-    res = CliRunner().invoke(app, ["--params", str(params), "pixel_baseline", "--fold", "0"])
-    assert res.exit_code == 1 and res.stderr.strip().startswith("error: finetune.common.crop is 64")
+    res = CliRunner().invoke(app, ["--params", str(params), "pixel_baseline", "--dataset", "demo_oulu", "--fold", "0"])
+    assert res.exit_code == 1 and res.stderr.strip().startswith("error: finetune.common.crop.size is 64")
     assert not (tmp_path / "metrics/finetune").exists()

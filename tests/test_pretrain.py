@@ -6,6 +6,7 @@ align stage's own shard writer, so the real streaming reader decodes real JPEGs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -17,12 +18,12 @@ import torch
 
 from pipeline.align.shards import write_shard
 from pipeline.errors import DatasetError
-from pipeline.models.network import HeadSpec, ModelConfig
 from pipeline.training.distributed import DistContext
-from pipeline.training.pretrain import PretrainSpec, lr_at, run_pretrain
+from pipeline.training.pretrain import PretrainSpec, pretrain_spec, run_pretrain
 from pipeline.training.shard_data import EncodedBatch, ShardBatchSampler, ShardFaces, make_loader, next_batch
 from pipeline.training.shard_decode import decode_faces, is_jpeg
 from tests.conftest import REPO
+from tests.settings_helpers import PRETRAIN_CPU, pretrain_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -61,13 +62,15 @@ def _faces(root: Path) -> ShardFaces:
     return ShardFaces(root, m["shard"], m["offset"], m["length"], m["labels"], int(m["size"]))
 
 
-def _spec(**kw) -> PretrainSpec:
-    base = dict(model=ModelConfig(heads=(HeadSpec("identity", N_IDS),), keep_prob=0.8, input_size=80, crop=80,
-                                  bn_decay=0.9),
-                steps=6, batch_size=8, optimizer="adam", lr=1e-3, lr_boundaries=(), clip_norm=5.0, crop=80,
-                workers=0, checkpoint_every=2, eval_every=1000, log_every=1, amp=False, seed=5)
-    base.update(kw)
-    return PretrainSpec(**base)
+def _spec(workers: int = 0, decode: str = "worker", **changes) -> PretrainSpec:
+    """``params.yaml``'s pretraining settings on the tiny shards: 6 steps of 8 faces at input 80, no augmentation."""
+    settings = pretrain_settings(**{
+        "network.keep_prob": 0.8, "network.input_size": 80, "network.bn_decay": 0.9, "crop.size": 80,
+        "steps": 6, "batch_size": 8, "optimizer.name": "adam", "optimizer.clip_norm": 5.0, "schedule.lr": 1e-3,
+        "schedule.boundaries": [], "checkpoint_every": 2, "eval_every": 1000, "log_every": 1,
+        "precision.amp": False, "seed": 5, **changes})
+    return pretrain_spec(settings, n_classes=N_IDS, align_convention="paper_182_44", checkpoint=None,
+                         runtime=dataclasses.replace(PRETRAIN_CPU, workers=workers, decode=decode))
 
 
 # --- the data order ------------------------------------------------------------------------------------------------
@@ -210,8 +213,9 @@ def test_decoding_on_the_device_trains_bit_identically_on_the_cpu(shards, tmp_pa
 
 
 def test_lr_boundaries_divide_the_rate():
-    spec = _spec(lr=0.1, lr_boundaries=(60000, 80000), lr_factor=0.1)
-    assert [lr_at(spec, s) for s in (0, 59999, 60000, 79999, 80000)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
+    spec = _spec(**{"schedule.lr": 0.1, "schedule.boundaries": [60000, 80000], "schedule.decay": 0.1})
+    rates = [spec.schedule.at(s) for s in (0, 59999, 60000, 79999, 80000)]
+    assert rates == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
 
 
 def test_pretraining_learns_the_identities_and_moves_the_centers(shards, tmp_path):
@@ -237,10 +241,10 @@ def test_verification_is_evaluated_every_eval_every_steps(shards, tmp_path):
     images = torch.stack([faces[i][0] for i in range(len(faces))])
     a, b = np.triu_indices(len(faces), 1)
     same = faces.labels[a] == faces.labels[b]
-    verify = EvalData(images=images, pair_a=a, pair_b=b, same=same, expression=np.full(len(faces), -1),
-                      class_names=[])
+    verify = EvalData(images=images, pair_a=a, pair_b=b, same=same, labels={}, class_names={})
     seen = []
-    result = run_pretrain(_spec(steps=4, eval_every=2, eval_folds=2), faces, tmp_path / "w", DistContext(),
+    result = run_pretrain(_spec(steps=4, eval_every=2, **{"protocol.n_folds": 2}), faces, tmp_path / "w",
+                          DistContext(),
                           verify=verify, on_eval=seen.append)
     assert [e["step"] for e in result.history] == [2, 4] and seen == result.history
     assert 0.0 <= result.history[-1]["verification_accuracy"] <= 1.0
@@ -272,7 +276,8 @@ def test_a_diverging_run_stops_with_a_clear_message_before_updating(shards, tmp_
     from pipeline.training.step import NonFiniteError
 
     with pytest.raises(NonFiniteError, match="non-finite value in a pretraining step"):
-        run_pretrain(_spec(lr=float("inf"), optimizer="sgd", steps=3), _faces(shards), tmp_path / "w", DistContext())
+        run_pretrain(_spec(steps=3, **{"schedule.lr": float("inf"), "optimizer.name": "sgd"}), _faces(shards),
+                     tmp_path / "w", DistContext())
 
 
 # --- DDP under torchrun --------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ OUT = Path("data/pretrain/demo_webface")
 METRICS = Path("metrics/pretrain/demo_webface.json")
 STEPS = 4
 STAGE_PARAMS = {"folds.k": 3, "folds.run": [0], "align.workers": 0, "align.batch_size": 8,
-                "finetune.device": "cpu", "finetune.threads": 1, "finetune.eval_batch_size": 32,
+                "finetune.runtime.device": "cpu", "finetune.runtime.threads": 1, "finetune.runtime.eval_batch_size": 32,
                 "finetune.common.batch_size": 4, "finetune.common.epoch_size": 1, "finetune.common.epochs": 1}
 
 
@@ -81,8 +81,10 @@ def test_stage_writes_the_checkpoint_curves_and_metrics(reference):
     rows = (work / OUT / "steps.csv").read_text().splitlines()
     assert rows[0].split(",")[:4] == ["step", "epoch", "lr", "loss"] and len(rows) == 1 + STEPS
     lrs = [float(r.split(",")[2]) for r in rows[1:]]
-    lr = _params()["pretrain"]["train"]["lr"]
-    assert lrs == pytest.approx([lr, lr, lr, lr * 0.1])  # lr_boundaries [3]: step index 3 is the 4th step
+    schedule = _params()["pretrain"]["train"]["schedule"]
+    lr, decay = schedule["lr"], schedule["decay"]
+    assert schedule["boundaries"] == [3]
+    assert lrs == pytest.approx([lr, lr, lr, lr * decay])  # boundary 3: step index 3 is the 4th step
     history = json.loads((work / OUT / "history.json").read_text())
     assert [e["step"] for e in history] == [2, 4]
     metrics = json.loads((work / METRICS).read_text())
@@ -110,7 +112,7 @@ def test_sigkill_then_rerun_ends_as_the_uninterrupted_run(inputs, reference, tmp
     """Kill the stage (and its DataLoader worker) after its first checkpoint; the rerun resumes and ends with the
     same weights, rows and metrics."""
     steps = 8
-    params = _params(**{"pretrain.workers": 1, "pretrain.train.steps": steps})
+    params = _params(**{"pretrain.runtime.workers": 1, "pretrain.train.steps": steps})
     ref = _workdir(tmp_path / "ref", inputs, params)
     _run(ref)
     work = _workdir(tmp_path / "killed", inputs, params)
@@ -173,12 +175,12 @@ def test_missing_aligned_data_is_a_clear_error(inputs, tmp_path):
 def test_finetune_starts_from_the_pretrain_checkpoint_and_the_pretrained_method_only_evaluates(inputs, reference,
                                                                                               tmp_path):
     work = _workdir(tmp_path / "repo", inputs, _params())
-    res = _run(work, args=("finetune", "--fold", "0", "--method", "pretrained"), ok=False)
+    res = _run(work, args=("finetune", "--dataset", "demo_oulu", "--fold", "0", "--method", "pretrained"), ok=False)
     assert "finetune.common.init: checkpoint not found: data/pretrain/demo_webface/model.pt (run the pretrain " \
            "stage" in res.stderr
     (work / OUT).parent.mkdir(parents=True)
     (work / OUT).symlink_to(reference["dir"] / OUT)
-    _run(work, args=("finetune", "--fold", "0", "--method", "pretrained"))
+    _run(work, args=("finetune", "--dataset", "demo_oulu", "--fold", "0", "--method", "pretrained"))
     metrics = json.loads((work / "metrics/finetune/demo_oulu/fold0-pretrained.json").read_text())
     assert metrics["epochs"] == 0 and metrics["last"]["epoch"] == 0
     assert "expression_accuracy" not in metrics["last"] and set(metrics["best"]) == {"selected_on", "verification"}
@@ -189,7 +191,7 @@ def test_finetune_starts_from_the_pretrain_checkpoint_and_the_pretrained_method_
         if k.startswith("trunk.") or (k.startswith("branches.identity.") and ".logits." not in k):
             assert torch.equal(fine.state_dict()[k], v), k
     write_params(work / "params.yaml", _params(**{"finetune.common.init": "random"}))
-    res = _run(work, args=("finetune", "--fold", "0", "--method", "pretrained"), ok=False)
+    res = _run(work, args=("finetune", "--dataset", "demo_oulu", "--fold", "0", "--method", "pretrained"), ok=False)
     assert "epochs is 0 (evaluate the initial model) but finetune.common.init is random" in res.stderr
 
 
@@ -199,7 +201,8 @@ def test_a_corrupt_shard_is_a_one_line_error_wherever_it_is_decoded(inputs, tmp_
 
     import pandas as pd
 
-    work = _workdir(tmp_path / "repo", inputs, _params(**{"pretrain.workers": 1, "pretrain.decode": decode}))
+    work = _workdir(tmp_path / "repo", inputs,
+                    _params(**{"pretrain.runtime.workers": 1, "pretrain.runtime.decode": decode}))
     aligned = work / "data/aligned/demo_webface"
     aligned.unlink()
     shutil.copytree(inputs / "data/aligned/demo_webface", aligned)
@@ -215,6 +218,6 @@ def test_a_corrupt_shard_is_a_one_line_error_wherever_it_is_decoded(inputs, tmp_
     assert lines[-1].startswith("error: ") and "do not decode as an image (corrupt shard?)" in lines[-1], lines[-3:]
     assert "Traceback" not in res.stderr and "DataLoader worker" not in res.stderr
     assert not (work / OUT).exists() and not (work / METRICS).exists()
-    where = ("on cpu in the training process (pretrain.decode: device)" if decode == "device"
-             else "in 1 loader worker processes (pretrain.decode: worker)")
+    where = ("on cpu in the training process (pretrain.runtime.decode: device)" if decode == "device"
+             else "in 1 loader worker processes (pretrain.runtime.decode: worker)")
     assert f"faces decoded {where}" in res.stderr

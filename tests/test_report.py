@@ -17,6 +17,7 @@ from pipeline.report.figures import confusion_figure, roc_figure, step_tasks, we
 from pipeline.report.markdown import format_cell, format_interval
 from pipeline.report.tables import (
     fold_table,
+    method_label,
     ordered_methods,
     paired_bootstrap,
     paired_differences,
@@ -25,8 +26,10 @@ from pipeline.report.tables import (
 )
 from stages.app import app
 from tests.conftest import tiny_params, write_params
+from tests.settings_helpers import task_set
 
 CLASSES = ["Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise"]
+TASKS = task_set()  # fr_fer
 
 
 def _metrics(ver: float, auc: float, expr: float | None, *, val: float | None = 0.5, floor: float = 0.01,
@@ -74,7 +77,7 @@ def _write_known(metrics_dir: Path, dataset: str = "demo_oulu", folds=(0, 1, 2),
 def test_summary_is_mean_and_population_std_in_percent_with_paper_deltas(tmp_path):
     _write_known(tmp_path)
     res = read_results(tmp_path, "demo_oulu", [0, 1, 2], ["pixel_pca", "static", "dynamic", "pretrained"])
-    table = summary_table(res, 1e-3, "ckplus").set_index(["method", "variant"])
+    table = summary_table(res, 1e-3, "ckplus", TASKS).set_index(["method", "variant"])
     # rows in the paper's order whatever the params order, the pixel baseline last
     assert list(dict.fromkeys(table.index.get_level_values(0))) == ["pretrained", "static", "dynamic", "pixel_pca"]
     dyn = table.loc[("dynamic", "last")]
@@ -91,10 +94,10 @@ def test_summary_is_mean_and_population_std_in_percent_with_paper_deltas(tmp_pat
     assert pre["verification_paper"] == 92.0 and np.isnan(pre["expression_paper"])
     assert np.isnan(table.loc[("pixel_pca", "last")]["verification_paper"])  # not reported by the paper
     # Oulu-CASIA: the paper gives only dynamic's expression accuracy
-    oulu = summary_table(res, 1e-3, "oulu_casia").set_index(["method", "variant"])
+    oulu = summary_table(res, 1e-3, "oulu_casia", TASKS).set_index(["method", "variant"])
     assert oulu.loc[("dynamic", "last")]["expression_paper"] == 89.6
     assert np.isnan(oulu.loc[("dynamic", "last")]["verification_paper"])
-    assert summary_table(res, 1e-3, None)[["verification_paper", "expression_paper"]].isna().all().all()
+    assert summary_table(res, 1e-3, None, TASKS)[["verification_paper", "expression_paper"]].isna().all().all()
 
 
 def test_val_below_the_far_floor_is_not_averaged(tmp_path):
@@ -103,12 +106,12 @@ def test_val_below_the_far_floor_is_not_averaged(tmp_path):
     rec["last"] = _metrics(0.9, 0.9, 0.5, val=None, floor=0.0125)
     (tmp_path / "fold1-dynamic.json").write_text(json.dumps(rec))
     res = read_results(tmp_path, "demo_oulu", [0, 1, 2], ["dynamic"])
-    row = summary_table(res, 1e-3, None).set_index("variant").loc["last"]
+    row = summary_table(res, 1e-3, None, TASKS).set_index("variant").loc["last"]
     assert np.isnan(row["val_mean"]) and row["val_floor"] == 0.0125
     assert format_cell(row["val_mean"], row["val_std"], row["val_floor"]) == "n/a (floor 0.013)"
     assert format_cell(None, None, float("inf")) == "n/a (no different-identity pairs)"
     assert format_cell(None, None) == "–" and format_cell(91.234, 1.5) == "91.23 ± 1.50"
-    folds = fold_table(res, 1e-3)
+    folds = fold_table(res, 1e-3, TASKS)
     f1 = folds[(folds["fold"] == 1) & (folds["variant"] == "last")].iloc[0]
     assert np.isnan(f1["val"]) and f1["val_floor"] == 0.0125
     assert folds[(folds["fold"] == 0) & (folds["variant"] == "last")].iloc[0]["val"] == 0.5
@@ -117,9 +120,9 @@ def test_val_below_the_far_floor_is_not_averaged(tmp_path):
 def test_a_fold_removed_from_the_params_is_not_read_from_a_stale_file(tmp_path):
     _write_known(tmp_path)  # folds 0-2 on disk
     res = read_results(tmp_path, "demo_oulu", [0, 1], ["dynamic"])
-    row = summary_table(res, 1e-3, None).set_index("variant").loc["last"]
+    row = summary_table(res, 1e-3, None, TASKS).set_index("variant").loc["last"]
     assert row["verification_n"] == 2 and row["verification_mean"] == pytest.approx(92.0)
-    assert sorted(fold_table(res, 1e-3)["fold"].unique()) == [0, 1]
+    assert sorted(fold_table(res, 1e-3, TASKS)["fold"].unique()) == [0, 1]
     with pytest.raises(DatasetError, match=r"no metrics for fold3-dynamic.json .*dvc repro"):
         read_results(tmp_path, "demo_oulu", [0, 3], ["dynamic"])
     # a file that holds another fold (copied by hand) is refused, not averaged in
@@ -134,7 +137,7 @@ def test_a_fold_removed_from_the_params_is_not_read_from_a_stale_file(tmp_path):
 def test_paired_differences_use_the_same_folds_and_a_seeded_bootstrap(tmp_path):
     _write_known(tmp_path)
     res = read_results(tmp_path, "demo_oulu", [0, 1, 2], list(KNOWN))
-    diffs = paired_differences(res, "dynamic", 1e-3, n_boot=2000, confidence=0.95, seed=0)
+    diffs = paired_differences(res, "dynamic", 1e-3, TASKS, n_boot=2000, confidence=0.95, seed=0)
     assert "dynamic" not in set(diffs["method"])
     static = diffs[(diffs["method"] == "static") & (diffs["variant"] == "last")].set_index("metric")
     # per fold static − dynamic: −2, −1, −1 points of verification; −20, −5, −20 of expression
@@ -147,7 +150,7 @@ def test_paired_differences_use_the_same_folds_and_a_seeded_bootstrap(tmp_path):
     pre = diffs[(diffs["method"] == "pretrained") & (diffs["variant"] == "last")].set_index("metric")
     assert pre.loc["expression", "folds"] == 0 and np.isnan(pre.loc["expression", "mean"])
     assert format_interval(pre.loc["expression", "mean"], 0, 0) == "–"
-    again = paired_differences(res, "dynamic", 1e-3, n_boot=2000, confidence=0.95, seed=0)
+    again = paired_differences(res, "dynamic", 1e-3, TASKS, n_boot=2000, confidence=0.95, seed=0)
     pd.testing.assert_frame_equal(diffs, again)
 
 
@@ -163,8 +166,13 @@ def test_paired_bootstrap_interval():
 
 
 def test_row_order_and_labels():
-    assert ordered_methods(["gradnorm", "dynamic", "pixel_pca", "my_method", "pretrained", "static"]) == [
-        "pretrained", "static", "dynamic", "gradnorm", "my_method", "pixel_pca"]
+    assert ordered_methods(["gradnorm", "dynamic", "pixel_pca", "my_method", "pretrained", "static",
+                            "single_expression", "single_identity"], TASKS) == [
+        "pretrained", "single_identity", "single_expression", "static", "dynamic", "gradnorm", "my_method",
+        "pixel_pca"]
+    assert method_label("single_identity", TASKS) == "single-task identity (fine-tuned)"
+    assert method_label("single_expression", TASKS) == "single-task expression"
+    assert method_label("gradnorm", TASKS) == "GradNorm (Chen et al. 2018)" and method_label("x", TASKS) == "x"
 
 
 def _png_pixels(path: Path) -> np.ndarray:
@@ -195,9 +203,9 @@ def test_figures_are_drawn_for_any_number_of_tasks(tmp_path):
 def test_demo_checks_pass_and_fail_on_the_measured_values(tmp_path):
     _write_known(tmp_path)
     res = read_results(tmp_path, "demo_oulu", [0, 1, 2], list(KNOWN))
-    summary = summary_table(res, 1e-3, None)
+    summary = summary_table(res, 1e-3, None, TASKS)
     checks = demo_checks(aligned_fractions={"demo_oulu": 0.99, "demo_webface": 0.94}, summary=summary,
-                         methods=list(KNOWN), n_classes=6)
+                         methods=list(KNOWN), n_classes={"expression": 6})
     verdict = {c.name: c.passed for c in checks}
     assert verdict == {"alignment demo_oulu": True, "alignment demo_webface": False,
                        "dynamic expression accuracy": True,  # 0.50 >= 2/6
@@ -208,7 +216,7 @@ def test_demo_checks_pass_and_fail_on_the_measured_values(tmp_path):
     assert "FAIL  alignment demo_webface" in text and text.count("PASS") == 5
     # 7 classes: chance 1/7, still passed; 2 classes: 2 x 0.5 = 1.0 > 0.50, failed
     two = {c.name: c.passed for c in demo_checks(aligned_fractions={}, summary=summary, methods=list(KNOWN),
-                                                 n_classes=2)}
+                                                 n_classes={"expression": 2})}
     assert two["dynamic expression accuracy"] is False
 
 
@@ -311,7 +319,7 @@ def test_report_stage_errors_are_one_line_and_leave_no_partial_outputs(tmp_path,
 
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("reference", "nope", "report.reference: 'nope' is not in finetune.run_methods"),
-    ("val_far", 0.05, "report.val_far: 0.05 is not one of finetune.common.far_targets"),
+    ("val_far", 0.05, "report.val_far: 0.05 is not one of finetune.common.protocol.far_targets"),
     ("curves_methods", ["dynamc"], "report.curves_methods: unknown method(s) ['dynamc']"),
     ("curves_fold", 7, "report.curves_fold: 7 is not in folds.run"),
     ("bootstrap", 5, "report.bootstrap"),

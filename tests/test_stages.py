@@ -76,7 +76,7 @@ def test_second_download_replaces_output(workdir, no_mlflow):
 def test_missing_licensed_dataset_is_one_clear_line(workdir, no_mlflow):
     params = tiny_params()
     params["datasets"]["oulu"] = {"reader": "oulu_casia", "root": str(workdir / "nowhere"), "role": "finetune",
-                                  "label_set": "oulu_six", "source": {"kind": "licensed"},
+                                  "label_sets": {"expression": "oulu_six"}, "source": {"kind": "licensed"},
                                   "options": {}, "expected": {"subjects": 80}}
     write_params(workdir / "params.yaml", params)
     res = _invoke("download", "oulu")
@@ -143,7 +143,7 @@ def test_lfw_download_from_loopback_then_manifest(workdir, tmp_path_factory, no_
     try:
         params = tiny_params()
         params["datasets"]["lfw"] = {
-            "reader": "lfw", "root": "data/raw/lfw/lfw", "role": "eval", "label_set": None,
+            "reader": "lfw", "root": "data/raw/lfw/lfw", "role": "eval", "label_sets": {},
             "source": {"kind": "lfw", "url": f"{base}/lfw.tgz", "checksum": md5((served / "lfw.tgz").read_bytes()),
                        "pairs_url": f"{base}/pairs.txt", "pairs_checksum": md5(pairs)},
             "options": {}, "expected": {"images": 999}}

@@ -6,25 +6,30 @@ GPUs unless ``CUDA_VISIBLE_DEVICES`` is set explicitly).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from pipeline.models.network import HeadSpec, ModelConfig, MultiTaskInceptionResNetV1
+from pipeline.models.network import MultiTaskInceptionResNetV1
+from pipeline.settings import OptimizerSettings
 from pipeline.training.build import FinetuneSpec, build_training
 from pipeline.training.data import LabelledImages, preprocess
-from pipeline.training.schedule import LrSchedule
-from pipeline.training.step import TaskSpec
+from tests.settings_helpers import CPU, finetune_settings, finetune_spec, head, model_config, task_set
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def _spec(method: str, *, amp: bool, device: str = "cuda") -> FinetuneSpec:
-    heads = (HeadSpec("identity", 10), HeadSpec("expression", 6, 128, True))
-    return FinetuneSpec(model=ModelConfig(heads=heads, input_size=96), tasks=[TaskSpec("identity", 0.1),
-                        TaskSpec("expression")], weighting=method, weighting_options={},
-                        schedule=LrSchedule.constant(1e-3), epochs=1, optimizer="rmsprop_tf1", amp=amp,
-                        channels_last=True, device=device)
+    settings = finetune_settings(**{
+        "init": "random", "network.input_size": 96, "schedule.lr": 1e-3, "precision.amp": amp,
+        "precision.channels_last": True,
+        "optimizer": OptimizerSettings(name="rmsprop_tf1", momentum=0.9, rms_decay=0.9, rms_eps=1.0, weight_decay=0.0,
+                                       clip_norm=5.0)})
+    tasks = task_set(**{"tasks.expression.head": head(128, relu_logits=True)})
+    return finetune_spec(settings, tasks, weighting=method, n_classes={"identity": 10, "expression": 6},
+                         runtime=dataclasses.replace(CPU, device=device))
 
 
 def _batch(n: int, device: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -56,7 +61,7 @@ def test_bf16_step_trains_every_part(method: str) -> None:
 
 def test_cuda_forward_matches_cpu_in_fp32() -> None:
     torch.manual_seed(0)
-    model = MultiTaskInceptionResNetV1(ModelConfig(heads=(HeadSpec("identity", 10),), input_size=96)).eval()
+    model = MultiTaskInceptionResNetV1(model_config({"identity": 10}, input_size=96)).eval()
     x = torch.randn(4, 3, 96, 96)
     ref = model(x).embeddings
     gpu = model.to("cuda").to(memory_format=torch.channels_last)

@@ -5,29 +5,38 @@ from __future__ import annotations
 
 import math
 import shutil
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
 import torch
 
 from pipeline.losses.center import CenterLoss
-from pipeline.models.network import HeadSpec, ModelConfig, MultiTaskInceptionResNetV1
+from pipeline.models.network import MultiTaskInceptionResNetV1
+from pipeline.settings import OptimizerSettings, TaskCenter
+from pipeline.training.build import FinetuneSpec
 from pipeline.training.data import LabelledImages, PermutationStream, preprocess, standardize
-from pipeline.training.evaluate import EvalData
-from pipeline.training.finetune import CRITERIA, FinetuneSpec, _Selector, run_finetune, step_columns
+from pipeline.training.evaluate import EvalData, criteria
+from pipeline.training.finetune import _Selector, run_finetune, step_columns
 from pipeline.training.optim import build_optimizer
 from pipeline.training.schedule import LrSchedule, read_schedule
-from pipeline.training.step import NonFiniteError, TaskSpec, TrainStep
+from pipeline.training.step import NonFiniteError, TrainStep
 from pipeline.weighting import build_weighting
 from tests.conftest import REPO
+from tests.settings_helpers import CPU, finetune_settings, head, model_config, task_set
+from tests.settings_helpers import finetune_spec as make_spec
 
 TASKS = ["identity", "expression"]
 N_IDS, N_EXPR = 4, 3
 SIZE, CROP, INPUT = 88, 80, 80  # stored faces, crop, model input (no resize: cheaper)
-SCHEDULE = LrSchedule(((0, 0.01), (2, 0.005), (3, 0.002)), source="test schedule")
-KEY = {"verification": "verification_accuracy", "expression": "expression_accuracy",
-       "authentication": "authentication"}
+#: the FR+FER task set with a small ReLU'd expression head (the original's)
+TASK_SET = task_set(**{"tasks.identity.center": TaskCenter(factor=0.1, alpha=0.5, embedding="own", matrix="own",
+                                                           updates=True),
+                       "tasks.expression.head": head(16, relu_logits=True)})
+CRITERIA = list(criteria(TASK_SET))
+KEY = criteria(TASK_SET)
+RMSPROP = OptimizerSettings(name="rmsprop_tf1", momentum=0.9, rms_decay=0.9, rms_eps=1.0, weight_decay=0.0,
+                            clip_norm=5.0)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -45,22 +54,36 @@ def _data() -> tuple[LabelledImages, EvalData]:
         images=torch.randint(0, 256, (m, 3, SIZE, SIZE), dtype=torch.uint8, generator=g),
         pair_a=np.array([0, 1, 2, 3, 4, 5, 6, 0]), pair_b=np.array([1, 2, 3, 4, 5, 6, 7, 7]),
         same=np.array([True, False, True, False, True, False, True, False]),
-        expression=np.array([0, 1, 2, -1, 0, 1, 2, 0]), class_names=["a", "b", "c"])
+        labels={"identity": np.array([0, 0, 1, 1, 2, 2, 3, 3]), "expression": np.array([0, 1, 2, -1, 0, 1, 2, 0])},
+        class_names={"expression": ["a", "b", "c"]})
     return train, test
 
 
 TRAIN, TEST = _data()
 
 
-def _spec(**kw) -> FinetuneSpec:
-    base = dict(
-        model=ModelConfig(heads=(HeadSpec("identity", N_IDS), HeadSpec("expression", N_EXPR, 16, True)),
-                          input_size=INPUT, keep_prob=0.5),
-        tasks=[TaskSpec("identity", 0.1), TaskSpec("expression")], weighting="dynamic",
-        weighting_options={"lr_weights": 0.1}, schedule=SCHEDULE, epochs=3, batch_size=4, epoch_size=1, crop=CROP,
-        eval_folds=2, eval_batch_size=8, amp=False, channels_last=False, device="cpu", seed=123)
-    base.update(kw)
-    return FinetuneSpec(**base)
+def _spec(weighting: str = "dynamic", options: dict | None = None, compile: bool = False, **changes) -> FinetuneSpec:
+    """A 3-epoch run of one 4-image step per epoch; the rate 0.01, halved from epoch 2 and again from epoch 3."""
+    settings = finetune_settings(**{
+        "init": "random", "network.input_size": INPUT, "network.keep_prob": 0.5, "crop.size": CROP,
+        "optimizer": RMSPROP, "weights_optimizer": RMSPROP, "schedule.lr": 0.01, "schedule.boundaries": [2, 3],
+        "schedule.decay": 0.5, "epochs": 3, "batch_size": 4, "epoch_size": 1, "protocol.n_folds": 2,
+        "precision.amp": False, "precision.channels_last": False, "seed": 123, **changes})
+    return make_spec(settings, TASK_SET, weighting=weighting,
+                     options={"lr_weights": 0.1} if options is None else options,
+                     n_classes={"identity": N_IDS, "expression": N_EXPR},
+                     runtime=replace(CPU, eval_batch_size=8, compile=compile))
+
+
+def _with_schedule(spec: FinetuneSpec, schedule: LrSchedule) -> FinetuneSpec:
+    """``spec`` with a learning-rate schedule the settings cannot express (a rate that explodes the weights)."""
+
+    class Scheduled(FinetuneSpec):
+        @property
+        def schedule(self) -> LrSchedule:
+            return schedule
+
+    return Scheduled(**{f.name: getattr(spec, f.name) for f in fields(spec)})
 
 
 class _Recorder:
@@ -153,7 +176,7 @@ def test_compile_runs_the_training_forward_through_torch_compile_and_changes_no_
 
 def test_resume_after_an_epoch_ends_identical_to_an_uninterrupted_run(reference, tmp_path):
     work = tmp_path / "work"
-    first = run_finetune(replace(_spec(), epochs=1), TRAIN, TEST, work)
+    first = run_finetune(_spec(epochs=1), TRAIN, TEST, work)
     assert first.resumed_from == 0 and len(first.rows) == 1 and (work / "state.pt").is_file()
     resumed = run_finetune(_spec(), TRAIN, TEST, work)
     assert resumed.resumed_from == 1
@@ -163,11 +186,11 @@ def test_resume_after_an_epoch_ends_identical_to_an_uninterrupted_run(reference,
 
 def test_resume_restores_epoch_level_strategy_state(tmp_path):
     """DWA's weights at epoch 3 come from the losses of epochs 1 and 2 (its extra state)."""
-    spec = _spec(weighting="dwa", weighting_options={"temperature": 2.0})
+    spec = _spec(weighting="dwa", options={"temperature": 2.0})
     whole = run_finetune(spec, TRAIN, TEST, tmp_path / "whole")
     w3 = [whole.rows[2][f"weight_{t}"] for t in TASKS]
     assert w3 != [1.0, 1.0] and sum(w3) == pytest.approx(2.0, rel=1e-5)  # DWA weights sum to T once it starts
-    run_finetune(replace(spec, epochs=2), TRAIN, TEST, tmp_path / "cut")
+    run_finetune(_spec(weighting="dwa", options={"temperature": 2.0}, epochs=2), TRAIN, TEST, tmp_path / "cut")
     resumed = run_finetune(spec, TRAIN, TEST, tmp_path / "cut")
     assert resumed.resumed_from == 2
     _same_run(whole, resumed)
@@ -180,9 +203,11 @@ def test_step_rows_hold_every_task_loss_and_weight_and_the_scheduled_lr(referenc
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     cols = step_columns(TASKS)
+    schedule = _spec().schedule
     for r in rows:
         assert set(cols) <= set(r), set(cols) - set(r)
-        assert r["lr"] == SCHEDULE.at(r["epoch"])
+        assert r["lr"] == schedule.at(r["epoch"])
+        assert r["present_identity"] == r["present_expression"] == 1  # every batch labels both tasks
         assert r["lr_weights"] == 0.1  # the fer unit's constant rate
         losses = [r[f"loss_{t}"] for t in TASKS]
         weights = [r[f"weight_{t}"] for t in TASKS]
@@ -192,8 +217,8 @@ def test_step_rows_hold_every_task_loss_and_weight_and_the_scheduled_lr(referenc
         assert r["weight_loss"] == pytest.approx(sum(w / (v + 0.01) for w, v in zip(weights, losses, strict=True)),
                                                  rel=1e-5)
         assert r["grad_norm"] > 0 and r["grad_norm_weights"] > 0
-    # the optimisers really held those rates (1-based epochs: 0.01, then 0.005 from epoch 2, 0.002 from epoch 3)
-    assert reference["lrs"] == [(0.01, 0.1), (0.005, 0.1), (0.002, 0.1)]
+    # the optimisers really held those rates (1-based epochs: 0.01, then 0.005 from epoch 2, 0.0025 from epoch 3)
+    assert reference["lrs"] == [(0.01, 0.1), (0.005, 0.1), (0.0025, 0.1)]
     # callbacks: one per epoch with its rows; progress per step in images
     assert [(e, n) for e, n, _ in reference["epochs"]] == [(1, 1), (2, 1), (3, 1)]
     assert [entry for _, _, entry in reference["epochs"]] == ref.history
@@ -249,12 +274,12 @@ def test_selector_semantics():
         return {"verification_accuracy": v, "expression_accuracy": e, "authentication": v * e}
 
     epochs = [m(0.6, 0.5), m(0.8, 0.4), m(0.8, 0.45), m(0.7, 0.3)]
-    best = _Selector("test_fold")
+    best = _Selector("test_fold", KEY)
     for i, x in enumerate(epochs, start=1):
         best.update(i, x, {"tag": i})
     assert {c: best.best[c]["epoch"] for c in CRITERIA} == {"verification": 2, "expression": 1, "authentication": 3}
     assert best.best["verification"]["metrics"] == {"tag": 2}  # ties keep the earlier epoch
-    last = _Selector("last")
+    last = _Selector("last", KEY)
     for i, x in enumerate(epochs, start=1):
         last.update(i, x, {"tag": i})
     assert all(last.best[c]["epoch"] == 4 for c in CRITERIA)
@@ -272,7 +297,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(reference, 
     blow_up = LrSchedule(((0, 0.01), (4, 1e30)), source="blow-up")  # epoch 4's first step explodes the weights
     with pytest.raises(NonFiniteError, match="non-finite value in a training step: loss_identity="):
         # resumes after epoch 3; two steps per epoch from here, so the second step meets the exploded weights
-        run_finetune(_spec(epochs=5, epoch_size=2, schedule=blow_up), TRAIN, TEST, work)
+        run_finetune(_with_schedule(_spec(epochs=5, epoch_size=2), blow_up), TRAIN, TEST, work)
     assert (work / "state.pt").read_bytes() == good
     assert sorted(p.name for p in work.iterdir()) == ["state.pt"]  # no temp file left behind
     state = torch.load(work / "state.pt", weights_only=False)
@@ -289,21 +314,20 @@ def test_weights_exploding_on_the_last_step_of_an_epoch_stop_the_run_as_non_fini
     good = (work / "state.pt").read_bytes()
     blow_up = LrSchedule(((0, 0.01), (4, 1e30)), source="blow-up")
     with pytest.raises(NonFiniteError):
-        run_finetune(_spec(epochs=4, schedule=blow_up), TRAIN, TEST, work)  # epoch 4 = one exploding step
+        run_finetune(_with_schedule(_spec(epochs=4), blow_up), TRAIN, TEST, work)  # epoch 4 = one exploding step
     assert (work / "state.pt").read_bytes() == good
 
 
 def test_train_step_raises_before_any_parameter_or_state_changes():
     torch.manual_seed(0)
-    cfg = ModelConfig(heads=(HeadSpec("identity", N_IDS), HeadSpec("expression", N_EXPR)), input_size=75)
-    model = MultiTaskInceptionResNetV1(cfg)
+    model = MultiTaskInceptionResNetV1(model_config({"identity": N_IDS, "expression": N_EXPR}, input_size=75))
     strategy = build_weighting("dynamic", {}, TASKS, 1792)
-    opt = build_optimizer("rmsprop_tf1", list(model.parameters()), 0.01)
-    own = build_optimizer("rmsprop_tf1", strategy.own_parameters(), 0.1)
+    opt = build_optimizer(RMSPROP, list(model.parameters()), 0.01)
+    own = build_optimizer(RMSPROP, strategy.own_parameters(), 0.1)
     centers = CenterLoss(N_IDS, 1792, alpha=0.5)
     with torch.no_grad():
         centers.centers.normal_()
-    step = TrainStep(model, strategy, [TaskSpec("identity", 0.1), TaskSpec("expression")], opt, own, centers)
+    step = TrainStep(model, strategy, TASK_SET, opt, own, {"identity": centers}, clip_norm=5.0, own_clip_norm=5.0)
     params = {k: v.clone() for k, v in model.named_parameters()}
     unit = [p.clone() for p in strategy.own_parameters()]
     center_state = {k: v.clone() for k, v in centers.state_dict().items()}

@@ -140,7 +140,7 @@ def test_base_offsets_are_added() -> None:
     ("dwa", {"temperature": True}, "option 'temperature' must be a finite number > 0"),
     ("gradnorm", {"alpha": -1}, "option 'alpha' must be a number >= 0"),
     ("gradnorm", {"lr_weights": None}, "option 'lr_weights' must be a finite number > 0"),
-    ("gradnorm", {"alpha": 1.5, "lr": 0.1}, "unknown option 'lr'; allowed options: alpha, lr_weights"),
+    ("gradnorm", {"alpha": 1.5, "lr": 0.1}, "unknown option 'lr'; allowed options: alpha, lr_weights, update"),
     ("dynamic", ["variant"], "options must be a mapping"),
 ])
 def test_invalid_names_and_options(name: str, options, fragment: str) -> None:
@@ -457,3 +457,173 @@ def test_compute_does_not_synchronise_on_cuda() -> None:
         finally:
             torch.cuda.set_sync_debug_mode("default")
         assert math.isfinite(float(ws.total.detach())), name
+
+
+# ---------------------------------------------------------------- the presence mask (a task without a label)
+
+PRESENT = torch.tensor([True, False, True])  # T = 3, the middle task has no labelled sample in the batch
+
+
+def _masked_run(name: str, absent: float, **options) -> dict:
+    """One ``compute`` of a fresh strategy (same seed, same problem) whose absent task's loss has the value
+    ``absent`` and a real, non-zero gradient (``absent · L_1 / sg(L_1)``); returns every value and gradient."""
+    problem = Problem(3)
+    torch.manual_seed(7)
+    strategy = _build(name, TASKS3, **options)
+    feats = problem.features()
+    real = problem.losses(feats)
+    losses = torch.stack([real[0], absent * real[1] / real[1].detach(), real[2]])
+    ws = strategy.compute(losses, feats, present=PRESENT, shared=[problem.shared])
+    wrt = [problem.shared, *strategy.main_parameters()]
+    out = {"total": ws.total.detach(), "weights": ws.weights.detach().clone(),
+           "grads": [g if g is not None else torch.zeros_like(p) for g, p in
+                     zip(torch.autograd.grad(ws.total, wrt, retain_graph=True, allow_unused=True), wrt, strict=True)],
+           "buffers": {k: v.clone() for k, v in strategy.state_dict().items() if k != "task_weights"}}
+    if ws.aux is not None:
+        own = strategy.own_parameters()
+        out["aux"] = ws.aux.detach()
+        out["own_grads"] = list(torch.autograd.grad(ws.aux, own))
+    return out
+
+
+@pytest.mark.parametrize("name", weighting_names(TASKS3))
+def test_an_absent_tasks_loss_changes_no_total_no_unit_loss_and_no_gradient(name: str) -> None:
+    """Item 2 of the task-set issue: the absent task's loss at 0, 1 or 100 gives the same total, the same loss of the
+    strategy's own parameters and the same gradients (network, main and own parameters), for every strategy."""
+    runs = [_masked_run(name, absent) for absent in (0.0, 1.0, 100.0)]
+    ref = runs[0]
+    for run in runs[1:]:
+        assert torch.equal(run["total"], ref["total"]), name
+        assert torch.equal(run["weights"], ref["weights"]), name
+        for a, b in zip(run["grads"], ref["grads"], strict=True):
+            assert torch.equal(a, b), name
+        assert run.keys() == ref.keys()
+        if "aux" in ref:
+            assert torch.equal(run["aux"], ref["aux"]), name
+            for a, b in zip(run["own_grads"], ref["own_grads"], strict=True):
+                assert torch.equal(a, b), name
+        for k in ref["buffers"]:
+            assert torch.equal(run["buffers"][k], ref["buffers"][k]), (name, k)
+    # and the mask really matters: with every task present the same problem gives another total
+    problem = Problem(3)
+    torch.manual_seed(7)
+    strategy = _build(name, TASKS3)
+    feats = problem.features()
+    real = problem.losses(feats)
+    unmasked = strategy.compute(torch.stack([real[0], 100 * real[1] / real[1].detach(), real[2]]), feats,
+                                shared=[problem.shared])
+    if name != "single_verification" and name != "single_caricature":  # their weight on task 1 is 0 anyway
+        assert not torch.equal(unmasked.total.detach(), ref["total"]), name
+
+
+LOSSES3 = torch.tensor([2.0, 7.0, 4.0])  # task 1 (visual) is absent: its 7 must not count
+
+
+def _fixed_unit(strategy, bias: list[float]) -> None:
+    """Set the weight unit's FC to zero weights and ``bias``: every sample's logits are ``bias``."""
+    with torch.no_grad():
+        strategy.unit.logits_lossweights.weight.zero_()
+        strategy.unit.logits_lossweights.bias.copy_(torch.tensor(bias))
+
+
+def test_masked_formulas_by_hand_for_three_tasks() -> None:
+    """T = 3 with task 1 absent, each strategy's masked formula computed by hand (docs/task_sets.md)."""
+    feats = torch.randn(B, C, H, W)
+    losses = LOSSES3.clone().requires_grad_(True)
+
+    def run(name: str, **options):
+        strategy = _build(name, TASKS3, **options)
+        return strategy, strategy.compute(losses, feats, present=PRESENT)
+
+    _, ws = run("static", weights=[0.55, 0.30, 0.15])
+    assert ws.total.item() == pytest.approx(0.55 * 2 + 0.15 * 4)
+    assert ws.weights.tolist() == pytest.approx([0.55, 0.30, 0.15])  # not renormalised over the present tasks
+    assert run("equal")[1].total.item() == pytest.approx(6.0)
+    assert run("single_visual")[1].total.item() == 0.0  # its only task is absent: nothing to learn from
+    assert run("single_caricature")[1].total.item() == pytest.approx(4.0)
+
+    # the paper's unit, fer variant (raw logits): per-sample softmax of log(1, 2, 3) = (1, 2, 3) / 6
+    strategy = _build("dynamic", TASKS3, variant="fer")
+    _fixed_unit(strategy, [0.0, math.log(2.0), math.log(3.0)])
+    ws = strategy.compute(losses, feats, present=PRESENT)
+    w = [1 / 6, 2 / 6, 3 / 6]
+    assert ws.weights.tolist() == pytest.approx(w)
+    assert ws.total.item() == pytest.approx(w[0] * 2 + w[2] * 4)
+    assert ws.aux.item() == pytest.approx(w[0] / (2 + 0.01) + w[2] / (4 + 0.01))
+
+    # the naive unit: logits (0, 0, 1) L2-normalised and halved → softmax of (0, 0, 0.5)
+    strategy = _build("naive_dynamic", TASKS3)
+    _fixed_unit(strategy, [0.0, 0.0, 1.0])
+    ws = strategy.compute(losses, feats, present=PRESENT)
+    e = math.exp(0.5)
+    w = [1 / (2 + e), 1 / (2 + e), e / (2 + e)]
+    assert ws.weights.tolist() == pytest.approx(w) and ws.total.item() == pytest.approx(w[0] * 2 + w[2] * 4)
+
+    # uncertainty: the absent task's whole term, s_1 / 2 included, is dropped
+    strategy = _build("uncertainty", TASKS3)
+    with torch.no_grad():
+        strategy.log_vars.copy_(torch.tensor([0.5, -1.0, 0.2]))
+    ws = strategy.compute(losses, feats, present=PRESENT)
+    assert ws.total.item() == pytest.approx(2 / (2 * math.exp(0.5)) + 0.25 + 4 / (2 * math.exp(0.2)) + 0.1)
+    (g,) = torch.autograd.grad(ws.total, strategy.log_vars)
+    assert g[1].item() == 0.0 and g[0].item() != 0.0
+
+    # DWA: epoch means over the batches where the task was present; NaN (never present) counts as ratio 1
+    strategy = _build("dwa", TASKS3, temperature=2.0)
+    strategy.end_epoch(torch.tensor([1.0, float("nan"), 3.0]))
+    strategy.end_epoch(torch.tensor([0.5, float("nan"), 3.3]))
+    r = torch.tensor([0.5, 1.0, 1.1])
+    w = 3 * torch.softmax(r / 2.0, dim=0)
+    ws = strategy.compute(losses, feats, present=PRESENT)
+    torch.testing.assert_close(ws.weights, w)
+    assert ws.total.item() == pytest.approx(float(w[0] * 2 + w[2] * 4))
+    with pytest.raises(ValueError, match="infinite"):
+        strategy.end_epoch(torch.tensor([1.0, float("inf"), 3.0]))
+
+
+def test_gradnorm_leaves_an_absent_task_out_of_the_mean_norm_and_its_initial_loss() -> None:
+    problem = Problem(3)
+    feats = problem.features()
+    losses = problem.losses(feats)
+    strategy = _build("gradnorm", TASKS3)
+    ws = strategy.compute(losses, feats, present=PRESENT, shared=[problem.shared])
+    norms = [float(torch.linalg.vector_norm(torch.autograd.grad(losses[t], problem.shared, retain_graph=True)[0]))
+             for t in range(3)]
+    # first step: r = 1, G_t = ‖∇L_t‖ (w = 1); Ḡ over tasks 0 and 2 only, so aux = |G_0 − Ḡ| + |G_2 − Ḡ| = |G_0 − G_2|
+    assert ws.aux.item() == pytest.approx(abs(norms[0] - norms[2]), rel=1e-5)
+    assert ws.total.item() == pytest.approx(float(losses[0].detach() + losses[2].detach()), rel=1e-6)
+    assert ws.extra["grad_norm_visual"].item() == 0.0
+    assert strategy.has_initial.tolist() == [True, False, True]  # L(0) of task 1 waits for a batch that has it
+    (g,) = torch.autograd.grad(ws.aux, strategy.own_parameters())
+    assert g[1].item() == 0.0
+
+
+@pytest.mark.parametrize("update", ["gradient_step", "weights_optimizer"])
+def test_gradnorm_updates_its_weights_by_algorithm_1_or_by_the_weights_optimizer(update: str) -> None:
+    """Default: Chen et al.'s Algorithm 1, w ← w − lr·∇_w L_grad with no momentum and no clipping, then Σ w = T.
+    ``update: weights_optimizer``: the settings' weights optimiser (TF1 RMSProp, clipped), this project's earlier
+    behaviour."""
+    from pipeline.settings import OptimizerSettings
+    from pipeline.training.build import build_own_optimizer
+    from pipeline.training.optim import TF1RMSProp
+
+    rmsprop = OptimizerSettings(name="rmsprop_tf1", momentum=0.9, rms_decay=0.9, rms_eps=1.0, weight_decay=0.0,
+                                clip_norm=5.0)
+    strategy = _build("gradnorm", TASKS3, lr_weights=0.5, **({} if update == "gradient_step" else {"update": update}))
+    assert strategy.own_update == update
+    optimizer, clip = build_own_optimizer(strategy, rmsprop, network_lr=1e-3)
+    problem = Problem(3)
+    feats = problem.features()
+    ws = strategy.compute(problem.losses(feats), feats, shared=[problem.shared])
+    (g,) = torch.autograd.grad(ws.aux, strategy.own_parameters())
+    strategy.task_weights.grad = g.clone()
+    optimizer.step()
+    strategy.after_step()
+    if update == "gradient_step":
+        assert type(optimizer) is torch.optim.SGD and clip == 0.0
+        expected = (torch.ones(3) - 0.5 * g).clamp(min=1e-4)
+        torch.testing.assert_close(strategy.task_weights.detach(), expected * 3 / expected.sum())
+    else:
+        assert isinstance(optimizer, TF1RMSProp) and clip == 5.0
+        assert optimizer.param_groups[0]["lr"] == 0.5 and optimizer.state  # RMSProp slots carried to the next step
+    assert float(strategy.task_weights.detach().sum()) == pytest.approx(3.0)

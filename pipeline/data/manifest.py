@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 __all__ = [
+    "LABEL_COLUMNS",
     "MANIFEST_COLUMNS",
     "MANIFEST_SCHEMA",
     "ManifestRecord",
@@ -87,6 +88,8 @@ MANIFEST_SCHEMA = pa.schema(
 )
 MANIFEST_COLUMNS: tuple[str, ...] = tuple(MANIFEST_SCHEMA.names)
 assert set(MANIFEST_COLUMNS) == {f.name for f in fields(ManifestRecord)}
+#: the columns a task's ``label`` may name directly (class index = the value; ``is_caricature``: 0 photo, 1 caricature)
+LABEL_COLUMNS: tuple[str, ...] = ("identity", "is_caricature")
 
 
 def assign_identities(records: Iterable[ManifestRecord]) -> list[ManifestRecord]:

@@ -16,7 +16,8 @@ import numpy as np
 
 from pipeline.evaluation.checks import EvaluationInputError, as_embeddings, as_labels, l2_normalize
 
-__all__ = ["IdentificationResult", "evaluate_identification", "first_hit_rank", "rank_k_accuracy"]
+__all__ = ["IdentificationResult", "evaluate_identification", "first_hit_rank", "leave_one_out_ranks",
+           "rank_k_accuracy"]
 
 
 def _squared_distances(probe: np.ndarray, gallery: np.ndarray) -> np.ndarray:
@@ -110,3 +111,30 @@ def evaluate_identification(
     return IdentificationResult(ks=ks, per_split=per_split,
                                 mean={k: float(per_split[:, i].mean()) for i, k in enumerate(ks)},
                                 std={k: float(per_split[:, i].std()) for i, k in enumerate(ks)})
+
+
+def leave_one_out_ranks(embeddings: np.ndarray, labels: np.ndarray, normalize: bool = True) -> np.ndarray:
+    """Closed-set identification within one set: every image is a probe against all the others (itself excluded).
+
+    Args:
+        embeddings (Array[N, D]); labels (Array[N], int).
+        normalize: L2-normalise first.
+
+    Returns:
+        Array[M] int64: the 1-based first-hit rank of each probe whose label occurs at least twice (a probe without a
+        mate in the gallery cannot be identified and is left out); see :func:`first_hit_rank`.
+    """
+    emb = as_embeddings(embeddings, "embeddings")
+    labels = as_labels(labels, len(emb), "labels")
+    if normalize:
+        emb = l2_normalize(emb, "embeddings")
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    probes = np.flatnonzero(counts[inverse] > 1)
+    ranks = np.empty(len(probes), dtype=np.int64)
+    for i, p in enumerate(probes):
+        d = _squared_distances(emb[p : p + 1], emb)[0]
+        d[p] = np.inf
+        order = np.argsort(d, kind="stable")[:-1]  # the probe itself sorts last
+        match = labels[order] == labels[p]
+        ranks[i] = int(match.argmax()) + 1
+    return ranks

@@ -1,4 +1,5 @@
-"""A raw-pixel baseline: PCA of the aligned crops ("eigenfaces") for verification, a linear probe for expression.
+"""A raw-pixel baseline: PCA of the aligned crops ("eigenfaces") for verification, a linear probe per classification
+task (the expression of FR+FER).
 
 The same images the network sees, without any learning beyond PCA and a logistic regression:
 
@@ -9,8 +10,8 @@ The same images the network sees, without any learning beyond PCA and a logistic
 3. flattened and standardised per image as the network's input (``(x − mean) / max(std, 1/√n)``);
 4. PCA (``components``, optionally whitened) fitted on the **training** images only; the L2-normalised
    projections are the identity embeddings;
-5. a multinomial logistic regression on the training images' PCA projections predicts the expression; its
-   decision values are the expression "logits".
+5. per classification task, a multinomial logistic regression on the PCA projections of the training images
+   labelled for it predicts the task's class; its decision values are the task's "logits".
 
 Plain NumPy, Pillow and scikit-learn: no torch. Images are ``uint8 [N, 3, S, S]`` (the layout of
 :class:`pipeline.training.data.LabelledImages`), as NumPy arrays.
@@ -28,7 +29,7 @@ __all__ = ["PixelPCA", "PixelPCASettings", "center_crop", "pixel_features"]
 
 #: BT.601 luma weights (Pillow's ``convert("L")``)
 LUMA = np.array([0.299, 0.587, 0.114])
-#: decision value given to expression classes absent from the training images (never the argmax)
+#: decision value given to classes absent from the training images (never the argmax)
 ABSENT_CLASS = float(np.finfo(np.float32).min)
 
 
@@ -42,17 +43,26 @@ class PixelPCASettings:
         grey: grey pixels (``size²`` features) instead of colour (``3·size²``).
         components: PCA components (capped at ``min(n_train − 1, n_features)``).
         whiten: scale each component to unit variance on the training images.
-        expression_c: inverse L2 regularisation strength of the logistic regression.
-        seed: ``random_state`` of PCA and the logistic regression (both are deterministic with their solvers).
+        probe_c: inverse L2 regularisation strength of each task's logistic regression.
+        seed: ``random_state`` of PCA and the logistic regressions (both are deterministic with their solvers).
     """
 
-    crop: int = 160
-    size: int = 32
-    grey: bool = False
-    components: int = 64
-    whiten: bool = False
-    expression_c: float = 1.0
-    seed: int = 0
+    crop: int
+    size: int
+    grey: bool
+    components: int
+    whiten: bool
+    probe_c: float
+    seed: int
+
+
+@dataclass
+class _Probe:
+    """One task's logistic regression (or its only class, when the training images hold one)."""
+
+    n_classes: int
+    classifier: Any = None
+    only_class: int | None = None
 
 
 def center_crop(images: np.ndarray, crop: int) -> np.ndarray:
@@ -94,32 +104,29 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 class PixelPCA:
-    """PCA embedding + expression probe fitted on training images (see the module docstring).
+    """PCA embedding + one probe per classification task, fitted on training images (see the module docstring).
 
     Attributes (after :meth:`fit`):
         pca: the fitted ``sklearn.decomposition.PCA``.
-        classifier: the fitted ``LogisticRegression``, or None when the training images hold one class only.
-        n_classes: number of expression classes (columns of :meth:`expression_scores`).
+        probes: per task, its logistic regression (``classifier`` None when the training images hold one class).
     """
 
     def __init__(self, settings: PixelPCASettings) -> None:
         self.settings = settings
         self.pca: Any = None
-        self.classifier: Any = None
-        self.n_classes = 0
-        self._only_class: int | None = None
+        self.probes: dict[str, _Probe] = {}
 
     def features(self, images: np.ndarray) -> np.ndarray:
         s = self.settings
         return pixel_features(images, crop=s.crop, size=s.size, grey=s.grey)
 
-    def fit(self, images: np.ndarray, expression: np.ndarray, n_classes: int) -> PixelPCA:
-        """Fit PCA on ``images`` (the training images) and the probe on their ``expression`` labels ``[N]``.
+    def fit(self, images: np.ndarray, labels: dict[str, tuple[np.ndarray, int]]) -> PixelPCA:
+        """Fit PCA on ``images`` (the training images) and a probe per task on ``labels[task] = (y [N], n_classes)``.
 
-        Labels ``< 0`` (unlabelled) are left out of the probe, not of the PCA.
+        Labels ``< 0`` (unlabelled) are left out of that task's probe, not of the PCA.
 
         Raises:
-            ValueError: fewer than 2 training images, no labelled image, or a label ``>= n_classes``.
+            ValueError: fewer than 2 training images, a task without a labelled image, or a label ``>= n_classes``.
         """
         from sklearn.decomposition import PCA
         from sklearn.linear_model import LogisticRegression
@@ -130,23 +137,25 @@ class PixelPCA:
             raise ValueError(f"PCA needs at least 2 training images, got {len(x)}")
         k = min(s.components, len(x) - 1, x.shape[1])
         self.pca = PCA(n_components=k, whiten=s.whiten, svd_solver="full", random_state=s.seed).fit(x)
-        y = np.asarray(expression, dtype=np.int64)
-        if len(y) != len(x):
-            raise ValueError(f"{len(y)} expression labels for {len(x)} training images")
-        if (y >= n_classes).any():
-            raise ValueError(f"expression label {int(y.max())} out of range for {n_classes} classes")
-        labelled = y >= 0
-        if not labelled.any():
-            raise ValueError("no labelled training image for the expression probe")
-        self.n_classes = n_classes
-        z = self.pca.transform(x[labelled])
-        classes = np.unique(y[labelled])
-        self.classifier, self._only_class = None, None
-        if len(classes) == 1:
-            self._only_class = int(classes[0])
-        else:
-            self.classifier = LogisticRegression(C=s.expression_c, max_iter=5000, random_state=s.seed)
-            self.classifier.fit(z, y[labelled])
+        self.probes = {}
+        for task, (y, n_classes) in labels.items():
+            y = np.asarray(y, dtype=np.int64)
+            if len(y) != len(x):
+                raise ValueError(f"{len(y)} {task} labels for {len(x)} training images")
+            if (y >= n_classes).any():
+                raise ValueError(f"{task} label {int(y.max())} out of range for {n_classes} classes")
+            labelled = y >= 0
+            if not labelled.any():
+                raise ValueError(f"no training image labelled for {task} (its probe)")
+            z = self.pca.transform(x[labelled])
+            classes = np.unique(y[labelled])
+            probe = _Probe(n_classes)
+            if len(classes) == 1:
+                probe.only_class = int(classes[0])
+            else:
+                probe.classifier = LogisticRegression(C=s.probe_c, max_iter=5000, random_state=s.seed)
+                probe.classifier.fit(z, y[labelled])
+            self.probes[task] = probe
         return self
 
     @property
@@ -162,35 +171,39 @@ class PixelPCA:
         """L2-normalised PCA projections ``float32 [N, k]``: the identity embeddings."""
         return _unit(self.project(images)).astype(np.float32)
 
-    def expression_scores(self, images: np.ndarray | None = None, *, projections: np.ndarray | None = None
-                          ) -> np.ndarray:
-        """Decision values ``float32 [N, n_classes]`` of the probe (argmax = predicted class).
+    def scores(self, task: str, images: np.ndarray | None = None, *, projections: np.ndarray | None = None
+               ) -> np.ndarray:
+        """Decision values ``float32 [N, n_classes]`` of ``task``'s probe (argmax = predicted class).
 
         Classes absent from the training images get :data:`ABSENT_CLASS`.
         """
         self._check_fitted()
+        probe = self.probes[task]
         z = self.project(images) if projections is None else projections
-        out = np.full((len(z), self.n_classes), ABSENT_CLASS, dtype=np.float64)
-        if self.classifier is None:
-            out[:, self._only_class] = 0.0
+        out = np.full((len(z), probe.n_classes), ABSENT_CLASS, dtype=np.float64)
+        if probe.classifier is None:
+            out[:, probe.only_class] = 0.0
             return out.astype(np.float32)
-        d = self.classifier.decision_function(z)
-        classes = self.classifier.classes_
+        d = probe.classifier.decision_function(z)
+        classes = probe.classifier.classes_
         if d.ndim == 1:  # two classes: sklearn returns the score of classes_[1]
             d = np.stack([-d, d], axis=1)
         out[:, classes] = d
         return out.astype(np.float32)
 
     def summary(self) -> dict[str, Any]:
-        """Fitted sizes and explained variance (JSON-able)."""
+        """Fitted sizes and explained variance (JSON-able); per task ``<task>_classes_trained`` and its ``<task>_c``."""
         self._check_fitted()
+        s = self.settings
         ratio = self.pca.explained_variance_ratio_
-        return {"components": self.n_components, "features": int(self.pca.n_features_in_),
-                "train_images": int(self.pca.n_samples_), "explained_variance": float(ratio.sum()),
-                "explained_variance_first": [float(r) for r in ratio[:10]],
-                "expression_classes_trained": (int(len(self.classifier.classes_)) if self.classifier is not None
-                                               else 1),
-                **{k: v for k, v in vars(self.settings).items()}}
+        out: dict[str, Any] = {"crop": s.crop, "size": s.size, "grey": s.grey, "whiten": s.whiten, "seed": s.seed,
+                               "components": self.n_components, "features": int(self.pca.n_features_in_),
+                               "train_images": int(self.pca.n_samples_), "explained_variance": float(ratio.sum()),
+                               "explained_variance_first": [float(r) for r in ratio[:10]]}
+        for task, probe in self.probes.items():
+            out[f"{task}_classes_trained"] = int(len(probe.classifier.classes_)) if probe.classifier is not None else 1
+            out[f"{task}_c"] = s.probe_c
+        return out
 
     def _check_fitted(self) -> None:
         if self.pca is None:

@@ -138,9 +138,9 @@ def import_facenet(state: Mapping[str, torch.Tensor], model: MultiTaskInceptionR
         CheckpointError: ``model`` is not full depth; keys or shapes that do not match (one line, naming the first
             mismatch).
     """
-    if model.config.depth != "full":
+    if model.config.network.depth != "full":
         raise CheckpointError(f"{source}: a facenet-pytorch InceptionResnetV1 has FaceNet's full depth (5/10/5 "
-                              f"blocks): use depth 'full', not {model.config.depth!r}")
+                              f"blocks): use depth 'full', not {model.config.network.depth!r}")
     if not is_facenet_state_dict(state):
         raise CheckpointError(f"{source}: not a facenet-pytorch InceptionResnetV1 state dict")
     theirs, ours = facenet_units(state), _our_units(model)

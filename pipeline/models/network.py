@@ -6,10 +6,12 @@ average pool → dropout → 1792-d **prelogits**, then a **head**: an optional 
 head's 128) and the class FC, optionally followed by ReLU (the original's oddity on the expression, visual and
 caricature heads, spec §9 item 3).
 
-The first branch is the identity branch by convention: its L2-normalised prelogits are the **embeddings** used
-by the center loss and every verification (spec §1.3, §9 item 21: no bottleneck layer).
+The first branch is the pretrained one by convention (the identity branch of FR+FER): its L2-normalised prelogits
+are the model's **embeddings** used by ``embed``/``verify`` (spec §1.3, §9 item 21: no bottleneck layer); every
+branch's own L2-normalised prelogits are available as :meth:`ModelOutput.embedding` (a task's center loss and
+verification may use any branch's).
 
-Depth (``ModelConfig.depth``):
+Depth (``ModelConfig.network.depth``):
 
 - ``reduced`` (the original): 1×block35, Mixed_6a, 1×block17, Mixed_7a | per branch 1×block8 + Block8;
 - ``full`` (FaceNet): 5×block35, Mixed_6a, 10×block17, Mixed_7a | per branch 5×block8 + Block8.
@@ -29,14 +31,17 @@ import torch
 from torch import nn
 
 from pipeline.models.blocks import Block8, Block17, Block35, ConvUnit, ReductionA, ReductionB
+from pipeline.settings import CropSettings, HeadSettings, NetworkSettings
 
-__all__ = ["DEPTHS", "FEATURES", "BranchOutput", "HeadSpec", "ModelConfig", "ModelOutput",
+__all__ = ["DEPTHS", "FEATURES", "PLAIN_HEAD", "BranchOutput", "HeadSpec", "ModelConfig", "ModelOutput",
            "MultiTaskInceptionResNetV1", "count_parameters", "init_weights", "l2_normalize", "truncated_normal_"]
 
 #: blocks per depth: (block35, block17, block8 per branch before the final Block8)
 DEPTHS: dict[str, tuple[int, int, int]] = {"reduced": (1, 1, 1), "full": (5, 10, 5)}
 FEATURES = 1792  #: channels of Mixed_7a and size of the prelogits
 Depth = Literal["reduced", "full"]
+#: a linear class FC on the prelogits: the identity heads (pretraining, FR+FER, facenet-pytorch's classifier)
+PLAIN_HEAD = HeadSettings(hidden=0, relu_logits=False)
 
 
 @dataclass(frozen=True)
@@ -44,16 +49,14 @@ class HeadSpec:
     """One task branch and its classifier.
 
     Attributes:
-        name: task name (``identity``, ``expression``…); the first head of a model is the identity head.
+        name: task name (``identity``, ``expression``…); the first head of a model is the pretrained one.
         n_classes: outputs of the class FC.
-        hidden: width of an FC + ReLU before the class FC (the expression head's 128), or None.
-        relu_logits: pass the logits through a ReLU (the original expression/visual/cari heads).
+        head: the classifier's settings (hidden FC width, ReLU on the logits).
     """
 
     name: str
     n_classes: int
-    hidden: int | None = None
-    relu_logits: bool = False
+    head: HeadSettings = PLAIN_HEAD
 
 
 @dataclass(frozen=True)
@@ -61,49 +64,60 @@ class ModelConfig:
     """Everything needed to rebuild a model: stored in every checkpoint.
 
     Attributes:
-        heads: the task branches, identity first.
-        depth: ``reduced`` or ``full``.
-        keep_prob: dropout keep probability before the heads (TF convention; 1.0 = no dropout).
-        input_size: side of the square input crop.
-        alignment: the alignment convention the model was trained on (``paper_182_44``…), for ``embed``.
-        crop: side of the centre crop taken from the stored faces before resizing to ``input_size`` (evaluation).
+        heads: the task branches, the pretrained one first.
+        network: depth, input size, dropout, BatchNorm decay (:class:`~pipeline.settings.NetworkSettings`; the
+            original's 0.995 decay needs thousands of steps before the moving statistics, used in evaluation,
+            forget their initial mean 0 / variance 1).
+        align_convention: the alignment convention the model was trained on (``paper_182_44``…), for ``embed``.
+        crop: the crop of the stored faces (its ``size`` is the evaluation's centre crop, resized to the input size).
         class_names: optional class names per head (``{"expression": ["Anger", …]}``).
-        bn_decay: decay of the BatchNorm moving statistics (TF convention, PyTorch ``momentum = 1 − decay``); the
-            original's 0.995 needs thousands of steps before the moving statistics (used in evaluation) forget
-            their initial mean 0 / variance 1.
     """
 
     heads: tuple[HeadSpec, ...]
-    depth: Depth = "reduced"
-    keep_prob: float = 0.5
-    input_size: int = 160
-    alignment: str = "paper_182_44"
-    crop: int = 160
+    network: NetworkSettings
+    align_convention: str
+    crop: CropSettings
     class_names: dict[str, list[str]] = field(default_factory=dict)
-    bn_decay: float = 0.995
 
     def __post_init__(self) -> None:
-        if self.depth not in DEPTHS:
-            raise ValueError(f"depth must be one of {sorted(DEPTHS)}, got {self.depth!r}")
+        n = self.network
+        if n.depth not in DEPTHS:
+            raise ValueError(f"depth must be one of {sorted(DEPTHS)}, got {n.depth!r}")
         if not self.heads:
             raise ValueError("a model needs at least one head")
         names = [h.name for h in self.heads]
         if len(set(names)) != len(names):
             raise ValueError(f"head names must be unique, got {names}")
-        if not 0.0 < self.keep_prob <= 1.0:
-            raise ValueError(f"keep_prob must be in (0, 1], got {self.keep_prob}")
-        if not 0.0 <= self.bn_decay < 1.0:
-            raise ValueError(f"bn_decay must be in [0, 1), got {self.bn_decay}")
-        if self.input_size < 75:
-            raise ValueError(f"input_size must be >= 75 (Mixed_7a needs a 1x1 grid), got {self.input_size}")
+        if not 0.0 < n.keep_prob <= 1.0:
+            raise ValueError(f"keep_prob must be in (0, 1], got {n.keep_prob}")
+        if not 0.0 <= n.bn_decay < 1.0:
+            raise ValueError(f"bn_decay must be in [0, 1), got {n.bn_decay}")
+        if n.input_size < 75:
+            raise ValueError(f"input_size must be >= 75 (Mixed_7a needs a 1x1 grid), got {n.input_size}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """The config of a checkpoint (also the flat layout of checkpoints written before the settings model:
+        ``depth``/``keep_prob``/``input_size``/``bn_decay``/``alignment``/``crop`` side, heads with
+        ``hidden``/``relu_logits``)."""
         d = dict(d)
-        d["heads"] = tuple(HeadSpec(**h) for h in d["heads"])
+        if "network" not in d:  # the flat layout
+            d["network"] = {"depth": d.pop("depth", "reduced"), "input_size": d.pop("input_size", 160),
+                            "keep_prob": d.pop("keep_prob", 0.5), "bn_decay": d.pop("bn_decay", 0.995)}
+            d["align_convention"] = d.pop("alignment", "paper_182_44")
+            d["crop"] = {"size": d.pop("crop", 160), "random": True, "flip": False}
+        heads = []
+        for h in d["heads"]:
+            h = dict(h)
+            head = h.pop("head", None) or {"hidden": h.pop("hidden", None) or 0,
+                                           "relu_logits": h.pop("relu_logits", False)}
+            heads.append(HeadSpec(**h, head=HeadSettings(**head)))
+        d["heads"] = tuple(heads)
+        d["network"] = NetworkSettings(**d["network"])
+        d["crop"] = CropSettings(**d["crop"])
         return cls(**d)
 
     @property
@@ -126,7 +140,7 @@ class ModelOutput:
     Attributes:
         features: ``Mixed_7a``, ``[B, 1792, h, w]`` (3×3 for a 160 input): the dynamic-weight unit's input.
         branches: per task name, its :class:`BranchOutput`.
-        embeddings: L2-normalised prelogits of the identity (first) branch, ``[B, 1792]``.
+        embeddings: L2-normalised prelogits of the first branch, ``[B, 1792]``.
     """
 
     features: torch.Tensor
@@ -135,6 +149,12 @@ class ModelOutput:
 
     def logits(self, name: str) -> torch.Tensor:
         return self.branches[name].logits
+
+    def embedding(self, name: str) -> torch.Tensor:
+        """L2-normalised float32 prelogits of branch ``name``, ``[B, 1792]`` (the first branch's: ``embeddings``)."""
+        if name == next(iter(self.branches)):
+            return self.embeddings
+        return l2_normalize(self.branches[name].prelogits.float())
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
@@ -172,9 +192,9 @@ class Branch(nn.Module):
         self.block8 = Block8(FEATURES, 1.0, activation=False)
         self.dropout = nn.Dropout(1.0 - keep_prob)
         width = FEATURES
-        if spec.hidden:
-            self.hidden = nn.Linear(FEATURES, spec.hidden)
-            width = spec.hidden
+        if spec.head.hidden:
+            self.hidden = nn.Linear(FEATURES, spec.head.hidden)
+            width = spec.head.hidden
         else:
             self.hidden = None
         self.logits = nn.Linear(width, spec.n_classes)
@@ -188,7 +208,7 @@ class Branch(nn.Module):
         pre = self.dropout(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
         h = torch.relu(self.hidden(pre)) if self.hidden is not None else pre
         logits = self.logits(h)
-        if self.spec.relu_logits:
+        if self.spec.head.relu_logits:
             logits = torch.relu(logits)
         return BranchOutput(prelogits=pre, logits=logits)
 
@@ -203,11 +223,12 @@ class MultiTaskInceptionResNetV1(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.trunk = Trunk(config.depth)
-        self.branches = nn.ModuleDict({h.name: Branch(h, config.depth, config.keep_prob) for h in config.heads})
+        net = config.network
+        self.trunk = Trunk(net.depth)
+        self.branches = nn.ModuleDict({h.name: Branch(h, net.depth, net.keep_prob) for h in config.heads})
         for m in self.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.momentum = round(1.0 - config.bn_decay, 12)  # 0.995 -> exactly 0.005, not 0.0050000000000000044
+                m.momentum = round(1.0 - net.bn_decay, 12)  # 0.995 -> exactly 0.005, not 0.0050000000000000044
         init_weights(self)
 
     @property
@@ -216,7 +237,7 @@ class MultiTaskInceptionResNetV1(nn.Module):
 
     def feature_shape(self) -> tuple[int, int, int]:
         """``(C, h, w)`` of ``Mixed_7a`` for this model's input size (``(1792, 3, 3)`` at 160)."""
-        s = self.config.input_size
+        s = self.config.network.input_size
         s = (s - 3) // 2 + 1  # 1a
         s = s - 2  # 2a
         s = (s - 3) // 2 + 1  # pool 3a

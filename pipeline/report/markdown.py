@@ -9,16 +9,19 @@ from dataclasses import dataclass
 import pandas as pd
 
 from pipeline.report.paper import BENCHMARKS, PAPER
-from pipeline.report.tables import columns
+from pipeline.report.tables import columns, paper_keys
+from pipeline.settings import TaskSetSettings
 
 __all__ = ["ReportHeader", "format_cell", "format_interval", "render_markdown"]
 
 
 @dataclass(frozen=True)
 class ReportHeader:
-    """What the numbers are: the dataset, whether it is the generated demo, the benchmark and the folds."""
+    """What the numbers are: the dataset, whether it is the generated demo, the benchmark, the task set and the
+    folds."""
 
     dataset: str
+    tasks: TaskSetSettings
     demo: bool
     benchmark: str | None
     folds: tuple[int, ...]
@@ -68,23 +71,25 @@ def _data_line(h: ReportHeader) -> str:
     return f"**Data: `{h.dataset}`**. The paper reports no numbers on this dataset."
 
 
-def _main_table(summary: pd.DataFrame, variant: str, val_far: float) -> list[str]:
-    cols = columns(val_far)
-    head = ["method", *(f"{c.title} (%)" for c in cols), "paper verification", "Δ", "paper expression", "Δ"]
+def _main_table(summary: pd.DataFrame, variant: str, val_far: float, tasks: TaskSetSettings) -> list[str]:
+    cols = columns(val_far, tasks)
+    keys = paper_keys(cols)
+    head = ["method", *(f"{c.title} (%)" for c in cols), *(h for key in keys for h in (f"paper {key}", "Δ"))]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in summary[summary["variant"] == variant].iterrows():
         cells = [r["label"]]
         for c in cols:
             floor = r["val_floor"] if c.key == "val" else None
             cells.append(format_cell(r[f"{c.key}_mean"], r[f"{c.key}_std"], floor))
-        for key in ("verification", "expression"):
+        for key in keys:
             cells.extend(_paper(r[f"{key}_paper"], r[f"{key}_delta"]))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def _difference_table(diffs: pd.DataFrame, variant: str, labels: dict[str, str], val_far: float) -> list[str]:
-    keys = [(c.key, c.title) for c in columns(val_far) if c.key in set(diffs["metric"])]
+def _difference_table(diffs: pd.DataFrame, variant: str, labels: dict[str, str], val_far: float,
+                      tasks: TaskSetSettings) -> list[str]:
+    keys = [(c.key, c.title) for c in columns(val_far, tasks) if c.key in set(diffs["metric"])]
     head = ["method", *(t for _, t in keys), "folds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     part = diffs[diffs["variant"] == variant]
@@ -99,33 +104,44 @@ def _difference_table(diffs: pd.DataFrame, variant: str, labels: dict[str, str],
     return lines
 
 
+def _selected_on(cols: Sequence) -> str:
+    """Which epoch each column of the ``best`` table comes from."""
+    parts = []
+    if any(c.kind == "verification" for c in cols):
+        parts.append("Verification columns at the epoch selected on verification accuracy")
+    parts += [f"{c.key} at the epoch selected on {c.key} accuracy" for c in cols if c.kind == "classification"]
+    parts += ["Rank-1 at the epoch selected on Rank-1" for c in cols if c.kind == "identification"]
+    text = ", ".join(parts)
+    return text[:1].upper() + text[1:]
+
+
 def render_markdown(header: ReportHeader, summary: pd.DataFrame, diffs: pd.DataFrame, val_far: float,
                     figures: Sequence[tuple[str, str]]) -> str:
-    """The whole ``tables.md``. ``figures`` are (title, path relative to the markdown file)."""
+    """One dataset's ``tables.md`` section. ``figures`` are (title, path relative to the markdown file)."""
+    tasks = header.tasks
     folds = ", ".join(str(f) for f in header.folds)
     labels = dict(zip(summary["method"], summary["label"], strict=False))
     best_label = {"test_fold": "selected on the test fold: the original's protocol, optimistic",
                   "val_subjects": "selected on held-out training subjects",
                   "last": "selection `last`: the same as the last epoch"}.get(header.selection, header.selection)
-    out = [f"# Face verification with expression and expression recognition: `{header.dataset}`", "",
+    out = [f"# {tasks.title}: `{header.dataset}`", "",
            _data_line(header), "",
            f"Folds {folds} of {header.k} (subject-disjoint). Values in %, mean ± std over folds (population std). "
            f"VAL@FAR={val_far:g} reads \"n/a (floor …)\" where a fold has too few different-identity pairs to "
            "measure that false accept rate. Δ = ours − paper. Per-fold values: `folds.csv`; this table: "
            "`tables.csv`; paired differences: `differences.csv`.", "",
-           "## Last epoch", "", *_main_table(summary, "last", val_far), "",
+           "## Last epoch", "", *_main_table(summary, "last", val_far, tasks), "",
            f"## Best epoch ({best_label})", "",
-           "Verification columns at the epoch selected on verification accuracy, expression at the epoch selected "
-           "on expression accuracy; the pretrained model and the pixel baseline have no epochs.", "",
-           *_main_table(summary, "best", val_far), ""]
+           f"{_selected_on(columns(val_far, tasks))}; the pretrained model and the pixel baseline have no epochs.",
+           "", *_main_table(summary, "best", val_far, tasks), ""]
     if not diffs.empty:
         pct = f"{100 * header.confidence:g} %"
         out += [f"## Paired differences to `{header.reference}` (percentage points)", "",
                 f"Mean over the same folds of (method − {header.reference}), with a {pct} percentile bootstrap "
                 f"interval ({header.n_boot} resamples of the folds). The paper's claims rest on gaps of about half a "
                 "point; with few folds the intervals are wide.", "",
-                "Last epoch:", "", *_difference_table(diffs, "last", labels, val_far), "",
-                "Best epoch:", "", *_difference_table(diffs, "best", labels, val_far), ""]
+                "Last epoch:", "", *_difference_table(diffs, "last", labels, val_far, tasks), "",
+                "Best epoch:", "", *_difference_table(diffs, "best", labels, val_far, tasks), ""]
     notes = [(BENCHMARKS[b], m, key, v) for b, methods in PAPER.items() for m, cols in methods.items()
              for key, v in cols.items() if v.note and b == header.benchmark]
     if notes:

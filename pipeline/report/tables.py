@@ -1,16 +1,19 @@
 """The paper's table from per-fold metrics: per-fold values, mean ± std per method, paired differences.
 
-Inputs are the metrics files of the ``finetune@<fold>-<method>`` and ``pixel_baseline@<fold>`` stages (one JSON
-per (fold, method), ``{dataset, fold, method, selection, last: M, best: {selected_on, verification: M, expression: M,
-authentication: M}}``), read for exactly the (fold, method) pairs the params list (:func:`read_results`), never by
-globbing: a fold removed from ``folds.run`` is not picked up from a stale file.
+Inputs are the metrics files of the ``finetune@<dataset>-<fold>-<method>`` and ``pixel_baseline@<dataset>-<fold>``
+stages (one JSON per (fold, method), ``{dataset, fold, method, selection, last: M, best: {selected_on, <criterion>:
+M...}}``), read for exactly the (fold, method) pairs the params list (:func:`read_results`), never by globbing: a
+fold removed from ``folds.run`` is not picked up from a stale file.
+
+The columns follow the task set's evaluations (:func:`columns`): verification accuracy, VAL@FAR and AUC of the
+verified task; the accuracy of each classification task (its name is its column key); Rank-1 of the identified task.
 
 Two variants of every number:
 
 - ``last``: the last epoch of every fold;
 - ``best``: per criterion the epoch the finetune stage selected (``finetune.common.selection``; the original's
   protocol is the best epoch *on the test fold*, an optimistic number the tables label as such). Verification
-  columns take the epoch selected on verification, the expression column the epoch selected on expression.
+  columns take the epoch selected on verification, a classification column the epoch selected on its task.
 
 Mean ± std over folds use the population std (``ddof = 0``, as ``numpy.std`` in the original's evaluation).
 """
@@ -29,22 +32,16 @@ import pandas as pd
 
 from pipeline.errors import DatasetError
 from pipeline.report.paper import paper_value
+from pipeline.settings import TaskSetSettings
 
-__all__ = ["COLUMN_KEYS", "PIXEL_METHOD", "VARIANTS", "Cell", "Column", "Results", "columns", "fold_table",
-           "fold_value", "method_label", "ordered_methods", "paired_bootstrap", "paired_differences", "read_results",
-           "summarise", "summary_table"]
+__all__ = ["PIXEL_METHOD", "VARIANTS", "Cell", "Column", "Results", "column_keys", "columns", "fold_table",
+           "fold_value", "method_label", "ordered_methods", "paired_bootstrap", "paired_differences", "paper_keys",
+           "read_results", "summarise", "summary_table"]
 
 VARIANTS: tuple[str, ...] = ("last", "best")
-COLUMN_KEYS: tuple[str, ...] = ("verification", "val", "auc", "expression")
-
-#: the paper's rows first, in the paper's order; other methods follow in params order, the pixel baseline last
-PAPER_ROWS: tuple[str, ...] = ("pretrained", "single_identity", "single_expression", "static", "naive_dynamic",
-                               "dynamic")
 PIXEL_METHOD = "pixel_pca"
 _LABELS = {
     "pretrained": "pretrained single-task, no fine-tuning",
-    "single_identity": "single-task identity (fine-tuned)",
-    "single_expression": "single-task expression",
     "static": "static MTL",
     "equal": "equal weights",
     "naive_dynamic": "naive dynamic",
@@ -56,34 +53,61 @@ _LABELS = {
 }
 
 
-def method_label(method: str) -> str:
-    """The row label of a method (its name when it is not one of the standard methods)."""
+def _paper_rows(tasks: TaskSetSettings) -> tuple[str, ...]:
+    """The paper's rows in the paper's order: pretrained, each single task, static, naive dynamic, dynamic."""
+    return ("pretrained", *(f"single_{t}" for t in tasks.names), "static", "naive_dynamic", "dynamic")
+
+
+def method_label(method: str, tasks: TaskSetSettings) -> str:
+    """The row label of a method (its name when it is not one of the standard methods); ``single_<first task>``
+    is marked fine-tuned, to tell it from the pretrained row."""
+    for i, t in enumerate(tasks.names):
+        if method == f"single_{t}":
+            return f"single-task {t}" + (" (fine-tuned)" if i == 0 else "")
     return _LABELS.get(method, method)
 
 
-def ordered_methods(methods: Sequence[str]) -> list[str]:
+def ordered_methods(methods: Sequence[str], tasks: TaskSetSettings) -> list[str]:
     """``methods`` in table order: the paper's rows, then the others as given, the pixel baseline last."""
-    first = [m for m in PAPER_ROWS if m in methods]
-    rest = [m for m in methods if m not in PAPER_ROWS and m != PIXEL_METHOD]
+    rows = _paper_rows(tasks)
+    first = [m for m in rows if m in methods]
+    rest = [m for m in methods if m not in rows and m != PIXEL_METHOD]
     return first + rest + ([PIXEL_METHOD] if PIXEL_METHOD in methods else [])
 
 
 @dataclass(frozen=True)
 class Column:
-    """One result column: ``key`` (``verification`` | ``val`` | ``auc`` | ``expression``), its title and the
-    best-epoch criterion that picks its epoch in the ``best`` variant."""
+    """One result column: ``key`` (``verification`` | ``val`` | ``auc`` | a classification task | ``rank1``),
+    ``kind`` (how it is read from a metrics block), its title and the best-epoch criterion that picks its epoch in
+    the ``best`` variant."""
 
     key: str
+    kind: str
     title: str
     criterion: str
 
 
-def columns(val_far: float) -> tuple[Column, ...]:
-    """The table's columns, with the VAL column at ``val_far``."""
-    return (Column("verification", "verification acc.", "verification"),
-            Column("val", f"VAL@FAR={val_far:g}", "verification"),
-            Column("auc", "AUC", "verification"),
-            Column("expression", "expression acc.", "expression"))
+def columns(val_far: float, tasks: TaskSetSettings) -> tuple[Column, ...]:
+    """The table's columns for ``tasks``, with the VAL column at ``val_far``."""
+    cols: list[Column] = []
+    if tasks.evaluated("verification"):
+        cols += [Column("verification", "verification", "verification acc.", "verification"),
+                 Column("val", "val", f"VAL@FAR={val_far:g}", "verification"),
+                 Column("auc", "auc", "AUC", "verification")]
+    cols += [Column(t, "classification", f"{t} acc.", t) for t in tasks.evaluated("classification")]
+    if tasks.evaluated("identification"):
+        cols.append(Column("rank1", "identification", "Rank-1", "identification"))
+    return tuple(cols)
+
+
+def column_keys(tasks: TaskSetSettings) -> tuple[str, ...]:
+    """The keys of :func:`columns` (``metrics/report.json``)."""
+    return tuple(c.key for c in columns(1e-3, tasks))
+
+
+def paper_keys(cols: Sequence[Column]) -> list[str]:
+    """The columns the paper's numbers stand beside: verification accuracy and each classification accuracy."""
+    return [c.key for c in cols if c.kind in ("verification", "classification")]
 
 
 @dataclass(frozen=True)
@@ -156,15 +180,17 @@ def fold_value(record: dict[str, Any], variant: str, column: Column, val_far: fl
     if not m:
         return FoldValue(None)
     epoch = m.get("epoch")
-    if column.key == "expression":
-        expr = m.get("expression")
-        return FoldValue(None if not expr else _number(expr.get("accuracy")), epoch)
+    if column.kind == "classification":
+        block = m.get(column.key)
+        return FoldValue(None if not block else _number(block.get("accuracy")), epoch)
+    if column.kind == "identification":
+        return FoldValue(_number(m.get("identification_rank1")), epoch)
     ver = m.get("verification")
     if not ver:
         return FoldValue(None, epoch)
-    if column.key == "verification":
+    if column.kind == "verification":
         return FoldValue(_number(ver.get("accuracy")), epoch)
-    if column.key == "auc":  # None when the fold's pairs are all of one kind
+    if column.kind == "auc":  # None when the fold's pairs are all of one kind
         return FoldValue(_number(ver.get("auc")), epoch)
     entry = _val_entry(ver, val_far)
     if entry is None:
@@ -203,40 +229,42 @@ def summarise(values: Sequence[FoldValue]) -> Cell:
     return Cell(float(numbers.mean()), float(numbers.std()), int(numbers.size))
 
 
-def fold_table(results: Results, val_far: float) -> pd.DataFrame:
+def fold_table(results: Results, val_far: float, tasks: TaskSetSettings) -> pd.DataFrame:
     """One row per (method, fold, variant): every column's value (NaN: not reported or not measurable), the VAL
-    floor where unmeasurable, the epochs the values come from and what the best epoch was selected on."""
+    floor where unmeasurable, the epochs the values come from (``epoch_<criterion>``) and what the best epoch was
+    selected on."""
     rows = []
-    cols = columns(val_far)
-    for method in ordered_methods(results.methods):
+    cols = columns(val_far, tasks)
+    criteria = list(dict.fromkeys(c.criterion for c in cols))
+    for method in ordered_methods(results.methods, tasks):
         for fold in results.folds:
             record = results.records[(method, fold)]
             for variant in VARIANTS:
                 values = {c.key: fold_value(record, variant, c, val_far) for c in cols}
+                epochs = {crit: next(values[c.key].epoch for c in cols if c.criterion == crit) for crit in criteria}
                 selected = "last epoch" if variant == "last" else (record.get("best") or {}).get("selected_on")
-                rows.append({
-                    "dataset": results.dataset, "method": method, "fold": fold, "variant": variant,
-                    "selected_on": selected,
-                    "epoch_verification": values["verification"].epoch,
-                    "epoch_expression": values["expression"].epoch,
-                    **{c.key: values[c.key].value for c in cols},
-                    "val_far": val_far, "val_floor": values["val"].floor,
-                })
+                row = {"dataset": results.dataset, "method": method, "fold": fold, "variant": variant,
+                       "selected_on": selected, **{f"epoch_{crit}": e for crit, e in epochs.items()},
+                       **{c.key: values[c.key].value for c in cols}}
+                if "val" in values:
+                    row.update(val_far=val_far, val_floor=values["val"].floor)
+                rows.append(row)
     frame = pd.DataFrame(rows)
-    for key in COLUMN_KEYS + ("val_floor",):
+    for key in [*(c.key for c in cols), *(["val_floor"] if "val_floor" in frame else [])]:
         frame[key] = frame[key].astype("float64")
     return frame
 
 
-def summary_table(results: Results, val_far: float, benchmark: str | None) -> pd.DataFrame:
+def summary_table(results: Results, val_far: float, benchmark: str | None, tasks: TaskSetSettings) -> pd.DataFrame:
     """One row per (method, variant): mean, std and folds of every column (percent), the paper's numbers beside
-    the verification and expression columns and ours − paper (NaN where the paper reports nothing)."""
+    the verification and classification columns and ours − paper (NaN where the paper reports nothing)."""
     rows = []
-    cols = columns(val_far)
-    for method in ordered_methods(results.methods):
+    cols = columns(val_far, tasks)
+    for method in ordered_methods(results.methods, tasks):
         for variant in VARIANTS:
-            row: dict[str, Any] = {"dataset": results.dataset, "method": method, "label": method_label(method),
-                                   "variant": variant, "folds": len(results.folds)}
+            row: dict[str, Any] = {"dataset": results.dataset, "method": method,
+                                   "label": method_label(method, tasks), "variant": variant,
+                                   "folds": len(results.folds)}
             for c in cols:
                 cell = summarise([fold_value(results.records[(method, f)], variant, c, val_far)
                                   for f in results.folds])
@@ -245,7 +273,7 @@ def summary_table(results: Results, val_far: float, benchmark: str | None) -> pd
                 row[f"{c.key}_n"] = cell.n
                 if c.key == "val":
                     row["val_floor"] = cell.floor
-            for key in ("verification", "expression"):
+            for key in paper_keys(cols):
                 paper = paper_value(benchmark, method, key)
                 row[f"{key}_paper"] = None if paper is None else paper.value
                 ours = row[f"{key}_mean"]
@@ -273,13 +301,13 @@ def paired_bootstrap(diffs: Sequence[float], *, n_boot: int, confidence: float, 
     return float(d.mean()), float(low), float(high)
 
 
-def paired_differences(results: Results, reference: str, val_far: float, *, n_boot: int, confidence: float,
-                       seed: int) -> pd.DataFrame:
+def paired_differences(results: Results, reference: str, val_far: float, tasks: TaskSetSettings, *, n_boot: int,
+                       confidence: float, seed: int) -> pd.DataFrame:
     """Per method ≠ ``reference``, variant and column: the mean over folds of (method − reference) in percentage
     points with a bootstrap interval, over the folds where both have a number."""
     rows = []
-    cols = [c for c in columns(val_far) if c.key != "val"]
-    for method in ordered_methods(results.methods):
+    cols = [c for c in columns(val_far, tasks) if c.key != "val"]
+    for method in ordered_methods(results.methods, tasks):
         if method == reference:
             continue
         for variant in VARIANTS:

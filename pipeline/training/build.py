@@ -1,75 +1,91 @@
-"""Construction of everything one training run steps (torch only, shared by the stage and ``bench/train.py``).
+"""Construction of everything one fine-tuning run steps (torch only, shared by the stage and ``bench/train.py``).
 
-:class:`FinetuneSpec` holds a run's settings; :func:`build_training` makes the model (random or from a checkpoint,
-spec §4.5 path A), the weighting strategy, the main optimiser (network + the strategy's main parameters), the
-strategy's own optimiser, the center-loss state and the :class:`~pipeline.training.step.TrainStep` binding them.
+:class:`FinetuneSpec` holds a run's settings: ``finetune.common`` and the task set as they are in params (the
+settings model of :mod:`pipeline.settings`), the method, and what the stage resolved (the checkpoint to start from,
+the classes of each task, the device); :func:`finetune_spec` is the one conversion from those to a spec.
+:func:`build_training` makes the model (random or from a checkpoint, spec §4.5 path A), the weighting strategy, the
+main optimiser (network + the strategy's main parameters), the strategy's own update, the center matrices and the
+:class:`~pipeline.training.step.TrainStep` binding them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-import pipeline.weighting as _weighting
 from pipeline.losses.center import CenterLoss
-from pipeline.models.network import ModelConfig, MultiTaskInceptionResNetV1
+from pipeline.models.network import FEATURES, HeadSpec, ModelConfig, MultiTaskInceptionResNetV1
 from pipeline.models.pretrained import load_pretrained
+from pipeline.settings import FinetuneSettings, OptimizerSettings, RuntimeSettings, TaskSetSettings
 from pipeline.training.optim import build_optimizer
-from pipeline.training.schedule import LrSchedule
-from pipeline.training.step import TaskSpec, TrainStep
+from pipeline.training.schedule import LrSchedule, schedule_from
+from pipeline.training.step import TrainStep
 from pipeline.weighting.base import Weighting
+from pipeline.weighting.options import WeightingChoice, parse_weighting
+from pipeline.weighting.registry import build_strategy
 
-__all__ = ["FinetuneSpec", "TrainingParts", "build_model", "build_training"]
+__all__ = ["FinetuneSpec", "TrainingParts", "build_model", "build_own_optimizer", "build_training", "finetune_spec"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class FinetuneSpec:
-    """Everything one fine-tuning run needs besides the data (resolved from ``params.yaml`` by the stage).
+    """Everything one fine-tuning run needs besides the data.
 
-    ``init``: None = random initialisation (BN trains everywhere); a checkpoint path = a pretrained trunk +
-    identity branch (spec §4.5 path A: the expression branch is copied from the identity branch, and
-    ``frozen_bn``/``dropout_off`` apply). The checkpoint is one of ours (``model.pt``) or a facenet-pytorch
-    ``InceptionResnetV1`` state dict (the public VGGFace2 / CASIA-WebFace files; ``depth: full``; see
-    :mod:`pipeline.models.facenet_import`). ``compile``: the training step's forward pass runs through
-    ``torch.compile(model)`` (compiled at the first step; evaluation stays eager).
+    Attributes:
+        settings: ``finetune.common`` with the method's overrides (its ``epochs``; 0 = evaluate the initial model).
+        tasks: the task set ``settings.task_set`` names.
+        strategy: the method's weighting, parsed for these tasks (every option's default filled in).
+        model: the network (heads: one per task, with its classes).
+        checkpoint: the checkpoint ``settings.init`` resolves to (None = random initialisation: BN trains
+            everywhere). One of ours (``model.pt``) or a facenet-pytorch ``InceptionResnetV1`` state dict; its trunk
+            and first branch initialise the model, ``tasks.copy_branches`` copy branches, and
+            ``settings.freeze_pretrained_bn``/``pretrained_dropout`` apply (spec §4.3, §4.5).
+        runtime: device (resolved: ``cpu``, ``cuda``, ``cuda:<n>``), threads, evaluation batch, ``compile`` (the
+            training step's forward pass through ``torch.compile(model)``; evaluation stays eager).
     """
 
+    settings: FinetuneSettings
+    tasks: TaskSetSettings
+    strategy: WeightingChoice
     model: ModelConfig
-    tasks: list[TaskSpec]
-    weighting: str
-    weighting_options: dict[str, Any]
-    schedule: LrSchedule
-    epochs: int
-    batch_size: int = 90
-    epoch_size: int = 100
-    init: str | None = None
-    optimizer: str = "rmsprop_tf1"
-    weights_optimizer: str = "rmsprop_tf1"
-    momentum: float = 0.9
-    rms_decay: float = 0.9
-    rms_eps: float = 1.0
-    weight_decay: float = 0.0
-    clip_norm: float = 5.0
-    center_loss_alpha: float = 0.5
-    crop: int = 160
-    random_crop: bool = True
-    flip: bool = False
-    frozen_bn: tuple[str, ...] = ("trunk", "identity")
-    dropout_off: tuple[str, ...] = ("identity",)
-    copy_branch: tuple[str, str] | None = ("identity", "expression")
-    selection: Literal["test_fold", "val_subjects", "last"] = "test_fold"
-    eval_mode: str = "clean"
-    far_targets: tuple[float, ...] = (1e-3, 1e-2)
-    eval_folds: int = 10
-    seed: int = 666
-    amp: bool = True
-    channels_last: bool = True
-    eval_batch_size: int = 100
-    device: str = "cpu"
-    compile: bool = False
+    checkpoint: str | None
+    runtime: RuntimeSettings
+
+    @property
+    def schedule(self) -> LrSchedule:
+        """The network's learning rate per 1-based epoch."""
+        return schedule_from(self.settings.schedule)
+
+    @property
+    def task_names(self) -> list[str]:
+        return self.tasks.names
+
+
+def finetune_spec(settings: FinetuneSettings, tasks: TaskSetSettings, *, weighting: str,
+                  weighting_options: Mapping[str, Any], epochs: int | None, n_classes: Mapping[str, int],
+                  class_names: Mapping[str, Sequence[str]], align_convention: str, checkpoint: str | None,
+                  runtime: RuntimeSettings) -> FinetuneSpec:
+    """The spec of one run from its settings: the method block (``weighting`` and its ``weighting_options``;
+    ``epochs``, the method's or None, overrides ``settings.epochs``); ``n_classes`` (every task) and
+    ``class_names`` (the tasks labelled by a label set) come from the data.
+
+    Raises:
+        ValueError: the method block does not fit the task set (one line).
+    """
+    if epochs is not None:
+        settings = dataclasses.replace(settings, epochs=epochs)
+    heads = tuple(HeadSpec(name, int(n_classes[name]), task.head) for name, task in tasks.tasks.items())
+    model = ModelConfig(heads=heads, network=settings.network, align_convention=align_convention,
+                        crop=settings.crop, class_names={k: list(v) for k, v in class_names.items()})
+    return FinetuneSpec(settings=settings, tasks=tasks,
+                        strategy=parse_weighting(weighting, weighting_options, tasks.names), model=model,
+                        checkpoint=checkpoint, runtime=runtime)
 
 
 @dataclass
@@ -80,43 +96,83 @@ class TrainingParts:
     strategy: Weighting
     optimizer: torch.optim.Optimizer
     own_optimizer: torch.optim.Optimizer | None
-    centers: CenterLoss | None
+    centers: nn.ModuleDict | None
     step: TrainStep
 
 
 def build_model(spec: FinetuneSpec, device: torch.device) -> MultiTaskInceptionResNetV1:
+    """The network at its initial weights (seed the global RNG first): random, or the checkpoint's trunk and first
+    branch with ``copy_branches`` applied.
+
+    Raises:
+        CheckpointError: the checkpoint does not fit the model.
+    """
     model = MultiTaskInceptionResNetV1(spec.model)
-    if spec.init:
-        load_pretrained(model, spec.init, spec.model)
-        if spec.copy_branch:
-            model.copy_branch(*spec.copy_branch)
+    if spec.checkpoint:
+        load_pretrained(model, spec.checkpoint, spec.model)
+        for source, target in spec.tasks.copy_branches:
+            model.copy_branch(source, target)
     model = model.to(device)
-    if spec.channels_last and device.type == "cuda":
+    if spec.settings.precision.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def _centers(spec: FinetuneSpec) -> nn.ModuleDict | None:
+    """One center matrix per task that owns one (``center.matrix: own``), sized by that task's classes.
+
+    Raises:
+        ValueError: a task shares a matrix whose classes differ from its own.
+    """
+    tasks = spec.tasks
+    n_classes = {h.name: h.n_classes for h in spec.model.heads}
+    owners: dict[str, CenterLoss] = {}
+    for name, task in tasks.tasks.items():
+        if task.center is None:
+            continue
+        owner = tasks.matrix_owner(name)
+        if n_classes[owner] != n_classes[name]:
+            raise ValueError(f"task {name!r} shares the center matrix of {owner!r}, but has {n_classes[name]} "
+                             f"classes where {owner!r} has {n_classes[owner]}")
+        if owner not in owners:
+            owners[owner] = CenterLoss(n_classes[owner], FEATURES, alpha=tasks.tasks[owner].center.alpha)
+    return nn.ModuleDict(owners) if owners else None
+
+
+def build_own_optimizer(strategy: Weighting, weights_optimizer: OptimizerSettings, network_lr: float
+                        ) -> tuple[torch.optim.Optimizer | None, float]:
+    """The update of a strategy's own parameters and its clip norm: ``weights_optimizer`` (clipped to its
+    ``clip_norm``) or, when the strategy asks for one (``own_update == "gradient_step"``, GradNorm's Algorithm 1), a
+    plain gradient step ``θ ← θ − lr·∇θ`` without clipping; ``(None, 0)`` when it has no own parameters. The rate is
+    ``strategy.own_lr`` at ``network_lr``."""
+    own = list(strategy.own_parameters())
+    if not own:
+        return None, 0.0
+    lr = strategy.own_lr.at(network_lr)
+    if strategy.own_update == "gradient_step":
+        return torch.optim.SGD(own, lr=lr, momentum=0.0), 0.0
+    return build_optimizer(weights_optimizer, own, lr), weights_optimizer.clip_norm
 
 
 def build_training(spec: FinetuneSpec, device: torch.device) -> TrainingParts:
     """Model, strategy, optimisers (at the schedule's epoch-1 rate), centers and the step function on ``device``.
 
     Seed the global RNG first: the model's and the weighting unit's initial weights come from it.
+
+    The strategy's own parameters are updated as :func:`build_own_optimizer` says.
     """
+    s = spec.settings
     model = build_model(spec, device)
-    names = [t.name for t in spec.tasks]
     feature_dim = int(np.prod(model.feature_shape()))
-    strategy = _weighting.build_weighting(spec.weighting, spec.weighting_options, names, feature_dim).to(device)
+    strategy = build_strategy(spec.strategy, spec.task_names, feature_dim).to(device)
     params = [p for p in model.parameters() if p.requires_grad] + list(strategy.main_parameters())
-    opt_kw = {"momentum": spec.momentum, "decay": spec.rms_decay, "eps": spec.rms_eps,
-              "weight_decay": spec.weight_decay}
     lr0 = spec.schedule.at(1)
-    optimizer = build_optimizer(spec.optimizer, params, lr0, **opt_kw)
-    own = list(strategy.own_parameters())
-    own_optimizer = build_optimizer(spec.weights_optimizer, own, strategy.own_lr.at(lr0), **opt_kw) if own else None
-    centers = None
-    if any(t.center_loss_factor for t in spec.tasks):
-        n_ids = spec.model.heads[0].n_classes
-        centers = CenterLoss(n_ids, model.feature_shape()[0], alpha=spec.center_loss_alpha).to(device)
-    forward = torch.compile(model) if spec.compile else None
-    step = TrainStep(model, strategy, spec.tasks, optimizer, own_optimizer, centers, clip_norm=spec.clip_norm,
-                     amp=spec.amp, forward=forward)
+    optimizer = build_optimizer(s.optimizer, params, lr0)
+    own_optimizer, own_clip = build_own_optimizer(strategy, s.weights_optimizer, lr0)
+    centers = _centers(spec)
+    if centers is not None:
+        centers = centers.to(device)
+    forward = torch.compile(model) if spec.runtime.compile else None
+    step = TrainStep(model, strategy, spec.tasks, optimizer, own_optimizer, centers, clip_norm=s.optimizer.clip_norm,
+                     own_clip_norm=own_clip, amp=s.precision.amp, forward=forward)
     return TrainingParts(model, strategy, optimizer, own_optimizer, centers, step)

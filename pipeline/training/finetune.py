@@ -1,15 +1,15 @@
-"""Multi-task fine-tuning of one (fold, method): the loop, per-epoch evaluation, model selection, resume.
+"""Multi-task fine-tuning of one (dataset, fold, method): the loop, per-epoch evaluation, model selection, resume.
 
-The loop (spec §4): for each 1-based epoch ``e``: the learning rate is ``schedule.at(e)``; ``epoch_size``
-batches of ``batch_size`` come from the permutation stream; each batch is one :class:`~pipeline.training.step.
-TrainStep`; then the model is evaluated on the test fold (and on held-out training subjects with
-``selection="val_subjects"``), the strategy sees the epoch's mean losses, and the whole training state is written
-to ``work/state.pt`` (atomic). A run that finds ``state.pt`` resumes after its epoch with the same model,
-optimiser, centers, strategy, sampler and RNG states, so an interrupted run ends bit-identical to an uninterrupted
-one on CPU.
+The loop (spec §4): for each 1-based epoch ``e``: the learning rate is ``schedule.at(e)``; ``epoch_size`` batches of
+``batch_size`` come from the permutation stream; each batch is one :class:`~pipeline.training.step.TrainStep`; then
+the model is evaluated on the test fold (and on held-out training subjects with ``selection="val_subjects"``), the
+strategy sees each task's mean loss over the epoch's batches where the task was present, and the whole training
+state is written to ``work/state.pt`` (atomic). A run that finds ``state.pt`` resumes after its epoch with the same
+model, optimiser, centers, strategy, sampler and RNG states, so an interrupted run ends bit-identical to an
+uninterrupted one on CPU.
 
-Model selection (spec §6.4, §9 item 15), per criterion ``verification`` (pair accuracy), ``expression`` (accuracy)
-and ``authentication`` (their product):
+Model selection (spec §6.4, §9 item 15), per criterion (:func:`pipeline.training.evaluate.criteria`:
+``verification`` = pair accuracy, each classification task's accuracy, ``authentication`` = their product):
 
 - ``test_fold``: the best epoch on the test fold itself (the original's numbers; optimistic, labelled as such);
 - ``val_subjects``: the best epoch on held-out training subjects; the test-fold numbers of that epoch are reported;
@@ -32,15 +32,12 @@ import torch
 from pipeline.models.network import MultiTaskInceptionResNetV1
 from pipeline.training.build import FinetuneSpec, build_training
 from pipeline.training.data import LabelledImages, PermutationStream, preprocess
-from pipeline.training.evaluate import EvalData, Predictions, evaluate, predict
+from pipeline.training.evaluate import EvalData, Predictions, criteria, evaluate, evaluations_of, predict
 from pipeline.training.step import NonFiniteError, StepResult
 
-__all__ = ["CRITERIA", "FinetuneResult", "FinetuneSpec", "run_finetune", "step_columns"]
+__all__ = ["FinetuneResult", "FinetuneSpec", "run_finetune", "step_columns"]
 
-CRITERIA = ("verification", "expression", "authentication")
-_CRITERION_KEY = {"verification": "verification_accuracy", "expression": "expression_accuracy",
-                  "authentication": "authentication"}
-STATE_FORMAT = "dmtl-finetune-state/1"
+STATE_FORMAT = "dmtl-finetune-state/2"
 
 
 @dataclass
@@ -61,8 +58,9 @@ def step_columns(task_names: list[str], extra: list[str] = ()) -> list[str]:
     """Column order of ``steps.csv``."""
     cols = ["step", "epoch", "lr", "lr_weights"]
     cols += [f"loss_{t}" for t in task_names] + [f"weight_{t}" for t in task_names]
-    cols += ["total_loss", "weight_loss", "grad_norm", "grad_norm_weights", *extra]
-    return cols
+    cols += ["total_loss", "weight_loss", "grad_norm", "grad_norm_weights"]
+    cols += [f"present_{t}" for t in task_names]
+    return [*cols, *extra]
 
 
 def _row(step: int, epoch: int, lr: float, lr_w: float | None, names: list[str], r: StepResult) -> dict[str, float]:
@@ -71,8 +69,18 @@ def _row(step: int, epoch: int, lr: float, lr_w: float | None, names: list[str],
     row.update({f"weight_{t}": v for t, v in zip(names, r.weights, strict=True)})
     row.update({"total_loss": r.total, "weight_loss": r.aux if r.aux is not None else "",
                 "grad_norm": r.grad_norm, "grad_norm_weights": r.grad_norm_own if r.grad_norm_own is not None else ""})
+    row.update({f"present_{t}": int(p) for t, p in zip(names, r.present, strict=True)})
     row.update(r.extra)
     return row
+
+
+def _epoch_means(rows: list[dict[str, float]], names: list[str]) -> list[float]:
+    """Each task's mean loss over the rows (batches) where it was present; NaN where it never was."""
+    means = []
+    for t in names:
+        values = [r[f"loss_{t}"] for r in rows if r[f"present_{t}"]]
+        means.append(float(np.mean(values)) if values else float("nan"))
+    return means
 
 
 def _seed_everything(seed: int) -> None:
@@ -82,17 +90,17 @@ def _seed_everything(seed: int) -> None:
 
 
 class _Selector:
-    """Tracks the best epoch per criterion on the selection data."""
+    """Tracks the best epoch per criterion (``{criterion: metric key}``) on the selection data."""
 
-    def __init__(self, selection: str) -> None:
+    def __init__(self, selection: str, criteria: dict[str, str]) -> None:
         self.selection = selection
+        self.criteria = criteria
         self.best: dict[str, dict[str, Any]] = {}
 
     def update(self, epoch: int, selected_on: dict[str, Any], test: dict[str, Any]) -> list[str]:
         """Record epoch ``epoch``; returns the criteria it became best for."""
         improved = []
-        for crit in CRITERIA:
-            key = _CRITERION_KEY[crit]
+        for crit, key in self.criteria.items():
             value = selected_on.get(key)
             if value is None:
                 continue
@@ -112,8 +120,8 @@ def run_finetune(spec: FinetuneSpec, train: LabelledImages, test: EvalData, work
 
     Args:
         spec: settings.
-        train: training images (``uint8``) and per-task labels; moved to ``spec.device``.
-        test: the test fold's images, pairs and expression labels.
+        train: training images (``uint8``) and per-task labels; moved to ``spec.runtime.device``.
+        test: the test fold's images, pairs and per-task labels.
         work: the run's private folder (checkpoints); created if missing.
         val: held-out training subjects (required for ``selection="val_subjects"``).
         on_epoch: called after each epoch's checkpoint with ``(epoch, that epoch's step rows, history entry)``.
@@ -121,22 +129,25 @@ def run_finetune(spec: FinetuneSpec, train: LabelledImages, test: EvalData, work
             epochs that were checkpointed but not yet reported when the run was killed).
         progress: called with the number of images trained after every step.
     """
-    if spec.selection == "val_subjects" and val is None:
+    s = spec.settings
+    if s.selection == "val_subjects" and val is None:
         raise ValueError("selection val_subjects needs held-out validation data")
-    device = torch.device(spec.device)
+    device = torch.device(spec.runtime.device)
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / "state.pt"
-    _seed_everything(spec.seed)
+    _seed_everything(s.seed)
     parts = build_training(spec, device)
     model, strategy, optimizer, own_optimizer, centers, step_fn = (
         parts.model, parts.strategy, parts.optimizer, parts.own_optimizer, parts.centers, parts.step)
-    names = [t.name for t in spec.tasks]
+    names = spec.task_names
+    schedule = spec.schedule
+    channels_last = s.precision.channels_last and device.type == "cuda"
     train = train.to(device)
     test_images = test.images.to(device)
     val_images = val.images.to(device) if val is not None else None
-    stream = PermutationStream(len(train), spec.seed + 1)
-    crop_gen = torch.Generator(device=device).manual_seed(spec.seed + 2)
-    selector = _Selector(spec.selection)
+    stream = PermutationStream(len(train), s.seed + 1)
+    crop_gen = torch.Generator(device=device).manual_seed(s.seed + 2)
+    selector = _Selector(s.selection, criteria(spec.tasks))
     rows: list[dict[str, float]] = []
     history: list[dict[str, Any]] = []
     scores: dict[str, np.ndarray] = {}
@@ -167,22 +178,23 @@ def run_finetune(spec: FinetuneSpec, train: LabelledImages, test: EvalData, work
         if on_resume is not None:
             on_resume(rows, history)
 
-    if spec.epochs == 0:  # no training: the initial (pretrained) model, evaluated once as epoch 0
-        entry, epoch_scores = _evaluate_epoch(spec, model, test, test_images, val, val_images, 0, heads=1)
+    if s.epochs == 0:  # no training: the initial (pretrained) model, evaluated once as epoch 0
+        entry, epoch_scores = _evaluate_epoch(spec, model, test, test_images, val, val_images, 0, first=1)
         history = [entry]
-        selected_on = entry["val"] if spec.selection == "val_subjects" else entry["test"]
+        selected_on = entry["val"] if s.selection == "val_subjects" else entry["test"]
         selector.update(0, selected_on, entry["test"])
         scores = {f"{p}_{k}": v for k, v in epoch_scores.items()
                   for p in ("last", *(f"best_{c}" for c in selector.best))}
         if on_epoch is not None:
             on_epoch(0, [], entry)
-    frozen = spec.frozen_bn if spec.init else ()
-    dropout_off = spec.dropout_off if spec.init else ()
-    step = start_epoch * spec.epoch_size
+    pretrained = (names[0],)
+    frozen = ("trunk", *pretrained) if spec.checkpoint and s.freeze_pretrained_bn else ()
+    dropout_off = pretrained if spec.checkpoint and not s.pretrained_dropout else ()
+    step = start_epoch * s.epoch_size
     t0 = time.perf_counter()
     trained = 0
-    for epoch in range(start_epoch + 1, spec.epochs + 1):
-        lr = spec.schedule.at(epoch)
+    for epoch in range(start_epoch + 1, s.epochs + 1):
+        lr = schedule.at(epoch)
         lr_w = strategy.own_lr.at(lr) if own_optimizer is not None else None
         for g in optimizer.param_groups:
             g["lr"] = lr
@@ -191,25 +203,23 @@ def run_finetune(spec: FinetuneSpec, train: LabelledImages, test: EvalData, work
                 g["lr"] = lr_w
         model.set_phase(train=True, frozen_bn=frozen, dropout_off=dropout_off)
         epoch_rows = []
-        for _ in range(spec.epoch_size):
-            idx = stream.next(spec.batch_size)
+        for _ in range(s.epoch_size):
+            idx = stream.next(s.batch_size)
             raw, labels = train.take(idx)
-            x = preprocess(raw, crop=spec.crop, input_size=spec.model.input_size, train=True,
-                           random_crop=spec.random_crop, flip=spec.flip, generator=crop_gen,
-                           channels_last=spec.channels_last and device.type == "cuda")
+            x = preprocess(raw, crop=s.crop.size, input_size=s.network.input_size, train=True,
+                           random_crop=s.crop.random, flip=s.crop.flip, generator=crop_gen,
+                           channels_last=channels_last)
             result = step_fn(x, labels)
             step += 1
             trained += len(idx)
             epoch_rows.append(_row(step, epoch, lr, lr_w, names, result))
             if progress is not None:
                 progress(len(idx))
-        mean_losses = torch.tensor([np.mean([r[f"loss_{t}"] for r in epoch_rows]) for t in names],
-                                   dtype=torch.float32, device=device)
-        strategy.end_epoch(mean_losses)
+        strategy.end_epoch(torch.tensor(_epoch_means(epoch_rows, names), dtype=torch.float32, device=device))
         entry, epoch_scores = _evaluate_epoch(spec, model, test, test_images, val, val_images, epoch)
         history.append(entry)
         rows.extend(epoch_rows)
-        selected_on = entry["val"] if spec.selection == "val_subjects" else entry["test"]
+        selected_on = entry["val"] if s.selection == "val_subjects" else entry["test"]
         for crit in selector.update(epoch, selected_on, entry["test"]):
             scores.update({f"best_{crit}_{k}": v for k, v in epoch_scores.items()})
         scores.update({f"last_{k}": v for k, v in epoch_scores.items()})
@@ -227,42 +237,46 @@ def run_finetune(spec: FinetuneSpec, train: LabelledImages, test: EvalData, work
 
 
 def _evaluate_epoch(spec: FinetuneSpec, model: MultiTaskInceptionResNetV1, test: EvalData, test_images: torch.Tensor,
-                    val: EvalData | None, val_images: torch.Tensor | None, epoch: int, heads: int | None = None
+                    val: EvalData | None, val_images: torch.Tensor | None, epoch: int, first: int | None = None
                     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Test (and validation) metrics of the current model; ``heads=1`` evaluates the identity head only (an
-    untrained expression head's accuracy would be noise)."""
-    kw = {"crop": spec.crop, "input_size": spec.model.input_size, "batch_size": spec.eval_batch_size,
-          "amp": spec.amp, "channels_last": spec.channels_last and test_images.device.type == "cuda"}
-    ev = {"mode": spec.eval_mode, "far_targets": spec.far_targets, "n_folds": spec.eval_folds, "seed": spec.seed}
-    keep = [t.name for t in spec.tasks][:heads]
+    """Test (and validation) metrics of the current model; ``first=1`` evaluates the first (pretrained) task only
+    (an untrained head's accuracy would be noise)."""
+    s = spec.settings
+    evaluations = evaluations_of(spec.tasks, first)
+    embed = sorted({t for t, kind in evaluations if kind != "classification"}, key=spec.task_names.index)
+    kw = {"crop": s.crop.size, "input_size": s.network.input_size, "batch_size": spec.runtime.eval_batch_size,
+          "amp": s.precision.amp, "channels_last": s.precision.channels_last and test_images.device.type == "cuda",
+          "embed": embed}
+    keep = spec.task_names[:first]
 
     def run(images: torch.Tensor) -> Predictions:
         pred = _finite(predict(model, images, **kw), epoch)
         return Predictions(pred.embeddings, {k: v for k, v in pred.logits.items() if k in keep})
 
-    m_test, scores = evaluate(run(test_images), test, **ev)
+    m_test, scores = evaluate(run(test_images), test, evaluations, protocol=s.protocol, seed=s.seed)
     m_val = None
     if val is not None and val_images is not None:
-        m_val, _ = evaluate(run(val_images), val, **ev)
+        m_val, _ = evaluate(run(val_images), val, evaluations, protocol=s.protocol, seed=s.seed)
     return {"epoch": epoch, "test": m_test, "val": m_val}, scores
 
 
 def _finite(pred: Predictions, epoch: int) -> Predictions:
     """``pred`` if every embedding and logit is finite, else :class:`NonFiniteError` (the epoch's last steps
     diverged: their losses were finite, the updated weights are not usable)."""
-    arrays = [pred.embeddings, *pred.logits.values()]
+    arrays = [*pred.embeddings.values(), *pred.logits.values()]
     if not all(np.isfinite(a).all() for a in arrays):
         raise NonFiniteError(f"non-finite model outputs when evaluating epoch {epoch}: its last steps diverged")
     return pred
 
 
 def _metrics(spec: FinetuneSpec, history: list[dict[str, Any]], selector: _Selector) -> dict[str, Any]:
-    best = {"selected_on": spec.selection}
-    for crit in CRITERIA:
+    best = {"selected_on": spec.settings.selection}
+    for crit in selector.criteria:
         if crit in selector.best:
             b = selector.best[crit]
             best[crit] = {"epoch": b["epoch"], **b["metrics"]}
-    return {"epochs": spec.epochs, "last": {"epoch": history[-1]["epoch"], **history[-1]["test"]}, "best": best}
+    return {"epochs": spec.settings.epochs, "last": {"epoch": history[-1]["epoch"], **history[-1]["test"]},
+            "best": best}
 
 
 def _save_state(path: Path, *, epoch: int, model, strategy, optimizer, own_optimizer, centers, stream, crop_gen,

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["OPTIMIZERS", "TF1RMSProp", "build_optimizer", "clip_by_global_norm_"]
+from pipeline.settings import OPTIMIZERS, OptimizerSettings
 
-OPTIMIZERS = ("rmsprop_tf1", "rmsprop", "adam", "sgd")
+__all__ = ["OPTIMIZERS", "TF1RMSProp", "build_optimizer", "clip_by_global_norm_"]
 
 
 class TF1RMSProp(torch.optim.Optimizer):
@@ -186,39 +186,36 @@ def clip_by_global_norm_(
     return total
 
 
-def build_optimizer(
-    name: str,
-    params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-    lr: float,
-    *,
-    momentum: float = 0.9,
-    decay: float = 0.9,
-    eps: float = 1.0,
-    weight_decay: float = 0.0,
-) -> torch.optim.Optimizer:
-    """An optimiser by name; the defaults are the original ``RMSPropOptimizer(decay=0.9, momentum=0.9, epsilon=1.0)``.
+def build_optimizer(settings: OptimizerSettings, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+                    lr: float) -> torch.optim.Optimizer:
+    """The optimiser ``settings`` (:class:`~pipeline.settings.OptimizerSettings`) over ``params`` at rate ``lr``.
 
-    - ``rmsprop_tf1`` (default of the project): :class:`TF1RMSProp` with ``rho=decay``.
-    - ``rmsprop``: ``torch.optim.RMSprop(alpha=decay, eps=eps, momentum=momentum)`` (square average starts at 0,
-      ``eps`` added outside the square root: not the TF1 algorithm).
-    - ``adam``: ``torch.optim.Adam`` with betas ``(0.9, 0.999)``; ``eps`` is used only when it is below ``1e-3``
-      (a value meant for Adam), otherwise torch's default ``1e-8``, so the RMSProp default ``eps=1.0`` does not
-      silently cripple Adam. ``momentum`` and ``decay`` are ignored.
-    - ``sgd``: ``torch.optim.SGD(momentum=momentum)`` (no Nesterov); ``decay`` and ``eps`` are ignored.
+    - ``rmsprop_tf1`` (the original, spec §4.1): :class:`TF1RMSProp` with ``rho=rms_decay``, ``eps=rms_eps``,
+      ``momentum``.
+    - ``rmsprop``: ``torch.optim.RMSprop(alpha=rms_decay, eps=rms_eps, momentum=momentum)`` (square average starts
+      at 0, ``eps`` added outside the square root: not the TF1 algorithm).
+    - ``adam``: ``torch.optim.Adam`` with betas ``(0.9, 0.999)``; ``rms_eps`` is used only when it is below ``1e-3``
+      (a value meant for Adam), otherwise torch's default ``1e-8``, so the RMSProp value ``1.0`` does not silently
+      cripple Adam. ``momentum`` and ``rms_decay`` are ignored.
+    - ``sgd``: ``torch.optim.SGD(momentum=momentum)`` (no Nesterov); ``rms_decay`` and ``rms_eps`` are ignored.
 
-    ``weight_decay`` is the L2 coefficient of each optimiser (added to the gradient). ``name`` is case-insensitive.
+    ``weight_decay`` is the L2 coefficient of each optimiser (added to the gradient); ``clip_norm`` is applied by the
+    caller before each step. ``name`` is case-insensitive.
 
     Raises:
         ValueError: unknown ``name`` (one line listing the choices).
     """
-    key = name.strip().lower()
+    s = settings
+    key = s.name.strip().lower()
     if key == "rmsprop_tf1":
-        return TF1RMSProp(params, lr=lr, rho=decay, momentum=momentum, eps=eps, weight_decay=weight_decay)
+        return TF1RMSProp(params, lr=lr, rho=s.rms_decay, momentum=s.momentum, eps=s.rms_eps,
+                          weight_decay=s.weight_decay)
     if key == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, alpha=decay, eps=eps, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.RMSprop(params, lr=lr, alpha=s.rms_decay, eps=s.rms_eps, momentum=s.momentum,
+                                   weight_decay=s.weight_decay)
     if key == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=eps if eps < 1e-3 else 1e-8,
-                                weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=s.rms_eps if s.rms_eps < 1e-3 else 1e-8,
+                                weight_decay=s.weight_decay)
     if key == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+        return torch.optim.SGD(params, lr=lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    raise ValueError(f"unknown optimizer {s.name!r}; choose one of: {', '.join(OPTIMIZERS)}")

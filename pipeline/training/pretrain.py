@@ -38,10 +38,12 @@ import torch
 from torch import nn
 
 from pipeline.losses.center import CenterLoss
-from pipeline.models.network import ModelConfig, MultiTaskInceptionResNetV1
+from pipeline.models.network import HeadSpec, ModelConfig, MultiTaskInceptionResNetV1
+from pipeline.settings import PretrainRuntime, PretrainSettings
 from pipeline.training.data import preprocess
 from pipeline.training.distributed import DistContext
 from pipeline.training.optim import build_optimizer, clip_by_global_norm_
+from pipeline.training.schedule import LrSchedule, schedule_from
 from pipeline.training.shard_data import ShardBatchSampler, ShardFaces, check_decode, make_loader, next_batch
 from pipeline.training.shard_decode import batch_to_device
 from pipeline.training.step import NonFiniteError, global_grad_norm
@@ -49,68 +51,55 @@ from pipeline.training.step import NonFiniteError, global_grad_norm
 if TYPE_CHECKING:  # evaluation needs scikit-learn and SciPy: imported when a run verifies, not by bench/pretrain.py
     from pipeline.training.evaluate import EvalData
 
-__all__ = ["ROW_COLUMNS", "PretrainResult", "PretrainSpec", "PretrainStep", "lr_at", "run_pretrain", "step_seed"]
+__all__ = ["ROW_COLUMNS", "PretrainResult", "PretrainSpec", "PretrainStep", "pretrain_spec", "run_pretrain",
+           "step_seed"]
 
 STATE_FORMAT = "dmtl-pretrain-state/1"
 #: columns of ``steps.csv`` (means over the ``log_every`` steps ending at ``step``)
 ROW_COLUMNS = ["step", "epoch", "lr", "loss", "cross_entropy", "center_loss", "train_accuracy", "grad_norm"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class PretrainSpec:
-    """Everything one pretraining run needs besides the data (resolved from ``params.yaml`` by the stage).
+    """Everything one pretraining run needs besides the data.
 
     Attributes:
+        settings: ``pretrain.train`` as it is in params (:class:`~pipeline.settings.PretrainSettings`):
+            ``batch_size`` is the **global** batch (split evenly over the processes); ``schedule`` is in 0-based
+            steps; ``checkpoint_every``/``eval_every``/``log_every`` in steps (the last step always checkpoints and
+            evaluates); ``freeze_bn``: BN uses its moving statistics while training (for the multi-process
+            equivalence test); ``shuffle_window``: data order (see :class:`~pipeline.training.shard_data.
+            ShardBatchSampler`).
         model: the network (one head: ``identity`` with one class per training identity).
-        steps: optimiser steps in all.
-        batch_size: the **global** batch (split evenly over the processes).
-        init: None = random (spec §1.1 initialisation), or a checkpoint to continue from (ours or facenet-pytorch).
-        lr, lr_boundaries, lr_factor: piecewise-constant rate: ``lr · lr_factor^k`` after ``k`` boundaries (steps).
-        freeze_bn: BN uses its moving statistics while training (for the multi-process equivalence test).
-        window: data order (see :class:`~pipeline.training.shard_data.ShardBatchSampler`).
-        checkpoint_every, eval_every, log_every: in steps (the last step always checkpoints and evaluates).
-        compile: ``torch.compile`` the training forward.
-        decode: where the faces are decoded, one of :data:`~pipeline.training.shard_data.DECODE_MODES`: ``worker``
-            (OpenCV in the loader's worker processes) or ``device`` (the workers only read the bytes; torchvision
-            decodes each batch on the training device, nvJPEG on CUDA). Same pixels on the CPU.
+        checkpoint: the checkpoint ``settings.init`` resolves to (None = random, spec §1.1 initialisation): ours or
+            facenet-pytorch, to continue from.
+        runtime: ``pretrain.runtime``: the device (resolved), loader ``workers``, ``decode`` (``worker``: OpenCV in
+            the loader's worker processes; ``device``: the workers only read the bytes and torchvision decodes each
+            batch on the training device, nvJPEG on CUDA; the same pixels on the CPU), ``compile`` (``torch.compile``
+            the training forward), ``eval_batch_size``.
     """
 
+    settings: PretrainSettings
     model: ModelConfig
-    steps: int
-    batch_size: int = 90
-    init: str | None = None
-    optimizer: str = "rmsprop_tf1"
-    lr: float = 0.1
-    lr_boundaries: tuple[int, ...] = (60000, 80000)
-    lr_factor: float = 0.1
-    momentum: float = 0.9
-    rms_decay: float = 0.9
-    rms_eps: float = 1.0
-    weight_decay: float = 5e-5
-    clip_norm: float = 0.0
-    center_loss_factor: float = 0.1
-    center_loss_alpha: float = 0.5
-    crop: int = 160
-    random_crop: bool = True
-    flip: bool = True
-    freeze_bn: bool = False
-    window: int = 0
-    workers: int = 2
-    checkpoint_every: int = 1000
-    eval_every: int = 1000
-    log_every: int = 10
-    eval_mode: str = "clean"
-    eval_folds: int = 10
-    far_targets: tuple[float, ...] = (1e-3, 1e-2)
-    eval_batch_size: int = 100
-    seed: int = 666
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    decode: str = "worker"
+    checkpoint: str | None
+    runtime: PretrainRuntime
 
     def __post_init__(self) -> None:
-        check_decode(self.decode)
+        check_decode(self.runtime.decode)
+
+    @property
+    def schedule(self) -> LrSchedule:
+        """The learning rate per 0-based step."""
+        return schedule_from(self.settings.schedule)
+
+
+def pretrain_spec(settings: PretrainSettings, *, n_classes: int, align_convention: str, checkpoint: str | None,
+                  runtime: PretrainRuntime) -> PretrainSpec:
+    """The spec of one pretraining run from its settings and what the stage resolved (the identities of the
+    training data, the checkpoint ``init`` names, the device)."""
+    model = ModelConfig(heads=(HeadSpec("identity", n_classes),), network=settings.network,
+                        align_convention=align_convention, crop=settings.crop)
+    return PretrainSpec(settings=settings, model=model, checkpoint=checkpoint, runtime=runtime)
 
 
 @dataclass
@@ -126,11 +115,6 @@ class PretrainResult:
     seconds: float  #: training time of this process's run (after resume)
     images_per_second: float  #: global images per second over this run
     data_wait_fraction: float  #: share of the training time rank 0 waited for the next batch
-
-
-def lr_at(spec: PretrainSpec, step: int) -> float:
-    """Learning rate of 0-based step ``step``."""
-    return spec.lr * spec.lr_factor ** sum(step >= b for b in spec.lr_boundaries)
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -193,13 +177,13 @@ class PretrainStep:
 
 
 def build_pretrain_model(spec: PretrainSpec) -> MultiTaskInceptionResNetV1:
-    """The network at its initial weights (the global RNG must be seeded first); ``spec.init`` loads the trunk and
-    the identity branch (bottleneck and classifier stay fresh: another set of identities)."""
+    """The network at its initial weights (the global RNG must be seeded first); ``spec.checkpoint`` loads the trunk
+    and the identity branch (bottleneck and classifier stay fresh: another set of identities)."""
     model = MultiTaskInceptionResNetV1(spec.model)
-    if spec.init:
+    if spec.checkpoint:
         from pipeline.models.pretrained import load_pretrained
 
-        load_pretrained(model, spec.init, spec.model)
+        load_pretrained(model, spec.checkpoint, spec.model)
     return model
 
 
@@ -221,21 +205,23 @@ def run_pretrain(spec: PretrainSpec, train: ShardFaces, work: Path, dist: DistCo
         on_resume: rank 0, once when resuming, with the checkpoint's rows and evaluations.
         progress: called with the global number of images after every step (rank 0).
     """
+    s = spec.settings
     device = torch.device(dist.device)
     state_path = work / "state.pt"
     if dist.is_main:
         work.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(spec.seed)
+    torch.manual_seed(s.seed)
     model = build_pretrain_model(spec).to(device)
-    if spec.channels_last and device.type == "cuda":
+    channels_last = s.precision.channels_last and device.type == "cuda"
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(spec.optimizer, params, lr_at(spec, 0), momentum=spec.momentum,
-                                decay=spec.rms_decay, eps=spec.rms_eps, weight_decay=spec.weight_decay)
+    schedule = spec.schedule
+    optimizer = build_optimizer(s.optimizer, params, schedule.at(0))
     centers = None
-    if spec.center_loss_factor:
+    if s.center_loss.factor:
         centers = CenterLoss(spec.model.heads[0].n_classes, model.feature_shape()[0],
-                             alpha=spec.center_loss_alpha).to(device)
+                             alpha=s.center_loss.alpha).to(device)
     rows: list[dict[str, float]] = []
     history: list[dict[str, Any]] = []
     step = 0
@@ -258,28 +244,27 @@ def run_pretrain(spec: PretrainSpec, train: ShardFaces, work: Path, dist: DistCo
 
         forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                           broadcast_buffers=True)
-    if spec.compile:
+    if spec.runtime.compile:
         forward = torch.compile(forward)
-    step_fn = PretrainStep(model, forward, optimizer, centers, dist, center_loss_factor=spec.center_loss_factor,
-                           clip_norm=spec.clip_norm, amp=spec.amp)
-    sampler = ShardBatchSampler(train.shard, spec.batch_size, seed=spec.seed, rank=dist.rank, world=dist.world,
-                                window=spec.window, start_step=step)
+    step_fn = PretrainStep(model, forward, optimizer, centers, dist, center_loss_factor=s.center_loss.factor,
+                           clip_norm=s.optimizer.clip_norm, amp=s.precision.amp)
+    sampler = ShardBatchSampler(train.shard, s.batch_size, seed=s.seed, rank=dist.rank, world=dist.world,
+                                window=s.shuffle_window, start_step=step)
     per_epoch = sampler.batches_per_epoch
     gen = torch.Generator(device=device)
-    channels_last = spec.channels_last and device.type == "cuda"
-    frozen = ("trunk", model.task_names[0]) if spec.freeze_bn else ()
+    frozen = ("trunk", model.task_names[0]) if s.freeze_bn else ()
     verify_images = verify.images.to(device) if verify is not None and dist.is_main else None
 
     pending: list[dict[str, float]] = []
     t0 = time.perf_counter()
     waited = 0.0
     done_images = 0
-    loader = make_loader(train, sampler, workers=spec.workers, pin_memory=device.type == "cuda",
-                         decode=spec.decode) if step < spec.steps else None
+    loader = make_loader(train, sampler, workers=spec.runtime.workers, pin_memory=device.type == "cuda",
+                         decode=spec.runtime.decode) if step < s.steps else None
     batches = iter(loader) if loader is not None else iter(())
     try:
-        while step < spec.steps:
-            lr = lr_at(spec, step)
+        while step < s.steps:
+            lr = schedule.at(step)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             model.set_phase(train=True, frozen_bn=frozen)
@@ -287,33 +272,33 @@ def run_pretrain(spec: PretrainSpec, train: ShardFaces, work: Path, dist: DistCo
             batch = next_batch(batches)
             waited += time.perf_counter() - tw
             raw, y = batch_to_device(batch, train, device)
-            seed = step_seed(spec.seed, step, dist.rank)
+            seed = step_seed(s.seed, step, dist.rank)
             torch.manual_seed(seed)
             gen.manual_seed(seed)
-            x = preprocess(raw, crop=spec.crop, input_size=spec.model.input_size, train=True,
-                           random_crop=spec.random_crop, flip=spec.flip, generator=gen, channels_last=channels_last)
+            x = preprocess(raw, crop=s.crop.size, input_size=s.network.input_size, train=True,
+                           random_crop=s.crop.random, flip=s.crop.flip, generator=gen, channels_last=channels_last)
             values = step_fn(x, y)
             step += 1
-            done_images += spec.batch_size
+            done_images += s.batch_size
             pending.append(values)
             if progress is not None and dist.is_main:
-                progress(spec.batch_size)
-            last = step == spec.steps
-            if step % spec.log_every == 0 or step % spec.checkpoint_every == 0 or last:
+                progress(s.batch_size)
+            last = step == s.steps
+            if step % s.log_every == 0 or step % s.checkpoint_every == 0 or last:
                 row = {"step": step, "epoch": step / per_epoch, "lr": lr}
                 row.update({k: float(np.mean([p[k] for p in pending])) for k in ROW_COLUMNS[3:]})
                 pending = []
                 rows.append(row)
                 if on_log is not None and dist.is_main:
                     on_log([row])
-            if verify is not None and (step % spec.eval_every == 0 or last):
+            if verify is not None and (step % s.eval_every == 0 or last):
                 if dist.is_main:
                     entry = _evaluate(spec, model, verify, verify_images, step)
                     history.append(entry)
                     if on_eval is not None:
                         on_eval(entry)
                 dist.barrier()
-            if step % spec.checkpoint_every == 0 or last:
+            if step % s.checkpoint_every == 0 or last:
                 if dist.is_main:
                     _save_state(state_path, step=step, model=model, optimizer=optimizer, centers=centers, rows=rows,
                                 history=history)
@@ -335,21 +320,24 @@ def _evaluate(spec: PretrainSpec, model: MultiTaskInceptionResNetV1, verify: Eva
     """Verification of ``verify``'s pairs; ``images`` = ``verify.images`` already on the model's device."""
     from pipeline.training.evaluate import evaluate, predict
 
-    pred = predict(model, images, crop=spec.crop, input_size=spec.model.input_size, batch_size=spec.eval_batch_size,
-                   amp=spec.amp, channels_last=spec.channels_last and images.device.type == "cuda")
-    if not np.isfinite(pred.embeddings).all():
+    s = spec.settings
+    head = spec.model.heads[0].name
+    pred = predict(model, images, crop=s.crop.size, input_size=s.network.input_size,
+                   batch_size=spec.runtime.eval_batch_size, amp=s.precision.amp,
+                   channels_last=s.precision.channels_last and images.device.type == "cuda", embed=[head])
+    if not np.isfinite(pred.embeddings[head]).all():
         raise NonFiniteError(f"non-finite embeddings when evaluating step {step}: the last steps diverged")
-    m, _ = evaluate(pred, verify, mode=spec.eval_mode, far_targets=spec.far_targets, n_folds=spec.eval_folds,
-                    seed=spec.seed)
+    m, _ = evaluate(pred, verify, [(head, "verification")], protocol=s.protocol, seed=s.seed)
     return {"step": step, "verification_accuracy": m.get("verification_accuracy"),
             "verification": m.get("verification")}
 
 
 def _metrics(spec: PretrainSpec, rows: list[dict[str, float]], history: list[dict[str, Any]],
              world: int) -> dict[str, Any]:
+    s = spec.settings
     last_row = rows[-1] if rows else {}
-    out: dict[str, Any] = {"steps": spec.steps, "batch_size": spec.batch_size, "processes": world,
-                           "images_seen": spec.steps * spec.batch_size,
+    out: dict[str, Any] = {"steps": s.steps, "batch_size": s.batch_size, "processes": world,
+                           "images_seen": s.steps * s.batch_size,
                            "last": {k: last_row.get(k) for k in ROW_COLUMNS}}
     if history:
         best = max(history, key=lambda e: e["verification_accuracy"] or 0.0)

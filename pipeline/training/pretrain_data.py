@@ -81,7 +81,7 @@ def load_verification_pairs(aligned: Path, pair_files: Sequence[Path]) -> tuple[
         frames.append(pd.read_parquet(f))
     pairs = pd.concat(frames, ignore_index=True).drop_duplicates(["input_id", "reference_id"], ignore_index=True)
     ids = list(dict.fromkeys([*pairs["input_id"].astype(str), *pairs["reference_id"].astype(str)]))
-    data, _, counts = pairs_eval_data(FaceSource(aligned), ids, {}, pairs, [])
+    data, _, counts = pairs_eval_data(FaceSource(aligned), ids, {}, pairs)
     if len(data.same) == 0:
         raise DatasetError(f"no usable verification pair in {', '.join(map(str, pair_files))}")
     return data, counts

@@ -1,4 +1,8 @@
-"""Learning-rate schedules: a constant, or a schedule file in the original format (spec §5.6).
+"""Learning-rate schedules (:class:`~pipeline.settings.ScheduleSettings`): piecewise constant, or a schedule file
+in the original format (spec §5.6).
+
+Piecewise constant: the rate at ``t`` is ``lr · decay^k`` with ``k`` = the number of ``boundaries`` ``<= t``; ``t`` is
+the 0-based step when pretraining and the 1-based loop-epoch when fine-tuning (no boundaries: a constant rate).
 
 File format (``data/protocols/learning_rate_schedule_*.txt``): lines ``epoch: lr``; ``#`` starts a comment;
 blank lines are ignored. The rate of loop-epoch ``e`` (1-based, the original's ``epoch_current``) is the value on
@@ -10,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LrSchedule", "read_schedule"]
+from pipeline.settings import ScheduleSettings
+
+__all__ = ["LrSchedule", "read_schedule", "schedule_from"]
 
 
 @dataclass(frozen=True)
@@ -22,9 +28,15 @@ class LrSchedule:
 
     @classmethod
     def constant(cls, lr: float) -> LrSchedule:
+        return cls.piecewise(lr, (), 1.0)
+
+    @classmethod
+    def piecewise(cls, lr: float, boundaries: tuple[int, ...] | list[int], decay: float) -> LrSchedule:
+        """``lr · decay^k`` from the ``k``-th of the increasing ``boundaries`` on (``lr`` before the first)."""
         if not lr > 0:
             raise ValueError(f"learning rate must be > 0, got {lr}")
-        return cls(((0, float(lr)),))
+        points = [(0, float(lr))] + [(int(b), float(lr) * decay ** k) for k, b in enumerate(boundaries, start=1)]
+        return cls(tuple(points), source="constant" if not boundaries else "piecewise")
 
     def at(self, epoch: int) -> float:
         """The rate of 1-based loop-epoch ``epoch``.
@@ -72,3 +84,14 @@ def read_schedule(path: str | Path) -> LrSchedule:
     if not points:
         raise ValueError(f"{path}: no 'epoch: learning_rate' lines")
     return LrSchedule(tuple(points), source=str(path))
+
+
+def schedule_from(settings: ScheduleSettings) -> LrSchedule:
+    """The schedule ``settings`` describe: its ``file``, or ``lr``/``boundaries``/``decay``.
+
+    Raises:
+        ValueError: an unreadable schedule file (see :func:`read_schedule`).
+    """
+    if settings.file is not None:
+        return read_schedule(settings.file)
+    return LrSchedule.piecewise(settings.lr, tuple(settings.boundaries), settings.decay)

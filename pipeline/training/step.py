@@ -1,51 +1,42 @@
-"""One multi-task training step: forward once, both backward passes, clipping, finiteness check, both optimiser steps.
+"""One multi-task training step: forward once, both backward passes, clipping, finiteness check, both updates.
 
 This is the function the fine-tuning loop, the behaviour tests and ``bench/train.py`` all run. Per batch
-(spec §2, §3, §4.1):
+(spec §2, §3, §4.1), for the tasks of a task set (:class:`~pipeline.settings.TaskSetSettings`):
 
 1. forward (bf16 autocast on CUDA when ``amp``); per-task losses ``L_t`` = mean softmax cross-entropy over the
-   samples that have a label for task ``t`` (label ``-1`` = none; no labelled sample gives ``L_t = 0``, spec §9
-   item 24), plus ``λc · ½‖e − c_y‖²`` for the tasks with a center loss (pre-update centers, spec §2.2);
-2. the weighting strategy turns ``L [T]`` and ``Mixed_7a`` into the total loss and its own loss;
+   samples that have a label for task ``t`` (label ``-1`` = none), plus ``λc · ½‖e − c_y‖²`` for a task with a
+   center loss (``e``: the L2-normalised prelogits of the branch its ``center.embedding`` names; ``c``: the rows of
+   the matrix its ``center.matrix`` names, before this step's update; spec §2.2); ``present[t]`` = the batch has a
+   labelled sample of ``t`` (else ``L_t = 0``, spec §9 item 24, and the strategy drops the task: the presence mask);
+2. the weighting strategy turns ``L [T]``, ``present [T]`` and ``Mixed_7a`` into the total loss and its own loss;
 3. ``autograd.grad`` of the total loss over the network (+ the strategy's main parameters) and of the strategy's
    loss over its own parameters, from the same graph;
-4. each gradient set is clipped to global norm ``clip_norm`` (TF ``clip_by_global_norm``);
-5. the losses, weights and gradient norms are copied to the host once; a non-finite value raises
+4. each gradient set is clipped to its global norm (TF ``clip_by_global_norm``; 0 = off);
+5. the losses, weights, presence flags and gradient norms are copied to the host once; a non-finite value raises
    :class:`NonFiniteError` **before** any parameter changes;
-6. both optimisers step, the centers move toward the batch means, the strategy's ``after_step`` runs.
+6. both optimisers step; every center matrix moves toward the batch means of the tasks whose ``center.updates``
+   is true (in task order, each from its own labelled samples); the strategy's ``after_step`` runs.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from pipeline.losses.center import CenterLoss
+from pipeline.settings import TaskSetSettings
 from pipeline.training.optim import clip_by_global_norm_
 from pipeline.weighting.base import Weighting
 
-__all__ = ["NonFiniteError", "StepResult", "TaskSpec", "TrainStep", "global_grad_norm", "task_losses"]
+__all__ = ["NonFiniteError", "StepResult", "TrainStep", "global_grad_norm", "task_losses"]
 
 
 class NonFiniteError(RuntimeError):
     """A loss, weight or gradient norm became NaN or infinite."""
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """How task ``name``'s loss is computed.
-
-    Attributes:
-        name: task (= model head) name.
-        center_loss_factor: λc of the center loss on the identity embeddings (0 = none).
-    """
-
-    name: str
-    center_loss_factor: float = 0.0
 
 
 @dataclass
@@ -53,8 +44,9 @@ class StepResult:
     """Host-side values of one step (for ``steps.csv`` and MLflow).
 
     Attributes:
-        losses: per-task losses ``L_t`` (center term included).
+        losses: per-task losses ``L_t`` (center term included; 0 for an absent task).
         weights: per-task weights.
+        present: per task, whether the batch had a labelled sample of it.
         total: the total loss the network minimised.
         aux: the strategy's own loss, or None.
         grad_norm: global gradient norm of the main set before clipping.
@@ -64,6 +56,7 @@ class StepResult:
 
     losses: list[float]
     weights: list[float]
+    present: list[bool]
     total: float
     aux: float | None
     grad_norm: float
@@ -78,21 +71,25 @@ def _masked_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     return torch.where(mask, ce, torch.zeros_like(ce)), mask
 
 
-def task_losses(out, labels: dict[str, torch.Tensor], tasks: Sequence[TaskSpec],
-                centers: CenterLoss | None) -> torch.Tensor:
-    """``Tensor[T]`` of per-task losses for a :class:`~pipeline.models.network.ModelOutput` ``out``.
+def task_losses(out, labels: Mapping[str, torch.Tensor], task_set: TaskSetSettings,
+                centers: Mapping[str, CenterLoss] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-task losses ``Tensor[T]`` and presence ``bool Tensor[T]`` for a
+    :class:`~pipeline.models.network.ModelOutput` ``out`` (no host synchronisation).
 
-    ``L_t = Σ_i m_i (CE_i + λc ½‖e_i − c_{y_i}‖²) / max(Σ_i m_i, 1)`` with ``m_i`` = sample ``i`` has a label.
+    ``L_t = Σ_i m_i (CE_i + λc ½‖e_i − c_{y_i}‖²) / max(Σ_i m_i, 1)`` with ``m_i`` = sample ``i`` has a label of
+    ``t``; ``present_t = Σ_i m_i > 0``.
     """
-    losses = []
-    for task in tasks:
-        y = labels[task.name]
-        per_sample, mask = _masked_ce(out.logits(task.name), y)
-        if task.center_loss_factor and centers is not None:
-            center = centers(out.embeddings, y.clamp(min=0))
-            per_sample = per_sample + task.center_loss_factor * torch.where(mask, center, torch.zeros_like(center))
+    losses, present = [], []
+    for name, task in task_set.tasks.items():
+        y = labels[name]
+        per_sample, mask = _masked_ce(out.logits(name), y)
+        if task.center is not None and task.center.factor and centers is not None:
+            matrix = centers[task_set.matrix_owner(name)]
+            center = matrix(out.embedding(task_set.embedding_of(name)), y.clamp(min=0))
+            per_sample = per_sample + task.center.factor * torch.where(mask, center, torch.zeros_like(center))
         losses.append(per_sample.sum() / mask.sum().clamp(min=1))
-    return torch.stack(losses)
+        present.append(mask.any())
+    return torch.stack(losses), torch.stack(present)
 
 
 def _set_grads(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None]) -> None:
@@ -101,68 +98,70 @@ def _set_grads(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | No
 
 
 class TrainStep:
-    """A callable multi-task step bound to a model, a strategy, optimisers and centers.
+    """A callable multi-task step bound to a model, a strategy, optimisers and center matrices.
 
     Args:
         model: a :class:`~pipeline.models.network.MultiTaskInceptionResNetV1` (or anything with the same
             ``forward`` → ``ModelOutput`` and ``shared_parameters()``).
-        strategy: the task weighting.
-        tasks: loss settings per task, in the strategy's task order.
+        strategy: the task weighting (its task names are the task set's, in order).
+        task_set: the tasks: labels, center losses (:class:`~pipeline.settings.TaskSetSettings`).
         optimizer: the main optimiser over ``main_parameters`` (network + the strategy's main parameters).
-        own_optimizer: the strategy's optimiser over ``strategy.own_parameters()``, or None.
-        centers: the center-loss state (None: no center loss).
-        clip_norm: global-norm clipping per optimiser (spec §4.1: 5.0); ``0`` disables it.
+        own_optimizer: the strategy's update over ``strategy.own_parameters()``, or None.
+        centers: the center matrices by owner task (``task_set.matrix_owner``), or None: no center loss.
+        clip_norm: global-norm clipping of the main set (spec §4.1: 5.0); ``0`` disables it.
+        own_clip_norm: the same for the strategy's own set.
         amp: run the forward pass under bf16 autocast (CUDA only).
-        center_stats_hook: called with ``(sums, counts)`` before the centers move (a distributed run all-reduces
-            them there).
+        center_stats_hook: called with ``(sums, counts)`` before a center matrix moves (a distributed run
+            all-reduces them there).
         forward: what runs the forward pass instead of ``model`` itself: a ``torch.compile`` wrapper of it (the
             same parameters; evaluation keeps calling the uncompiled ``model``), or None.
     """
 
-    def __init__(self, model: nn.Module, strategy: Weighting, tasks: Sequence[TaskSpec],
+    def __init__(self, model: nn.Module, strategy: Weighting, task_set: TaskSetSettings,
                  optimizer: torch.optim.Optimizer, own_optimizer: torch.optim.Optimizer | None,
-                 centers: CenterLoss | None, *, clip_norm: float = 5.0, amp: bool = False,
-                 center_stats_hook: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+                 centers: Mapping[str, CenterLoss] | None, *, clip_norm: float, own_clip_norm: float,
+                 amp: bool = False, center_stats_hook: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
                  forward: Callable[[torch.Tensor], object] | None = None) -> None:
-        if [t.name for t in tasks] != strategy.task_names:
-            raise ValueError(f"task order {[t.name for t in tasks]} differs from the strategy's {strategy.task_names}")
+        if task_set.names != strategy.task_names:
+            raise ValueError(f"task order {task_set.names} differs from the strategy's {strategy.task_names}")
         self.model = model
         self.forward = forward if forward is not None else model
         self.strategy = strategy
-        self.tasks = list(tasks)
+        self.task_set = task_set
         self.optimizer = optimizer
         self.own_optimizer = own_optimizer
         self.centers = centers
         self.clip_norm = clip_norm
+        self.own_clip_norm = own_clip_norm
         self.amp = amp
         self.center_stats_hook = center_stats_hook
         self.main_params = [p for g in optimizer.param_groups for p in g["params"]]
         self.own_params = [p for g in own_optimizer.param_groups for p in g["params"]] if own_optimizer else []
         self.shared = list(model.shared_parameters()) if hasattr(model, "shared_parameters") else []
+        #: tasks whose batch means move a center matrix
+        self.updating = [n for n, t in task_set.tasks.items() if t.center is not None and t.center.updates]
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         if self.amp and device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def __call__(self, x: torch.Tensor, labels: dict[str, torch.Tensor]) -> StepResult:
+    def __call__(self, x: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> StepResult:
         """Train on one batch ``x [B, 3, S, S]`` (standardised) with ``labels[task] [B]`` (``-1`` = no label)."""
         with self._autocast(x.device):
             out = self.forward(x)
-        losses = task_losses(out, labels, self.tasks, self.centers)
-        ws = self.strategy.compute(losses, out.features.float(), shared=self.shared)
+        losses, present = task_losses(out, labels, self.task_set, self.centers)
+        ws = self.strategy.compute(losses, out.features.float(), present=present, shared=self.shared)
         has_aux = ws.aux is not None and bool(self.own_params)
         grads = torch.autograd.grad(ws.total, self.main_params, retain_graph=has_aux, allow_unused=True)
         _set_grads(self.main_params, grads)
-        norm = (clip_by_global_norm_(self.main_params, self.clip_norm) if self.clip_norm
-                else global_grad_norm(self.main_params))
+        norm = _clip(self.main_params, self.clip_norm)
         norm_own = None
         if has_aux:
             own_grads = torch.autograd.grad(ws.aux, self.own_params, allow_unused=True)
             _set_grads(self.own_params, own_grads)
-            norm_own = (clip_by_global_norm_(self.own_params, self.clip_norm) if self.clip_norm
-                        else global_grad_norm(self.own_params))
-        scalars = [losses.detach().float(), ws.weights.detach().float().reshape(-1),
+            norm_own = _clip(self.own_params, self.own_clip_norm)
+        scalars = [losses.detach().float(), ws.weights.detach().float().reshape(-1), present.float(),
                    ws.total.detach().float().reshape(1), norm.detach().float().reshape(1)]
         if has_aux:
             scalars += [ws.aux.detach().float().reshape(1), norm_own.detach().float().reshape(1)]
@@ -174,17 +173,25 @@ class TrainStep:
         self.optimizer.step()
         if self.own_optimizer is not None and has_aux:
             self.own_optimizer.step()
-        if self.centers is not None and any(t.center_loss_factor for t in self.tasks):
-            self._update_centers(out.embeddings.detach(), labels[self.tasks[0].name])
+        if self.centers is not None:
+            for name in self.updating:
+                self._update_centers(self.task_set.matrix_owner(name),
+                                     out.embedding(self.task_set.embedding_of(name)).detach(), labels[name])
         self.strategy.after_step()
-        return _result(host.tolist(), len(self.tasks), has_aux, extra_names)
+        return _result(host.tolist(), len(self.task_set.names), has_aux, extra_names)
 
-    def _update_centers(self, emb: torch.Tensor, y: torch.Tensor) -> None:
+    def _update_centers(self, owner: str, emb: torch.Tensor, y: torch.Tensor) -> None:
         mask = y >= 0
-        sums, counts = self.centers.batch_statistics(emb[mask], y[mask])
+        matrix = self.centers[owner]
+        sums, counts = matrix.batch_statistics(emb[mask], y[mask])
         if self.center_stats_hook is not None:
             self.center_stats_hook(sums, counts)
-        self.centers.apply_update(sums, counts)
+        matrix.apply_update(sums, counts)
+
+
+def _clip(params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Clip to global norm ``max_norm`` (0 = no clipping); the norm before clipping."""
+    return clip_by_global_norm_(params, max_norm) if max_norm else global_grad_norm(params)
 
 
 def global_grad_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -196,14 +203,15 @@ def global_grad_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def _result(v: list[float], t: int, has_aux: bool, extra_names: list[str]) -> StepResult:
-    losses, weights, total, norm = v[:t], v[t:2 * t], v[2 * t], v[2 * t + 1]
-    i = 2 * t + 2
+    losses, weights, present = v[:t], v[t:2 * t], [bool(p) for p in v[2 * t:3 * t]]
+    total, norm = v[3 * t], v[3 * t + 1]
+    i = 3 * t + 2
     aux = norm_own = None
     if has_aux:
         aux, norm_own = v[i], v[i + 1]
         i += 2
     extra = dict(zip(extra_names, v[i:], strict=True))
-    return StepResult(losses, weights, total, aux, norm, norm_own, extra)
+    return StepResult(losses, weights, present, total, aux, norm, norm_own, extra)
 
 
 def _describe(host: torch.Tensor, names: list[str], has_aux: bool, extra_names: list[str]) -> str:

@@ -3,19 +3,25 @@
 One training step of the multi-task loop (:mod:`pipeline.training.step`) does::
 
     out = model(x)                                   # features = Mixed_7a [B, C, h, w]
-    losses = Tensor[T]                               # per-task losses of this batch
-    ws = strategy.compute(losses, out.features, shared=model.shared_parameters())
+    losses, present = Tensor[T], bool Tensor[T]      # per-task losses; which tasks have a labelled sample
+    ws = strategy.compute(losses, out.features, present=present, shared=model.shared_parameters())
     grads_main = autograd.grad(ws.total, network params + strategy.main_parameters())
     grads_own  = autograd.grad(ws.aux, strategy.own_parameters())      # when ws.aux is not None
-    clip each set to global norm 5, step the main optimiser and the strategy's own optimiser
+    clip each set (the own set as the strategy says), step the main optimiser and the strategy's own update
     strategy.after_step()
 
 so both updates use the same forward pass (spec §3, "both updates in one step").
 
+**Presence mask.** A task without a labelled sample in the batch has ``L_t = 0`` and ``present[t] = False``. Every
+strategy drops such a task's terms, so its (meaningless) loss value changes neither ``total``, nor ``aux``, nor any
+gradient; weights are not renormalised over the present tasks (each strategy's docstring gives its masked formula,
+and ``docs/task_sets.md`` collects them). With every task present the formulas are the unmasked ones, bit for bit.
+
 - :meth:`Weighting.main_parameters`: parameters trained **with the network** by the main optimiser on ``total``
   (the naive dynamic unit, uncertainty log-variances).
-- :meth:`Weighting.own_parameters`: parameters trained by the strategy's **own** optimiser on ``aux`` (the
-  paper's dynamic unit, GradNorm's weights); :attr:`Weighting.own_lr` says at which learning rate.
+- :meth:`Weighting.own_parameters`: parameters trained by the strategy's **own** update on ``aux`` (the paper's
+  dynamic unit, GradNorm's weights); :attr:`Weighting.own_lr` says at which learning rate and
+  :attr:`Weighting.own_update` how (the ``weights_optimizer`` of the settings, or a plain gradient step).
 - ``weights`` is what gets logged every step (``steps.csv``, MLflow), ``Tensor[T]``.
 """
 
@@ -27,7 +33,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["OwnLearningRate", "Weighting", "WeightingStep"]
+__all__ = ["OWN_UPDATES", "OwnLearningRate", "Weighting", "WeightingStep", "masked_sum"]
+
+#: how a strategy's own parameters are updated: the settings' ``weights_optimizer`` (clipped to its
+#: ``clip_norm``), or a plain gradient step ``θ ← θ − lr·∇θ`` (no momentum, no clipping)
+OWN_UPDATES = ("weights_optimizer", "gradient_step")
 
 
 @dataclass
@@ -58,11 +68,19 @@ class OwnLearningRate:
         return self.constant if self.constant is not None else self.factor * network_lr
 
 
+def masked_sum(terms: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
+    """``Σ_t terms_t`` over the present tasks (``present`` bool ``[T]``; None = all). An absent task's term is
+    replaced by an exact 0, so neither its value nor its gradient reaches the sum."""
+    if present is None:
+        return terms.sum()
+    return torch.where(present, terms, torch.zeros_like(terms)).sum()
+
+
 class Weighting(nn.Module):
     """Base class of the task-weighting strategies.
 
     Args:
-        task_names: the ``T`` task names in loss order (identity first).
+        task_names: the ``T`` task names in loss order.
     """
 
     #: registry name (``dynamic``, ``static``…)
@@ -74,18 +92,21 @@ class Weighting(nn.Module):
             raise ValueError("a weighting needs at least one task")
         self.task_names = list(task_names)
         self.own_lr = OwnLearningRate()
+        #: one of :data:`OWN_UPDATES`
+        self.own_update = "weights_optimizer"
 
     @property
     def n_tasks(self) -> int:
         return len(self.task_names)
 
-    def compute(self, losses: torch.Tensor, features: torch.Tensor, *,
+    def compute(self, losses: torch.Tensor, features: torch.Tensor, *, present: torch.Tensor | None = None,
                 shared: Sequence[nn.Parameter] = ()) -> WeightingStep:
         """Weights and losses for one batch.
 
         Args:
             losses: ``Tensor[T]``, this batch's per-task losses (attached to the graph).
             features: ``Mixed_7a``, ``[B, C, h, w]`` (attached to the graph).
+            present: ``bool Tensor[T]``: which tasks have a labelled sample in the batch (None = all).
             shared: the last shared layer's parameters (GradNorm).
         """
         raise NotImplementedError
@@ -100,7 +121,8 @@ class Weighting(nn.Module):
         """Called after both optimisers stepped (GradNorm renormalises its weights here)."""
 
     def end_epoch(self, mean_losses: torch.Tensor) -> None:
-        """Called at the end of every epoch with the epoch's mean per-task losses ``Tensor[T]`` (DWA)."""
+        """Called at the end of every epoch with each task's mean loss over the batches where it was present,
+        ``Tensor[T]`` (NaN for a task present in no batch of the epoch) (DWA)."""
 
     def extra_state(self) -> dict:
         """Non-tensor state to checkpoint (DWA's loss history); restored by :meth:`load_extra_state`."""

@@ -4,18 +4,12 @@ Structure, for every variant: ``z = flatten(Mixed_7a) [B, D]`` (``D = C·h·w``,
 ``Logits_lossweights`` ``D → T`` (no activation; truncated-normal(0.1) weights, zero bias) → per-sample softmax over
 the tasks ``[B, T]`` → batch mean ``[T]`` → plus the ``base`` offsets (``loss_weight_base_t``, default 0).
 
-Variants (spec §3 table; where the L2 normalisations sit and how the logits are scaled):
+The variants (where the L2 normalisations sit, how the logits are scaled, the learning rate of the unit) are the
+table of :mod:`pipeline.weighting.variants`. For ``T = 3`` the normalisation bounds the weights: ÷2 (naive) in
+[0.21, 0.48], ×1 (cavi) in [0.13, 0.63], ×2 (webcari) in [0.04, 0.85].
 
-============  =====================  =======================  ===========================  =====================
-variant       FC input               before the softmax       Θ trained by                 LR for Θ (default)
-============  =====================  =======================  ===========================  =====================
-``fer``       L2-normalised ``z``    raw logits               own optimiser on ``L_w``     0.1 constant
-``cavi``      raw ``z``              L2-normalised logits ×1  own optimiser on ``L_w``     network LR × 1
-``webcari``   raw ``z``              L2-normalised logits ×2  own optimiser on ``L_w``     network LR × 10
-naive         L2-normalised ``z``    L2-normalised logits ÷2  the main optimiser on L_full network LR
-============  =====================  =======================  ===========================  =====================
-
-For ``T = 3`` the normalisation bounds the weights: ÷2 in [0.21, 0.48], ×1 in [0.13, 0.63], ×2 in [0.04, 0.85].
+Presence mask: a task without a labelled sample in the batch is dropped from ``total`` and from ``L_w``; the
+weights are not renormalised (they are still the softmax over all ``T`` tasks).
 """
 
 from __future__ import annotations
@@ -26,19 +20,10 @@ import torch
 from torch import nn
 
 from pipeline.models.network import l2_normalize, truncated_normal_
-from pipeline.weighting.base import OwnLearningRate, Weighting, WeightingStep
+from pipeline.weighting.base import OwnLearningRate, Weighting, WeightingStep, masked_sum
+from pipeline.weighting.variants import DYNAMIC_VARIANTS, NAIVE, VARIANTS
 
 __all__ = ["DYNAMIC_VARIANTS", "DynamicWeighting", "NaiveDynamicWeighting", "WeightUnit"]
-
-#: variant → (L2-normalise the FC input, scale of the L2-normalised logits or None for raw logits)
-_VARIANTS: dict[str, tuple[bool, float | None]] = {
-    "fer": (True, None),
-    "cavi": (False, 1.0),
-    "webcari": (False, 2.0),
-    "naive": (True, 0.5),
-}
-#: the variants of the paper's unit (``dynamic``'s ``variant`` option)
-DYNAMIC_VARIANTS = ("fer", "cavi", "webcari")
 
 
 class WeightUnit(nn.Module):
@@ -82,7 +67,7 @@ class WeightUnit(nn.Module):
 class DynamicWeighting(Weighting):
     """``dynamic``: the paper's unit, trained by its own optimiser on ``L_w = Σ_t w_t / (L_t + σ)``.
 
-    Per batch, with ``w [T]`` = batch-mean softmax + ``base``:
+    Per batch, with ``w [T]`` = batch-mean softmax + ``base`` (sums over the tasks present in the batch):
 
     - ``total = Σ_t w_t · L_t``. With ``detach_weights=False`` (default, as coded; spec §3, §9 item 5) ``w`` keeps
       its graph, so the trunk's gradient includes ``Σ_t L_t ∂w_t/∂features`` through ``Mixed_7a``; with ``True``
@@ -98,37 +83,41 @@ class DynamicWeighting(Weighting):
         sigma: σ in ``L_w`` (> 0).
         detach_weights: stop the gradient of ``total`` through ``w``.
         base: ``T`` offsets added to the weights (``loss_weight_base_t``).
-        own_lr: the learning rate of the FC's optimiser.
+        lr_weights: a constant learning rate of the FC's optimiser, or None = the network's rate ×
+            ``lr_weights_factor``.
+        lr_weights_factor: see ``lr_weights``.
+
+    (The defaults of these options are :func:`pipeline.weighting.options.parse_weighting`'s.)
     """
 
     name = "dynamic"
     base: torch.Tensor
 
-    def __init__(self, task_names: Sequence[str], feature_dim: int, *, variant: str = "fer", sigma: float = 0.01,
-                 detach_weights: bool = False, base: Sequence[float] | None = None,
-                 own_lr: OwnLearningRate | None = None) -> None:
+    def __init__(self, task_names: Sequence[str], feature_dim: int, *, variant: str, sigma: float,
+                 detach_weights: bool, base: Sequence[float], lr_weights: float | None,
+                 lr_weights_factor: float) -> None:
         super().__init__(task_names)
         if variant not in DYNAMIC_VARIANTS:
             raise ValueError(f"unknown dynamic variant {variant!r}; choose one of: {', '.join(DYNAMIC_VARIANTS)}")
         if not sigma > 0:
             raise ValueError(f"sigma must be > 0, got {sigma}")
-        normalize_input, scale = _VARIANTS[variant]
+        row = VARIANTS[variant]
         self.variant = variant
         self.sigma = float(sigma)
         self.detach_weights = bool(detach_weights)
-        self.unit = WeightUnit(feature_dim, self.n_tasks, normalize_input=normalize_input, logit_scale=scale)
+        self.unit = WeightUnit(feature_dim, self.n_tasks, normalize_input=row.normalize_input,
+                               logit_scale=row.logit_scale)
         self.register_buffer("base", _base_tensor(base, self.n_tasks), persistent=False)
-        self.own_lr = own_lr if own_lr is not None else OwnLearningRate(constant=0.1 if variant == "fer" else None,
-                                                                         factor=10.0 if variant == "webcari" else 1.0)
+        self.own_lr = OwnLearningRate(constant=lr_weights, factor=lr_weights_factor)
 
-    def compute(self, losses: torch.Tensor, features: torch.Tensor, *,
+    def compute(self, losses: torch.Tensor, features: torch.Tensor, *, present: torch.Tensor | None = None,
                 shared: Sequence[nn.Parameter] = ()) -> WeightingStep:
         """``losses [T]`` (attached), ``features [B, C, h, w]`` (attached) → weights ``[T]``, total, aux."""
         base = self.base.to(device=losses.device, dtype=losses.dtype)
         w = self.unit(features).to(losses.dtype) + base
-        total = ((w.detach() if self.detach_weights else w) * losses).sum()
+        total = masked_sum((w.detach() if self.detach_weights else w) * losses, present)
         w_own = self.unit(features.detach()).to(losses.dtype) + base
-        aux = (w_own / (losses.detach() + self.sigma)).sum()
+        aux = masked_sum(w_own / (losses.detach() + self.sigma), present)
         return WeightingStep(weights=w, total=total, aux=aux)
 
     def own_parameters(self) -> list[nn.Parameter]:
@@ -151,25 +140,25 @@ class NaiveDynamicWeighting(Weighting):
     name = "naive_dynamic"
     base: torch.Tensor
 
-    def __init__(self, task_names: Sequence[str], feature_dim: int, *, base: Sequence[float] | None = None) -> None:
+    def __init__(self, task_names: Sequence[str], feature_dim: int, *, base: Sequence[float]) -> None:
         super().__init__(task_names)
-        normalize_input, scale = _VARIANTS["naive"]
-        self.unit = WeightUnit(feature_dim, self.n_tasks, normalize_input=normalize_input, logit_scale=scale)
+        row = VARIANTS[NAIVE]
+        self.unit = WeightUnit(feature_dim, self.n_tasks, normalize_input=row.normalize_input,
+                               logit_scale=row.logit_scale)
         self.register_buffer("base", _base_tensor(base, self.n_tasks), persistent=False)
 
-    def compute(self, losses: torch.Tensor, features: torch.Tensor, *,
+    def compute(self, losses: torch.Tensor, features: torch.Tensor, *, present: torch.Tensor | None = None,
                 shared: Sequence[nn.Parameter] = ()) -> WeightingStep:
-        """``losses [T]``, ``features [B, C, h, w]`` → weights ``[T]`` (attached), ``total = Σ w_t L_t``."""
+        """``losses [T]``, ``features [B, C, h, w]`` → weights ``[T]`` (attached), ``total = Σ_{t present} w_t
+        L_t``."""
         w = self.unit(features).to(losses.dtype) + self.base.to(device=losses.device, dtype=losses.dtype)
-        return WeightingStep(weights=w, total=(w * losses).sum())
+        return WeightingStep(weights=w, total=masked_sum(w * losses, present))
 
     def main_parameters(self) -> list[nn.Parameter]:
         return list(self.unit.parameters())
 
 
-def _base_tensor(base: Sequence[float] | None, n_tasks: int) -> torch.Tensor:
-    if base is None:
-        return torch.zeros(n_tasks)
+def _base_tensor(base: Sequence[float], n_tasks: int) -> torch.Tensor:
     if len(base) != n_tasks:
         raise ValueError(f"{len(base)} base offsets for {n_tasks} tasks")
     return torch.tensor([float(b) for b in base])

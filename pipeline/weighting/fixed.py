@@ -1,6 +1,7 @@
 """Fixed task weights: single-task (one-hot), static (given constants) and equal (all 1).
 
-``total = Σ_t w_t · L_t`` with constant ``w``; no parameters, no auxiliary loss.
+``total = Σ_{t present} w_t · L_t`` with constant ``w`` (an absent task's term is dropped); no parameters, no
+auxiliary loss.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pipeline.weighting.base import Weighting, WeightingStep
+from pipeline.weighting.base import Weighting, WeightingStep, masked_sum
 
 __all__ = ["EqualWeighting", "FixedWeighting", "SingleTaskWeighting", "StaticWeighting"]
 
@@ -32,11 +33,12 @@ class FixedWeighting(Weighting):
             raise ValueError(f"{len(weights)} weights for {self.n_tasks} tasks")
         self.register_buffer("fixed_weights", torch.tensor([float(w) for w in weights]), persistent=False)
 
-    def compute(self, losses: torch.Tensor, features: torch.Tensor, *,
+    def compute(self, losses: torch.Tensor, features: torch.Tensor, *, present: torch.Tensor | None = None,
                 shared: Sequence[nn.Parameter] = ()) -> WeightingStep:
-        """``weights [T]`` = the constants; ``total = Σ w_t L_t`` (``losses [T]``; ``features`` unused)."""
+        """``weights [T]`` = the constants; ``total = Σ_{t present} w_t L_t`` (``losses [T]``; ``features``
+        unused)."""
         w = self.fixed_weights.to(device=losses.device, dtype=losses.dtype)
-        return WeightingStep(weights=w, total=(w * losses).sum())
+        return WeightingStep(weights=w, total=masked_sum(w * losses, present))
 
 
 class SingleTaskWeighting(FixedWeighting):

@@ -1,4 +1,27 @@
-"""Validation of a weighting's options (a params.yaml method block minus its ``weighting`` key).
+"""A weighting method block (``params.yaml`` ``finetune.methods.<m>`` minus its ``weighting`` key): validation,
+defaults and the strategy it selects. Standard library only: params validation runs it without torch.
+
+:func:`parse_weighting` is the one place where each option and its default is declared; it returns a
+:class:`WeightingChoice` that :func:`pipeline.weighting.registry.build_weighting` turns into the strategy. Names
+and options (defaults, and where each comes from, in brackets):
+
+- ``single_<task>`` (e.g. ``single_identity``): one-hot weights; no options.
+- ``static``: ``weights`` [``1/T`` each: 0.5/0.5 for two tasks, spec §9 item 30], ``T`` numbers ≥ 0, not all 0.
+- ``equal``: all weights 1; no options.
+- ``dynamic`` (the paper's unit): ``variant`` [``fer``, spec §9 item 6] ∈ {fer, cavi, webcari}; ``sigma`` [0.01,
+  spec §3] > 0; ``detach_weights`` [false, as coded: spec §9 item 5]; ``lr_weights`` [the variant's, spec §3: 0.1
+  for fer, null for cavi/webcari]: a constant LR of the unit's optimiser, or null = the network's LR ×
+  ``lr_weights_factor`` [the variant's: 1 for fer/cavi, 10 for webcari] (> 0); ``base`` [zeros, the original's
+  ``loss_weight_base_t``]: ``T`` offsets.
+- ``naive_dynamic``: ``base`` [zeros]; the FC trains with the network.
+- ``uncertainty``: no options.
+- ``dwa``: ``temperature`` [2.0: Liu et al. 2019; LibMTL's ``--T`` default] > 0.
+- ``gradnorm``: ``alpha`` [1.5: LibMTL's ``--alpha`` default] ≥ 0; ``lr_weights`` [0.025: ours, Chen et al. 2018 give
+  no rate for the weights] > 0; ``update`` [``gradient_step``]: ``gradient_step`` = Chen et al.'s Algorithm 1, a
+  plain gradient step ``w ← w − lr_weights · ∇_w L_grad`` (no momentum, no clipping) then renormalise to
+  ``Σ w = T``; ``weights_optimizer`` = step ``w`` with ``finetune.common.weights_optimizer`` (the dynamic unit's TF1
+  RMSProp, momentum carried across the renormalisation, clipped to its ``clip_norm``: this project's behaviour
+  before), then renormalise.
 
 Every problem raises :class:`ValueError` with one line that names the method, the option and what is allowed, e.g.
 ``weighting 'dynamic': option 'variant' is 'foo'; choose one of: fer, cavi, webcari``.
@@ -7,10 +30,19 @@ Every problem raises :class:`ValueError` with one line that names the method, th
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["OptionReader"]
+from pipeline.weighting.variants import DYNAMIC_VARIANTS, VARIANTS
+
+__all__ = ["GRADNORM_UPDATES", "SINGLE_PREFIX", "STRATEGIES", "OptionReader", "WeightingChoice", "parse_weighting",
+           "weighting_names"]
+
+#: prefix of the single-task names (``single_<task>``)
+SINGLE_PREFIX = "single_"
+#: GradNorm's weight updates: Algorithm 1's plain step, or the weights optimiser of the finetune settings
+GRADNORM_UPDATES = ("gradient_step", "weights_optimizer")
 
 _MISSING = object()
 
@@ -122,3 +154,90 @@ def _describe_range(low: float | None, high: float | None, low_open: bool) -> st
     if low is None:
         return f" <= {high:g}"
     return f" in {'(' if low_open else '['}{low:g}, {high:g}]"
+
+
+@dataclass(frozen=True)
+class WeightingChoice:
+    """A validated method block: the strategy (``single``, ``static``, ``equal``, ``dynamic``, ``naive_dynamic``,
+    ``uncertainty``, ``dwa``, ``gradnorm``) and its constructor's keyword arguments, every default filled in."""
+
+    strategy: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+def _static(opts: OptionReader, tasks: list[str]) -> dict[str, Any]:
+    weights = opts.number_list("weights", [1.0 / len(tasks)] * len(tasks), len(tasks), low=0.0)
+    if not any(w > 0 for w in weights):
+        raise ValueError(f"weighting 'static': option 'weights' must not be all zero, got {weights}")
+    return {"weights": weights}
+
+
+def _dynamic(opts: OptionReader, tasks: list[str]) -> dict[str, Any]:
+    variant = opts.choice("variant", "fer", DYNAMIC_VARIANTS)
+    row = VARIANTS[variant]
+    return {"variant": variant,
+            "sigma": opts.number("sigma", 0.01, low=0.0, low_open=True),
+            "detach_weights": opts.boolean("detach_weights", False),
+            "lr_weights": opts.optional_number("lr_weights", row.lr_weights, low=0.0, low_open=True),
+            "lr_weights_factor": opts.number("lr_weights_factor", row.lr_weights_factor, low=0.0, low_open=True),
+            "base": opts.number_list("base", [0.0] * len(tasks), len(tasks))}
+
+
+def _naive(opts: OptionReader, tasks: list[str]) -> dict[str, Any]:
+    return {"base": opts.number_list("base", [0.0] * len(tasks), len(tasks))}
+
+
+def _dwa(opts: OptionReader, tasks: list[str]) -> dict[str, Any]:
+    return {"temperature": opts.number("temperature", 2.0, low=0.0, low_open=True)}
+
+
+def _gradnorm(opts: OptionReader, tasks: list[str]) -> dict[str, Any]:
+    return {"alpha": opts.number("alpha", 1.5, low=0.0),
+            "lr_weights": opts.number("lr_weights", 0.025, low=0.0, low_open=True),
+            "update": opts.choice("update", "gradient_step", GRADNORM_UPDATES)}
+
+
+def _none(opts: OptionReader, tasks: list[str]) -> dict[str, Any]:
+    return {}
+
+
+#: registry name → option parser (the single-task names are ``single_<task>``)
+STRATEGIES: dict[str, Callable[[OptionReader, list[str]], dict[str, Any]]] = {
+    "static": _static,
+    "equal": _none,
+    "dynamic": _dynamic,
+    "naive_dynamic": _naive,
+    "uncertainty": _none,
+    "dwa": _dwa,
+    "gradnorm": _gradnorm,
+}
+
+
+def weighting_names(task_names: Sequence[str]) -> list[str]:
+    """The concrete names valid for these tasks (``single_identity``, …, ``static``, …)."""
+    return [f"{SINGLE_PREFIX}{t}" for t in task_names] + list(STRATEGIES)
+
+
+def parse_weighting(name: str, options: Mapping[str, Any] | None, task_names: Sequence[str]) -> WeightingChoice:
+    """Validate the method block ``name`` + ``options`` for ``task_names`` (loss order) and fill in the defaults.
+
+    Raises:
+        ValueError: unknown name, unknown option or invalid value (one line each).
+    """
+    tasks = list(task_names)
+    if not tasks:
+        raise ValueError("a weighting needs at least one task")
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"task names must be unique, got {tasks}")
+    if not isinstance(name, str):
+        raise ValueError(f"weighting name must be a string, got {name!r}")
+    opts = OptionReader(name, options)
+    if name.startswith(SINGLE_PREFIX) and name[len(SINGLE_PREFIX):] in tasks:
+        opts.finish()
+        return WeightingChoice("single", {"task": name[len(SINGLE_PREFIX):]})
+    parser = STRATEGIES.get(name)
+    if parser is None:
+        raise ValueError(f"unknown weighting {name!r}; choose one of: {', '.join(weighting_names(tasks))}")
+    arguments = parser(opts, tasks)
+    opts.finish()
+    return WeightingChoice(name, arguments)

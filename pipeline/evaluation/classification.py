@@ -1,8 +1,10 @@
-"""Facial-expression recognition metrics: accuracy, per-class accuracy, row-normalised confusion matrix.
+"""Classification metrics of a task's head (facial expression, visual or caricature identity...): accuracy,
+per-class accuracy, row-normalised confusion matrix.
 
-As in the original evaluation (method spec section 6.3): the prediction is the argmax of the (ReLU'd) logits, ties
-going to the lowest class index (``np.argmax``); accuracy is the mean over images; the confusion matrix counts
-``[true, pred]`` and each row is divided by its true-class count, so its diagonal is the per-class accuracy.
+As in the original expression evaluation (method spec section 6.3): the prediction is the argmax of the (ReLU'd)
+logits, ties going to the lowest class index (``np.argmax``); accuracy is the mean over images; the confusion
+matrix counts ``[true, pred]`` and each row is divided by its true-class count, so its diagonal is the per-class
+accuracy.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 from pipeline.evaluation.checks import EvaluationInputError, as_labels
 
-__all__ = ["ExpressionResult", "evaluate_expression", "predict"]
+__all__ = ["ClassificationResult", "evaluate_classification", "predict"]
 
 
 def predict(scores: np.ndarray) -> np.ndarray:
@@ -27,8 +29,8 @@ def predict(scores: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class ExpressionResult:
-    """Expression metrics over ``N`` images and ``C`` classes."""
+class ClassificationResult:
+    """Classification metrics over ``N`` images and ``C`` classes."""
 
     n_images: int
     accuracy: float
@@ -53,12 +55,12 @@ def _nan_to_none(a: np.ndarray) -> list[Any]:
     return [_nan_to_none(r) for r in a] if a.ndim > 1 else [float(v) if np.isfinite(v) else None for v in a]
 
 
-def evaluate_expression(
+def evaluate_classification(
     y_true: np.ndarray,
     y_pred: np.ndarray,
     n_classes: int | None = None,
     class_names: Sequence[str] | None = None,
-) -> ExpressionResult:
+) -> ClassificationResult:
     """Accuracy, per-class accuracy and confusion matrices.
 
     Args:
@@ -91,7 +93,7 @@ def evaluate_expression(
     rows = confusion.sum(axis=1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         normalized = np.where(rows > 0, confusion / rows, np.nan)
-    return ExpressionResult(
+    return ClassificationResult(
         n_images=n, accuracy=float(np.mean(y_true == y_pred)), per_class_accuracy=np.diagonal(normalized).copy(),
         confusion=confusion, confusion_normalized=normalized,
         class_names=tuple(class_names) if class_names is not None else None,
