@@ -1,0 +1,221 @@
+"""Compare the demo outputs of two checkouts: is a change bit-identical, and where is it not?
+
+Run both checkouts' ``dvc repro`` (``make demo``) **on the same machine** (outputs depend on the CPU model,
+``docs/task_sets.md``), then::
+
+    .venv/bin/python -m bench.compare_outputs OLD_REPO NEW_REPO [--expect gradnorm] [--json out.json]
+
+What is compared:
+
+- every out of both ``dvc.lock`` files, by path (stage names may differ): equal md5 = identical. A directory out
+  whose md5 differs is compared file by file from the working trees;
+- every file under ``metrics/`` and ``reports/`` of both trees, byte for byte; for a text file the first
+  differing lines are shown;
+- files that differ get a closer look: ``steps.csv`` is identical in substance when every column of the old file
+  is identical in the new one (the new one may add columns, e.g. ``present_<task>``); ``model.pt`` when every
+  tensor of the old checkpoint's state equals the new one's (the stored config may be written differently).
+
+A path that contains one of the ``--expect`` substrings (a method whose results a change is meant to alter) is
+reported as an expected difference. Exit status 1 when anything else differs or a file is missing on one side.
+Needs pandas and torch (both in the project's environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+__all__ = ["Finding", "compare_repos", "main"]
+
+#: the working-tree folders compared byte for byte besides the dvc.lock outs
+TRACKED_TREES = ("metrics", "reports")
+#: the number of differing lines shown per text file
+SHOWN_LINES = 3
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One compared path.
+
+    Attributes:
+        path: relative to the repository root.
+        verdict: ``identical`` | ``same tensors`` | ``old columns identical`` | ``differs`` | ``expected`` |
+            ``only old`` | ``only new``.
+        detail: what differs (columns added, differing lines, tensor names), or "".
+    """
+
+    path: str
+    verdict: str
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether this finding keeps the comparison green."""
+        return self.verdict not in ("differs", "only old", "only new")
+
+
+def _lock_outs(repo: Path) -> dict[str, str]:
+    """``{out path: md5}`` over every stage of ``repo/dvc.lock``."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {out["path"]: out["md5"] for stage in lock.get("stages", {}).values() for out in stage.get("outs", [])}
+
+
+def _files(root: Path) -> dict[str, Path]:
+    """Every file below ``root`` (a file itself → ``{"": root}``), by path relative to ``root``."""
+    if root.is_file():
+        return {"": root}
+    return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _text_lines_diff(old: Path, new: Path) -> str:
+    try:
+        a, b = old.read_text().splitlines(), new.read_text().splitlines()
+    except UnicodeDecodeError:
+        return f"binary, {old.stat().st_size} -> {new.stat().st_size} bytes"
+    lines = [f"line {i + 1}: {x!r} -> {y!r}" for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y]
+    if len(a) != len(b):
+        lines.append(f"{len(a)} -> {len(b)} lines")
+    shown = "; ".join(lines[:SHOWN_LINES])
+    return shown + (f"; … {len(lines) - SHOWN_LINES} more" if len(lines) > SHOWN_LINES else "")
+
+
+def _compare_steps(old: Path, new: Path) -> Finding | None:
+    """``steps.csv``: every old column identical in the new file (as text), new columns listed."""
+    import pandas as pd
+
+    a = pd.read_csv(old, dtype=str, keep_default_na=False)
+    b = pd.read_csv(new, dtype=str, keep_default_na=False)
+    missing = [c for c in a.columns if c not in b.columns]
+    if missing or len(a) != len(b):
+        return None
+    changed = [c for c in a.columns if not a[c].equals(b[c])]
+    if changed:
+        return None
+    added = [c for c in b.columns if c not in a.columns]
+    return Finding("", "old columns identical", f"added: {', '.join(added)}" if added else "")
+
+
+def _tensors(obj: object, prefix: str = "") -> Iterator[tuple[str, object]]:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(obj, list | tuple):
+        for i, value in enumerate(obj):
+            yield from _tensors(value, f"{prefix}.{i}")
+
+
+def _compare_checkpoints(old: Path, new: Path) -> Finding | None:
+    """``model.pt``: the same tensor names with equal values (dtype, shape and every element)."""
+    import torch
+
+    a = dict(_tensors(torch.load(old, map_location="cpu", weights_only=True)))
+    b = dict(_tensors(torch.load(new, map_location="cpu", weights_only=True)))
+    if a.keys() != b.keys():
+        return None
+    unequal = [k for k in a if a[k].dtype != b[k].dtype or a[k].shape != b[k].shape or not torch.equal(a[k], b[k])]
+    if unequal:
+        return None
+    return Finding("", "same tensors", f"{len(a)} tensors equal; the rest of the file differs")
+
+
+def _compare_file(rel: str, old: Path, new: Path, expect: Sequence[str]) -> Finding:
+    if _md5(old) == _md5(new):
+        return Finding(rel, "identical")
+    closer = None
+    if old.name == "steps.csv":
+        closer = _compare_steps(old, new)
+    elif old.suffix == ".pt":
+        closer = _compare_checkpoints(old, new)
+    if closer is not None:
+        return Finding(rel, closer.verdict, closer.detail)
+    verdict = "expected" if any(e in rel for e in expect) else "differs"
+    return Finding(rel, verdict, _text_lines_diff(old, new))
+
+
+def _compare_tree(rel: str, old: Path, new: Path, expect: Sequence[str]) -> list[Finding]:
+    a, b = _files(old), _files(new)
+    findings = []
+    for sub in sorted(a.keys() | b.keys()):
+        path = f"{rel}/{sub}" if sub else rel
+        if sub not in b:
+            findings.append(Finding(path, "expected" if any(e in path for e in expect) else "only old"))
+        elif sub not in a:
+            findings.append(Finding(path, "expected" if any(e in path for e in expect) else "only new"))
+        else:
+            findings.append(_compare_file(path, a[sub], b[sub], expect))
+    return findings
+
+
+def compare_repos(old: Path, new: Path, expect: Sequence[str] = ()) -> list[Finding]:
+    """Compare the outs of ``old`` and ``new`` (two checkouts after ``dvc repro``); one finding per file, and one
+    per identical out."""
+    old_outs, new_outs = _lock_outs(old), _lock_outs(new)
+    findings: list[Finding] = []
+    for path in sorted(old_outs.keys() | new_outs.keys()):
+        top = path.split("/", 1)[0]
+        if top in TRACKED_TREES:
+            continue  # compared below with the rest of those trees
+        if path not in new_outs or path not in old_outs:
+            verdict = "only old" if path in old_outs else "only new"
+            findings.append(Finding(path, "expected" if any(e in path for e in expect) else verdict))
+        elif old_outs[path] == new_outs[path]:
+            findings.append(Finding(path, "identical"))
+        else:
+            findings.extend(_compare_tree(path, old / path, new / path, expect))
+    for tree in TRACKED_TREES:
+        findings.extend(_compare_tree(tree, old / tree, new / tree, expect))
+    return findings
+
+
+def _summary(findings: Sequence[Finding]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for f in findings:
+        counts[f.verdict] = counts.get(f.verdict, 0) + 1
+    return counts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("old", type=Path, help="the checkout before the change, after dvc repro")
+    ap.add_argument("new", type=Path, help="the checkout with the change, after dvc repro on the same machine")
+    ap.add_argument("--expect", action="append", default=[],
+                    help="a path substring whose differences are expected (repeatable), e.g. gradnorm")
+    ap.add_argument("--json", type=Path, help="also write every finding here")
+    ap.add_argument("--all", action="store_true", help="list identical paths too")
+    args = ap.parse_args(argv)
+    for repo in (args.old, args.new):
+        if not (repo / "dvc.lock").is_file():
+            print(f"error: {repo}/dvc.lock not found: run dvc repro there first", file=sys.stderr)
+            return 2
+    findings = compare_repos(args.old, args.new, args.expect)
+    width = max(len(f.path) for f in findings)
+    for f in findings:
+        if args.all or f.verdict != "identical":
+            print(f"{f.verdict:<22} {f.path:<{width}}  {f.detail}".rstrip())
+    counts = _summary(findings)
+    bad = sum(not f.ok for f in findings)
+    print("summary: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())) +
+          (f" -> {bad} unexpected" if bad else " -> no unexpected difference"))
+    if args.json:
+        args.json.write_text(json.dumps({"old": str(args.old), "new": str(args.new), "expect": args.expect,
+                                         "summary": counts, "findings": [asdict(f) for f in findings]}, indent=1))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
