@@ -16,7 +16,10 @@ What is compared:
   tensor of the old checkpoint's state equals the new one's (the stored config may be written differently).
 
 A path that contains one of the ``--expect`` substrings (a method whose results a change is meant to alter) is
-reported as an expected difference. Exit status 1 when anything else differs or a file is missing on one side.
+reported as an expected difference, and so is a file that holds every method's results when only its parts naming
+an expected substring differ (case-insensitive): the differing lines of a text file (a table row, a CSV row), or
+the differing values of a JSON file (by their key path). Exit status 1 when anything else differs or a file is
+missing on one side.
 Needs pandas and torch (both in the project's environment).
 """
 
@@ -38,6 +41,7 @@ __all__ = ["Finding", "compare_repos", "main"]
 TRACKED_TREES = ("metrics", "reports")
 #: the number of differing lines shown per text file
 SHOWN_LINES = 3
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,45 @@ def _compare_checkpoints(old: Path, new: Path) -> Finding | None:
     return Finding("", "same tensors", f"{len(a)} tensors equal; the rest of the file differs")
 
 
+def _leaves(value: object, prefix: str = "") -> Iterator[tuple[str, object]]:
+    if isinstance(value, dict):
+        for key, v in value.items():
+            yield from _leaves(v, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _leaves(v, f"{prefix}.{i}")
+    else:
+        yield prefix, value
+
+
+def _named(text: str, expect: Sequence[str]) -> bool:
+    return any(e.lower() in text.lower() for e in expect)
+
+
+def _only_expected_parts(old: Path, new: Path, expect: Sequence[str]) -> str | None:
+    """What differs, when every differing JSON value (by key path) or text line names an expected substring; else
+    None."""
+    if not expect:
+        return None
+    try:
+        a_text, b_text = old.read_text(), new.read_text()
+    except UnicodeDecodeError:
+        return None
+    if old.suffix == ".json":
+        a, b = dict(_leaves(json.loads(a_text))), dict(_leaves(json.loads(b_text)))
+        keys = [k for k in a.keys() | b.keys() if a.get(k, _MISSING) != b.get(k, _MISSING)]
+        if all(_named(k, expect) for k in keys):
+            return f"{len(keys)} values differ, each under a key naming {'/'.join(expect)}"
+        return None
+    a_lines, b_lines = a_text.splitlines(), b_text.splitlines()
+    if len(a_lines) != len(b_lines):
+        return None
+    pairs = [(x, y) for x, y in zip(a_lines, b_lines, strict=True) if x != y]
+    if all(_named(x, expect) and _named(y, expect) for x, y in pairs):
+        return f"{len(pairs)} lines differ, each naming {'/'.join(expect)}"
+    return None
+
+
 def _compare_file(rel: str, old: Path, new: Path, expect: Sequence[str]) -> Finding:
     if _md5(old) == _md5(new):
         return Finding(rel, "identical")
@@ -143,8 +186,12 @@ def _compare_file(rel: str, old: Path, new: Path, expect: Sequence[str]) -> Find
         closer = _compare_checkpoints(old, new)
     if closer is not None:
         return Finding(rel, closer.verdict, closer.detail)
-    verdict = "expected" if any(e in rel for e in expect) else "differs"
-    return Finding(rel, verdict, _text_lines_diff(old, new))
+    if _named(rel, expect):
+        return Finding(rel, "expected", _text_lines_diff(old, new))
+    parts = _only_expected_parts(old, new, expect)
+    if parts is not None:
+        return Finding(rel, "expected", parts)
+    return Finding(rel, "differs", _text_lines_diff(old, new))
 
 
 def _compare_tree(rel: str, old: Path, new: Path, expect: Sequence[str]) -> list[Finding]:
@@ -153,9 +200,9 @@ def _compare_tree(rel: str, old: Path, new: Path, expect: Sequence[str]) -> list
     for sub in sorted(a.keys() | b.keys()):
         path = f"{rel}/{sub}" if sub else rel
         if sub not in b:
-            findings.append(Finding(path, "expected" if any(e in path for e in expect) else "only old"))
+            findings.append(Finding(path, "expected" if _named(path, expect) else "only old"))
         elif sub not in a:
-            findings.append(Finding(path, "expected" if any(e in path for e in expect) else "only new"))
+            findings.append(Finding(path, "expected" if _named(path, expect) else "only new"))
         else:
             findings.append(_compare_file(path, a[sub], b[sub], expect))
     return findings
@@ -172,7 +219,7 @@ def compare_repos(old: Path, new: Path, expect: Sequence[str] = ()) -> list[Find
             continue  # compared below with the rest of those trees
         if path not in new_outs or path not in old_outs:
             verdict = "only old" if path in old_outs else "only new"
-            findings.append(Finding(path, "expected" if any(e in path for e in expect) else verdict))
+            findings.append(Finding(path, "expected" if _named(path, expect) else verdict))
         elif old_outs[path] == new_outs[path]:
             findings.append(Finding(path, "identical"))
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -97,3 +98,21 @@ def test_a_checkout_without_dvc_lock_is_one_error(tmp_path, capsys):
     assert "dvc.lock not found" in capsys.readouterr().err
 
 
+
+
+def test_a_file_of_every_method_is_expected_only_where_its_differing_parts_name_the_method(tmp_path):
+    """A table or a JSON summary holds every method: it passes when only the expected method's lines or keys
+    differ, and fails as soon as another one does."""
+    old = _repo(tmp_path / "a", table="| GradNorm | 50.0 |\n| dynamic | 91.0 |")
+    new = _repo(tmp_path / "b", table="| GradNorm | 52.0 |\n| dynamic | 91.0 |")
+    for repo, value in ((old, 0.5), (new, 0.6)):
+        (repo / "metrics" / "report.json").write_text(json.dumps({"methods": {"gradnorm": {"acc": value},
+                                                                              "dynamic": {"acc": 0.9}}}))
+    by = {f.path: f for f in compare_repos(old, new, ["gradnorm"])}
+    assert by["reports/tables.md"].verdict == "expected" and "1 lines differ" in by["reports/tables.md"].detail
+    assert by["metrics/report.json"].verdict == "expected"
+    (new / "reports" / "tables.md").write_text("# table\n| GradNorm | 52.0 |\n| dynamic | 91.5 |\n")
+    (new / "metrics" / "report.json").write_text(json.dumps({"methods": {"gradnorm": {"acc": 0.6},
+                                                                         "dynamic": {"acc": 0.95}}}))
+    by = {f.path: f for f in compare_repos(old, new, ["gradnorm"])}
+    assert by["reports/tables.md"].verdict == "differs" and by["metrics/report.json"].verdict == "differs"
