@@ -51,7 +51,8 @@ class Finding:
     Attributes:
         path: relative to the repository root.
         verdict: ``identical`` | ``same tensors`` | ``old columns identical`` | ``differs`` | ``expected`` |
-            ``only old`` | ``only new``.
+            ``only old`` | ``only new`` | ``in neither tree`` (a stale ``dvc.lock`` entry: its out exists in
+            neither working tree).
         detail: what differs (columns added, differing lines, tensor names), or "".
     """
 
@@ -217,7 +218,9 @@ def compare_repos(old: Path, new: Path, expect: Sequence[str] = ()) -> list[Find
         top = path.split("/", 1)[0]
         if top in TRACKED_TREES:
             continue  # compared below with the rest of those trees
-        if path not in new_outs or path not in old_outs:
+        if not (old / path).exists() and not (new / path).exists():
+            findings.append(Finding(path, "in neither tree", "a lock entry of a stage that was not run"))
+        elif path not in new_outs or path not in old_outs:
             verdict = "only old" if path in old_outs else "only new"
             findings.append(Finding(path, "expected" if _named(path, expect) else verdict))
         elif old_outs[path] == new_outs[path]:

@@ -116,3 +116,15 @@ def test_a_file_of_every_method_is_expected_only_where_its_differing_parts_name_
                                                                          "dynamic": {"acc": 0.95}}}))
     by = {f.path: f for f in compare_repos(old, new, ["gradnorm"])}
     assert by["reports/tables.md"].verdict == "differs" and by["metrics/report.json"].verdict == "differs"
+
+
+def test_a_stale_lock_entry_whose_out_exists_nowhere_is_not_a_difference(tmp_path):
+    old, new = _repo(tmp_path / "a"), _repo(tmp_path / "b")
+    lock = yaml.safe_load((old / "dvc.lock").read_text())
+    lock["stages"]["gone"] = {"cmd": "x", "outs": [{"path": "data/finetune/d/fold0-equal", "md5": "0" * 32 + ".dir"}]}
+    (old / "dvc.lock").write_text(yaml.safe_dump(lock))
+    by = {f.path: f for f in compare_repos(old, new)}
+    assert by["data/finetune/d/fold0-equal"].verdict == "in neither tree" and by["data/finetune/d/fold0-equal"].ok
+    (old / "data/finetune/d/fold0-equal").mkdir()
+    (old / "data/finetune/d/fold0-equal/model.pt").write_bytes(b"x")
+    assert not {f.path: f for f in compare_repos(old, new)}["data/finetune/d/fold0-equal"].ok
