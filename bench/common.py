@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -42,6 +43,11 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 def _fmt(v: Any) -> str:
     return f"{v:,.3f}" if isinstance(v, float) and abs(v) < 10 else f"{v:,.1f}" if isinstance(v, float) else str(v)
+
+
+def plain_settings(value: Any) -> Any:
+    """A settings dataclass (:mod:`pipeline.settings`) as JSON-able data (tuples as lists), for a result's JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(value)))
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

@@ -58,7 +58,6 @@ import dataclasses
 import gc
 import importlib
 import importlib.util
-import json
 import platform
 import statistics
 import sys
@@ -72,7 +71,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.common import device_name, loadavg, print_results, run_info, write_json
+from bench.common import device_name, loadavg, plain_settings, print_results, run_info, write_json
 from pipeline.models.network import count_parameters
 from pipeline.settings import (
     FinetuneSettings,
@@ -84,6 +83,7 @@ from pipeline.settings import (
 from pipeline.training.build import build_training, finetune_spec
 from pipeline.training.data import LabelledImages, PermutationStream, preprocess
 from pipeline.training.step import NonFiniteError, TrainStep
+from pipeline.weighting.options import parse_weighting
 
 PRECISIONS = ("bf16", "fp32")
 #: side of the aligned faces (paper_182_44) and the alignment convention of the benchmark's model
@@ -117,11 +117,6 @@ class StageSettings:
 
 
 # ------------------------------------------------------------------------------------------------ imports
-def _plain(value: Any) -> Any:
-    """A settings dataclass as JSON-able data (tuples as lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(value)))
-
-
 def ensure_preprocess() -> str:
     """Where :func:`preprocess`'s crops come from (torch-only :mod:`pipeline.data.crops`, no pandas/OpenCV)."""
     return "pipeline.data.crops"
@@ -209,7 +204,7 @@ def build_ours(method: str, depth: str, input_size: int, n_classes: dict[str, in
         precision=PrecisionSettings(amp=amp, channels_last=channels_last))
     torch.manual_seed(settings.seed)
     weighting, options = s.method(method)
-    spec = finetune_spec(settings, s.tasks, weighting=weighting, weighting_options=options, epochs=1,
+    spec = finetune_spec(settings, s.tasks, strategy=parse_weighting(weighting, options, s.tasks.names), epochs=1,
                          n_classes=n_classes, class_names={}, align_convention=ALIGN_CONVENTION, checkpoint=None,
                          runtime=RuntimeSettings(device=str(device), threads=0, eval_batch_size=100, compile=compile))
     parts = build_training(spec, device)
@@ -538,7 +533,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "memory_gib": round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)}
                 if on_cuda else None),
         "torch_threads": torch.get_num_threads(),
-        "settings": {"params": str(args.params), "finetune.common": _plain(s.common), "task_set": _plain(s.tasks),
+        "settings": {"params": str(args.params), "finetune.common": plain_settings(s.common),
+                     "task_set": plain_settings(s.tasks),
                      "stored_size": STORED_SIZE, "input_size": args.input_size, "batch_sizes": args.batch_sizes,
                      "precisions": args.precisions, "depths": args.depths, "methods": args.methods,
                      "method_blocks": {m: dict(zip(("weighting", "options"), s.method(m), strict=True))

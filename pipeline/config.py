@@ -7,7 +7,6 @@ sections through :class:`StageParams`, which refuses any section the stage did n
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from pathlib import Path
@@ -15,15 +14,17 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import to_jsonable_python
 
 from pipeline.errors import ParamsError
 from pipeline.settings import (
-    DEVICE_PATTERN,
     FinetuneSettings,
     PretrainRuntime,
     PretrainSettings,
     RuntimeSettings,
     TaskSetSettings,
+    check_device,
+    under_protocols,
 )
 
 __all__ = [
@@ -42,15 +43,8 @@ __all__ = [
 ]
 
 
-def _check_device(value: str) -> str:
-    """A torch device name: ``auto``, ``cpu``, ``cuda`` or ``cuda:<n>``."""
-    if not DEVICE_PATTERN.fullmatch(value):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:<n>, not {value!r}")
-    return value
-
-
 #: a torch device name, validated
-Device = Annotated[str, AfterValidator(_check_device)]
+Device = Annotated[str, AfterValidator(check_device)]
 
 
 class _Strict(BaseModel):
@@ -317,8 +311,7 @@ class FoldPairsConfig(_Strict):
             raise ValueError(f"file is only used with kind: lfw (kind is {self.kind}); "
                              "for original pair files use original_files: {fold: path}")
         for path in [*self.original_files.values(), *([self.file] if self.file else [])]:
-            parts = Path(path).parts
-            if Path(path).is_absolute() or parts[:2] != ("data", "protocols") or ".." in parts:
+            if not under_protocols(path):
                 raise ValueError(f"pair file {path!r} must lie under data/protocols/ (a relative path): the folds "
                                  "stage depends on that folder, so DVC re-runs it when a pair file changes")
         return self
@@ -646,9 +639,7 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     """
     path = Path(path)
     try:
-        text = path.read_text()
-        _refuse_duplicate_keys(yaml.compose(text), "")
-        raw = yaml.safe_load(text)
+        raw = _load_yaml(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"params file not found: {path}") from None
     except yaml.YAMLError as exc:
@@ -661,6 +652,18 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
         return Params.model_validate(raw)
     except ValidationError as exc:
         raise ParamsError(_format_error(exc, str(path))) from None
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)``, refusing a key given twice in one mapping (one parse: the node tree is checked,
+    then constructed)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        _refuse_duplicate_keys(node, "")
+        return None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _refuse_duplicate_keys(node: yaml.Node | None, where: str) -> None:
@@ -681,16 +684,9 @@ def _refuse_duplicate_keys(node: yaml.Node | None, where: str) -> None:
 
 
 def plain(value: Any) -> Any:
-    """A params value (pydantic model, settings dataclass, list, mapping) as plain JSON-able data."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
+    """A params value (pydantic model, settings dataclass, list, mapping) as plain JSON-able data (pydantic's own
+    serialisation, as ``model_dump(mode="json")`` writes a model)."""
+    return to_jsonable_python(value)
 
 
 class StageParams:

@@ -39,19 +39,19 @@ from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
 __all__ = [
-    "DEVICE_PATTERN", "EVALUATIONS", "LOSSES", "OPTIMIZERS", "OWN", "Bound", "CenterLossSettings", "CropSettings",
+    "DEVICE_PATTERN", "EVALUATIONS", "OPTIMIZERS", "OWN", "Bound", "CenterLossSettings", "CropSettings",
     "FinetuneSettings", "HeadSettings", "NetworkSettings", "OptimizerSettings", "PrecisionSettings",
     "PretrainRuntime", "PretrainSettings", "PretrainVerification", "ProtocolSettings", "RuntimeSettings",
-    "ScheduleSettings", "TaskCenter", "TaskSetSettings", "TaskSettings", "TrainingSettings", "from_mapping",
-    "settings",
+    "ScheduleSettings", "TaskCenter", "TaskSetSettings", "TaskSettings", "TrainingSettings", "check_device",
+    "from_mapping", "settings", "under_protocols",
 ]
 
 #: optimiser names (:func:`pipeline.training.optim.build_optimizer`)
-OPTIMIZERS = ("rmsprop_tf1", "rmsprop", "adam", "sgd")
+OptimizerName = Literal["rmsprop_tf1", "rmsprop", "adam", "sgd"]
+OPTIMIZERS: tuple[str, ...] = typing.get_args(OptimizerName)
 #: evaluation kinds a task can have (:mod:`pipeline.training.evaluate`)
-EVALUATIONS = ("verification", "classification", "identification")
-#: per-task losses (:func:`pipeline.training.step.task_losses`)
-LOSSES = ("softmax",)
+EvaluationKind = Literal["verification", "classification", "identification"]
+EVALUATIONS: tuple[str, ...] = typing.get_args(EvaluationKind)
 #: in a task's ``center``: the task itself
 OWN = "own"
 #: ``auto``, ``cpu``, ``cuda`` or ``cuda:<n>``
@@ -91,12 +91,27 @@ def settings(cls: type[_T]) -> type[_T]:
     return dataclasses.dataclass(frozen=True, kw_only=True)(cls)
 
 
+def check_device(value: str) -> str:
+    """``value`` if it is a torch device name this project takes (``auto``, ``cpu``, ``cuda``, ``cuda:<n>``).
+
+    Raises:
+        ValueError: any other name.
+    """
+    if not DEVICE_PATTERN.fullmatch(value):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:<n>, not {value!r}")
+    return value
+
+
+def under_protocols(path: str) -> bool:
+    """Whether ``path`` is a relative path under ``data/protocols/`` (the folder of protocol files that the stages
+    reading them depend on)."""
+    parts = PurePath(path).parts
+    return not PurePath(path).is_absolute() and parts[:2] == ("data", "protocols") and ".." not in parts
+
+
 def _protocols_path(value: str | None, key: str) -> None:
     """Files the training stages read must lie under ``data/protocols/`` (a dep of those stages)."""
-    if value is None:
-        return
-    parts = PurePath(value).parts
-    if PurePath(value).is_absolute() or parts[:2] != ("data", "protocols") or ".." in parts:
+    if value is not None and not under_protocols(value):
         raise ValueError(f"{key} {value!r} must lie under data/protocols/ (a relative path): the training stages "
                          "depend on that folder")
 
@@ -151,7 +166,7 @@ class OptimizerSettings:
         clip_norm: global-norm gradient clipping before each step (0 = off).
     """
 
-    name: Literal["rmsprop_tf1", "rmsprop", "adam", "sgd"]
+    name: OptimizerName
     momentum: Annotated[float, Bound(ge=0.0, lt=1.0)]
     rms_decay: Annotated[float, Bound(gt=0.0, lt=1.0)]
     rms_eps: Annotated[float, Bound(gt=0.0)]
@@ -247,8 +262,7 @@ class RuntimeSettings:
     compile: bool
 
     def __post_init__(self) -> None:
-        if not DEVICE_PATTERN.fullmatch(self.device):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:<n>, not {self.device!r}")
+        check_device(self.device)
 
 
 @settings
@@ -421,7 +435,7 @@ class TaskSettings:
     head: HeadSettings
     loss: Literal["softmax"]
     center: TaskCenter | None
-    evaluation: list[Literal["verification", "classification", "identification"]]
+    evaluation: list[EvaluationKind]
 
     def __post_init__(self) -> None:
         if len(set(self.evaluation)) != len(self.evaluation):
@@ -470,7 +484,7 @@ class TaskSetSettings:
                 raise ValueError(f"tasks.{name}.center.matrix: {owner!r} shares another task's matrix; name the "
                                  "task that owns it")
         for kind in ("verification", "identification"):
-            having = [n for n, t in self.tasks.items() if kind in t.evaluation]
+            having = self.evaluated(kind)
             if len(having) > 1:
                 raise ValueError(f"tasks: {kind} is the evaluation of one task at most (the fold has one pair set), "
                                  f"got {having}")

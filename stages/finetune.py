@@ -31,7 +31,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.errors import DatasetError, UserError
+from pipeline.errors import DatasetError, ParamsError, UserError
 from stages.common import (
     atomic_dir,
     finetune_dataset,
@@ -110,6 +110,12 @@ def command(
     if fold >= params.folds.k:
         raise UserError(f"--fold {fold}: folds.k is {params.folds.k} (folds 0..{params.folds.k - 1})")
     from pipeline.training.schedule import schedule_from
+    from pipeline.weighting.options import parse_weighting
+
+    try:  # params validation checks the methods of run_methods; this one may be any of finetune.methods
+        strategy = parse_weighting(method_cfg.weighting, method_cfg.options(), task_set.names)
+    except ValueError as exc:
+        raise ParamsError(f"finetune.methods.{method}: {exc}") from None
 
     try:
         schedule_from(common.schedule)
@@ -145,23 +151,25 @@ def command(
     manifest = read_manifest(p["manifest"])
     data = load_fold_data(manifest, p["aligned"], p["fold"], p["pairs"], task_set, label_sets, val=val,
                           seed=common.seed)
-    spec = finetune_spec(common, task_set, weighting=method_cfg.weighting, weighting_options=method_cfg.options(),
-                         epochs=method_cfg.epochs, n_classes=data.n_classes, class_names=data.class_names,
-                         align_convention=sp.get(f"datasets.{dataset}.align_convention"), checkpoint=checkpoint,
-                         runtime=dataclasses.replace(runtime, device=device))
+    try:
+        spec = finetune_spec(common, task_set, strategy=strategy, epochs=method_cfg.epochs, n_classes=data.n_classes,
+                             class_names=data.class_names,
+                             align_convention=sp.get(f"datasets.{dataset}.align_convention"), checkpoint=checkpoint,
+                             runtime=dataclasses.replace(runtime, device=device))
+    except ValueError as exc:
+        raise UserError(f"task_sets.{task_set_name}: {exc}") from None
     settings = {k: v for k, v in sp.as_flat_dict().items() if not any(k.startswith(r) for r in RUNTIME)}
     key = work_key(settings, [p["fold"], p["pairs"], p["aligned"] / "alignment.parquet"])
     work = WORK / f"{dataset}-fold{fold}-{method}-{key}"
     _clean_stale(dataset, fold, method, keep=work)
-    from pipeline.models.checkpoint import CheckpointError
-    from pipeline.training.build import build_training
+    if spec.checkpoint is not None:
+        from pipeline.models.checkpoint import CheckpointError
+        from pipeline.training.build import build_model
 
-    try:  # before any run, bar or output: a checkpoint or task set that cannot build this model is a one-line error
-        build_training(spec, torch.device("cpu"))
-    except CheckpointError as exc:
-        raise UserError(f"finetune.common.init: {exc}") from None
-    except ValueError as exc:
-        raise UserError(f"task_sets.{task_set_name}: {exc}") from None
+        try:  # before any run, bar or output: a checkpoint that cannot initialise this model is a one-line error
+            build_model(spec, torch.device("cpu"))
+        except CheckpointError as exc:
+            raise UserError(f"finetune.common.init: {exc}") from None
     s = spec.settings
     total = s.epochs * s.epoch_size * s.batch_size
     item = run_item(dataset, fold, method)
@@ -217,10 +225,9 @@ def command(
 
 def _describe(m: dict[str, Any]) -> str:
     """``verification 0.9150, expression 0.5170`` from an evaluation's accuracies."""
-    from pipeline.training.evaluate import headline
+    from pipeline.training.evaluate import describe_accuracies
 
-    parts = [f"{k.removesuffix('_accuracy')} {v:.4f}" for k, v in headline(m).items() if k.endswith("_accuracy")]
-    return ", ".join(parts) or "no metrics"
+    return describe_accuracies(m) or "no metrics"
 
 
 def _clean_stale(dataset: str, fold: int, method: str, keep: Path) -> None:

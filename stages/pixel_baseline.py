@@ -109,7 +109,7 @@ def command(
     from pipeline.config import load_params
     from pipeline.data.manifest import read_manifest
     from pipeline.evaluation.pixel_pca import PixelPCASettings
-    from pipeline.training.evaluate import criteria, headline
+    from pipeline.training.evaluate import criteria, describe_accuracies, headline
     from pipeline.training.fold_data import load_fold_data
 
     params = load_params(ctx.obj["params_path"])
@@ -148,10 +148,8 @@ def command(
         run.log_metrics({"pca_components": summary["components"], "explained_variance": summary["explained_variance"]})
         run.log_dict(metrics, "metrics.json")
         run.log_dict(summary, "pca.json")
-    accuracies = ", ".join(f"{k.removesuffix('_accuracy')} {v:.4f}" for k, v in headline(m).items()
-                           if k.endswith("_accuracy"))
-    typer.echo(f"{item}: {accuracies} ({summary['components']} components, {summary['explained_variance']:.1%} of "
-               f"the variance) -> {p['out']}, {p['metrics']}")
+    typer.echo(f"{item}: {describe_accuracies(m)} ({summary['components']} components, "
+               f"{summary['explained_variance']:.1%} of the variance) -> {p['out']}, {p['metrics']}")
 
 
 def _write_outputs(p: dict[str, Path], metrics: dict, scores: dict, test_ids: list[str], summary: dict) -> None:

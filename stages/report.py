@@ -34,7 +34,7 @@ import typer
 
 from pipeline.errors import DatasetError
 from stages.common import atomic_dir, load_stage_params, staged_files, user_errors, write_json_atomic
-from stages.tracking import group_key, run_item, stage_run
+from stages.tracking import run_item, stage_run
 
 #: ``datasets`` whole: the report reads every fine-tuning dataset's reader and source (DVC cannot template a list)
 DECLARED = ["report", "folds.k", "folds.run", "finetune.datasets", "finetune.common.task_set",
@@ -204,7 +204,7 @@ def command(ctx: typer.Context,
     several = len(sections) > 1
     check_text = _check_text(sections, several, format_checks)
     files = [REPORTS / n for n in ("tables.md", "tables.csv", "folds.csv", "differences.csv", "demo_check.txt")]
-    with stage_run("report", sp, item=",".join(datasets), group=None if several else (params, datasets[0])) as run:
+    with stage_run("report", sp, item=",".join(datasets), group=(params, datasets)) as run:
         with staged_files(*files, SUMMARY) as tmps, atomic_dir(FIGURES) as fig_tmp:
             md, tables_csv, folds_csv, diffs_csv, check_file, summary_json = tmps
             texts, figures = [], {}
@@ -231,7 +231,7 @@ def command(ctx: typer.Context,
                              for c, x in cols.items() if x is not None})
         if record.get("demo_passed") is not None:
             run.log_metrics({"demo_passed": float(record["demo_passed"])})
-        _log_report(run, params, files + [SUMMARY], figures, datasets, folds, methods)
+        _log_report(run, files + [SUMMARY], figures, datasets, folds, methods)
     typer.echo(f"report {', '.join(datasets)}: {len(methods)} methods x {len(folds)} folds -> "
                f"{REPORTS / 'tables.md'}")
     if any(s.checks for s in sections) and not quiet:
@@ -283,8 +283,8 @@ def _summary_record(s: Section, folds: list[int], methods: list[str], tasks: Any
             "demo_passed": all(c.passed for c in s.checks) if s.checks else None}
 
 
-def _log_report(run: Any, params: Any, files: list[Path], figures: dict[str, list[tuple[str, str]]],
-                datasets: list[str], folds: list[int], methods: list[str]) -> None:
+def _log_report(run: Any, files: list[Path], figures: dict[str, list[tuple[str, str]]], datasets: list[str],
+                folds: list[int], methods: list[str]) -> None:
     """Log the written report to its MLflow run and nest the fold runs of the tables under it."""
     if not run.enabled:
         return
@@ -295,10 +295,7 @@ def _log_report(run: Any, params: Any, files: list[Path], figures: dict[str, lis
             run.log_artifact(REPORTS / rel, str(Path("report") / Path(rel).parent))
     rows = []
     for dataset in datasets:
-        group = run.group if len(datasets) == 1 else group_key(params, dataset)
-        if len(datasets) > 1:
-            run.set_tags({f"group.{dataset}": group})
-        rows += run.adopt_runs([run_item(dataset, f, m) for m in methods for f in folds], group=group)
+        rows += run.adopt_runs([run_item(dataset, f, m) for m in methods for f in folds], group=run.groups[dataset])
     run.log_dict(rows, "fold_runs.json")
     restored = [r["item"] for r in rows if r["status"] != "this group"]
     if restored:

@@ -128,13 +128,15 @@ def group_key(params: Any, dataset: str, root: Path | None = None, commit: str |
 class RunLogger:
     """A thin handle on the active MLflow run (or a no-op when tracking is off).
 
-    ``group``: the run's ``group`` tag (:func:`group_key`), or None.
+    ``groups``: the :func:`group_key` of each results table the run belongs to, by dataset (empty: none);
+    ``group``: the only one (the run's ``group`` tag), or None.
     """
 
-    def __init__(self, mlflow: Any | None, run_id: str | None = None, group: str | None = None):
+    def __init__(self, mlflow: Any | None, run_id: str | None = None, groups: Mapping[str, str] | None = None):
         self._mlflow = mlflow
         self.run_id = run_id
-        self.group = group
+        self.groups = dict(groups or {})
+        self.group = next(iter(self.groups.values())) if len(self.groups) == 1 else None
 
     @property
     def enabled(self) -> bool:
@@ -259,7 +261,8 @@ def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str] = (), it
             written there.
         group: ``(params, dataset)`` of a run that belongs to a results table (the validated
             :class:`pipeline.config.Params` and the table's dataset): its :func:`group_key` becomes the ``group``
-            tag.
+            tag; ``(params, [dataset, ...])`` for a run over several tables (the report): one ``group.<dataset>``
+            tag each (one dataset: the ``group`` tag).
     """
     if os.environ.get("DMTL_MLFLOW", "1").lower() in {"0", "false", "no", "off"}:
         yield RunLogger(None)
@@ -277,9 +280,13 @@ def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str] = (), it
     tags = {"stage": stage, **git_state(root), **input_hashes(root, inputs)}
     if item is not None:
         tags["item"] = item
+    groups: dict[str, str] = {}
     if group is not None:
-        group_params, group_dataset = group
-        tags["group"] = group_key(group_params, group_dataset, root, commit=tags.get("git.commit", ""))
+        group_params, datasets = group
+        for dataset in [datasets] if isinstance(datasets, str) else datasets:
+            groups[dataset] = group_key(group_params, dataset, root, commit=tags.get("git.commit", ""))
+        tags.update({"group": next(iter(groups.values()))} if len(groups) == 1 else
+                    {f"group.{d}": key for d, key in groups.items()})
     dvc_env = (("DVC_STAGE", "dvc.stage"), ("DVC_EXP_NAME", "dvc.exp"), ("DVC_EXP_BASELINE_REV", "dvc.exp.baseline"))
     for env, tag in dvc_env:
         if os.environ.get(env):
@@ -295,7 +302,7 @@ def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str] = (), it
             mlflow.set_tag("resumed", "true")
         flat = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.as_flat_dict().items()}
         mlflow.log_params(flat)
-        yield RunLogger(mlflow, run.info.run_id, group=tags.get("group"))
+        yield RunLogger(mlflow, run.info.run_id, groups=groups)
 
 
 def _previous_run(mlflow: Any, resume_file: Path | None) -> str | None:

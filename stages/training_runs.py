@@ -18,7 +18,7 @@ CODE = ["pipeline/models", "pipeline/training", "pipeline/weighting", "pipeline/
 CODE_ROOT = Path(__file__).resolve().parents[1]
 
 
-def resolve_device(name: str, key: str = "finetune.device") -> str:
+def resolve_device(name: str, key: str) -> str:
     """``auto`` → ``cuda`` when available, else ``cpu``; an unavailable CUDA device is a user error naming ``key``."""
     import torch
 

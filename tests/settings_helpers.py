@@ -32,7 +32,8 @@ PRETRAIN_CPU = PretrainRuntime(device="cpu", threads=0, eval_batch_size=32, comp
 
 
 def replaced(obj: Any, **changes: Any) -> Any:
-    """``obj`` (a frozen settings dataclass) with ``changes`` by dotted key (``"optimizer.name"``)."""
+    """``obj`` (a frozen settings dataclass, or a mapping of them) with ``changes`` by dotted key
+    (``"optimizer.name"``, ``"tasks.expression.head"``)."""
     nested: dict[str, dict[str, Any]] = {}
     flat: dict[str, Any] = {}
     for key, value in changes.items():
@@ -42,8 +43,8 @@ def replaced(obj: Any, **changes: Any) -> Any:
         else:
             flat[head] = value
     for head, sub in nested.items():
-        flat[head] = replaced(flat.get(head, getattr(obj, head)), **sub)
-    return dataclasses.replace(obj, **flat)
+        flat[head] = replaced(flat.get(head, obj[head] if isinstance(obj, Mapping) else getattr(obj, head)), **sub)
+    return {**obj, **flat} if isinstance(obj, Mapping) else dataclasses.replace(obj, **flat)
 
 
 def finetune_settings(**changes: Any) -> FinetuneSettings:
@@ -57,14 +58,8 @@ def pretrain_settings(**changes: Any) -> PretrainSettings:
 
 
 def task_set(name: str = "fr_fer", **changes: Any) -> TaskSetSettings:
-    """A task set of ``params.yaml`` with ``changes`` (dotted keys; ``tasks.<t>`` replaces a task)."""
-    ts = PARAMS.task_sets[name]
-    tasks = dict(ts.tasks)
-    for key in [k for k in changes if k.startswith("tasks.")]:
-        _, task, *rest = key.split(".", 2)
-        value = changes.pop(key)
-        tasks[task] = replaced(tasks[task], **{rest[0]: value}) if rest else value
-    return dataclasses.replace(ts, tasks=tasks, **changes)
+    """A task set of ``params.yaml`` with ``changes`` (dotted keys; ``tasks.<t>`` replaces or adds a task)."""
+    return replaced(PARAMS.task_sets[name], **changes)
 
 
 def heads(n_classes: Mapping[str, int], tasks: TaskSetSettings | None = None) -> tuple[HeadSpec, ...]:
@@ -92,10 +87,11 @@ def finetune_spec(settings: FinetuneSettings | None = None, tasks: TaskSetSettin
                   runtime: RuntimeSettings = CPU, epochs: int | None = None) -> Any:
     """A :class:`~pipeline.training.build.FinetuneSpec` for a CPU test (random init unless ``checkpoint``)."""
     from pipeline.training.build import finetune_spec as build
+    from pipeline.weighting.options import parse_weighting
 
     settings = settings or finetune_settings()
     tasks = tasks or task_set()
     n_classes = n_classes or {name: 5 for name in tasks.names}
-    return build(settings, tasks, weighting=weighting, weighting_options=options or {}, epochs=epochs,
+    return build(settings, tasks, strategy=parse_weighting(weighting, options, tasks.names), epochs=epochs,
                  n_classes=n_classes, class_names={}, align_convention="paper_182_44", checkpoint=checkpoint,
                  runtime=runtime)

@@ -367,6 +367,15 @@ def test_bad_weighting_option_names_the_method_block(errdir, option, value, word
     assert all(w in line for w in words), line
 
 
+def test_a_method_outside_run_methods_is_checked_when_it_is_run(errdir):
+    """Params validation checks the methods of run_methods; any other method of finetune.methods can still be run by
+    hand, and a bad block is then the same one-line error."""
+    params = _params(**{"finetune.methods.naive_dynamic.base": [0.0]})
+    assert "naive_dynamic" not in params["finetune"]["run_methods"]
+    line = _error(errdir, "--fold", "0", "--method", "naive_dynamic", params=params)
+    assert "finetune.methods.naive_dynamic: weighting 'naive_dynamic': option 'base'" in line, line
+
+
 def test_missing_fold_file_and_fold_out_of_range(errdir):
     line = _error(errdir, "--fold", "1", "--method", "dynamic")
     assert "fold1.json" in line and "not found" in line

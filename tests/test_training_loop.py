@@ -470,3 +470,16 @@ def test_schedule_edges(tmp_path):
     assert LrSchedule.constant(0.02).at(1) == LrSchedule.constant(0.02).at(10_000) == 0.02
     with pytest.raises(ValueError):
         LrSchedule.constant(0.0)
+
+
+def test_a_shared_center_matrix_needs_the_same_classes_in_every_task_that_uses_it():
+    """The caricature set's one matrix for several branches: a task pulling its samples to another task's centers
+    must have that task's classes (checked when the spec is made, before any model is built)."""
+    shared = task_set(**{"tasks.identity.center": TaskCenter(factor=0.1, alpha=0.5, embedding="own", matrix="own",
+                                                             updates=True),
+                         "tasks.expression.center": TaskCenter(factor=0.1, alpha=0.5, embedding="own",
+                                                               matrix="identity", updates=False)})
+    assert make_spec(tasks=shared, n_classes={"identity": 4, "expression": 4}).tasks is shared
+    with pytest.raises(ValueError, match="task 'expression' shares the center matrix of 'identity', but has 3 "
+                                         "classes where 'identity' has 4"):
+        make_spec(tasks=shared, n_classes={"identity": 4, "expression": 3})

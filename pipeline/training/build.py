@@ -11,9 +11,9 @@ main optimiser (network + the strategy's main parameters), the strategy's own up
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from pipeline.training.optim import build_optimizer
 from pipeline.training.schedule import LrSchedule, schedule_from
 from pipeline.training.step import TrainStep
 from pipeline.weighting.base import Weighting
-from pipeline.weighting.options import WeightingChoice, parse_weighting
+from pipeline.weighting.options import WeightingChoice
 from pipeline.weighting.registry import build_strategy
 
 __all__ = ["FinetuneSpec", "TrainingParts", "build_model", "build_own_optimizer", "build_training", "finetune_spec"]
@@ -57,9 +57,10 @@ class FinetuneSpec:
     checkpoint: str | None
     runtime: RuntimeSettings
 
-    @property
+    @functools.cached_property
     def schedule(self) -> LrSchedule:
-        """The network's learning rate per 1-based epoch."""
+        """The network's learning rate per 1-based epoch (read once: a schedule file is parsed at the first
+        access)."""
         return schedule_from(self.settings.schedule)
 
     @property
@@ -67,25 +68,29 @@ class FinetuneSpec:
         return self.tasks.names
 
 
-def finetune_spec(settings: FinetuneSettings, tasks: TaskSetSettings, *, weighting: str,
-                  weighting_options: Mapping[str, Any], epochs: int | None, n_classes: Mapping[str, int],
-                  class_names: Mapping[str, Sequence[str]], align_convention: str, checkpoint: str | None,
-                  runtime: RuntimeSettings) -> FinetuneSpec:
-    """The spec of one run from its settings: the method block (``weighting`` and its ``weighting_options``;
-    ``epochs``, the method's or None, overrides ``settings.epochs``); ``n_classes`` (every task) and
-    ``class_names`` (the tasks labelled by a label set) come from the data.
+def finetune_spec(settings: FinetuneSettings, tasks: TaskSetSettings, *, strategy: WeightingChoice,
+                  epochs: int | None, n_classes: Mapping[str, int], class_names: Mapping[str, Sequence[str]],
+                  align_convention: str, checkpoint: str | None, runtime: RuntimeSettings) -> FinetuneSpec:
+    """The spec of one run from its settings: the method's weighting (parsed for ``tasks`` by
+    :func:`~pipeline.weighting.options.parse_weighting`) and ``epochs`` (the method's or None; overrides
+    ``settings.epochs``); ``n_classes`` (every task) and ``class_names`` (the tasks labelled by a label set) come from
+    the data.
 
     Raises:
-        ValueError: the method block does not fit the task set (one line).
+        ValueError: a task shares a center matrix whose task has another number of classes (one line).
     """
     if epochs is not None:
         settings = dataclasses.replace(settings, epochs=epochs)
+    for name, task in tasks.tasks.items():
+        owner = tasks.matrix_owner(name)
+        if task.center is not None and n_classes[owner] != n_classes[name]:
+            raise ValueError(f"task {name!r} shares the center matrix of {owner!r}, but has {n_classes[name]} "
+                             f"classes where {owner!r} has {n_classes[owner]}")
     heads = tuple(HeadSpec(name, int(n_classes[name]), task.head) for name, task in tasks.tasks.items())
     model = ModelConfig(heads=heads, network=settings.network, align_convention=align_convention,
                         crop=settings.crop, class_names={k: list(v) for k, v in class_names.items()})
-    return FinetuneSpec(settings=settings, tasks=tasks,
-                        strategy=parse_weighting(weighting, weighting_options, tasks.names), model=model,
-                        checkpoint=checkpoint, runtime=runtime)
+    return FinetuneSpec(settings=settings, tasks=tasks, strategy=strategy, model=model, checkpoint=checkpoint,
+                        runtime=runtime)
 
 
 @dataclass
@@ -119,11 +124,8 @@ def build_model(spec: FinetuneSpec, device: torch.device) -> MultiTaskInceptionR
 
 
 def _centers(spec: FinetuneSpec) -> nn.ModuleDict | None:
-    """One center matrix per task that owns one (``center.matrix: own``), sized by that task's classes.
-
-    Raises:
-        ValueError: a task shares a matrix whose classes differ from its own.
-    """
+    """One center matrix per task that owns one (``center.matrix: own``), sized by that task's classes (the tasks
+    sharing it have as many: :func:`finetune_spec` checks)."""
     tasks = spec.tasks
     n_classes = {h.name: h.n_classes for h in spec.model.heads}
     owners: dict[str, CenterLoss] = {}
@@ -131,9 +133,6 @@ def _centers(spec: FinetuneSpec) -> nn.ModuleDict | None:
         if task.center is None:
             continue
         owner = tasks.matrix_owner(name)
-        if n_classes[owner] != n_classes[name]:
-            raise ValueError(f"task {name!r} shares the center matrix of {owner!r}, but has {n_classes[name]} "
-                             f"classes where {owner!r} has {n_classes[owner]}")
         if owner not in owners:
             owners[owner] = CenterLoss(n_classes[owner], FEATURES, alpha=tasks.tasks[owner].center.alpha)
     return nn.ModuleDict(owners) if owners else None

@@ -30,8 +30,8 @@ from pipeline.evaluation.verification import evaluate_distances, squared_distanc
 from pipeline.settings import ProtocolSettings, TaskSetSettings
 from pipeline.training.data import preprocess
 
-__all__ = ["IDENTIFICATION_RANKS", "EvalData", "Evaluation", "Predictions", "criteria", "evaluate", "evaluations_of",
-           "headline", "predict"]
+__all__ = ["IDENTIFICATION_RANKS", "EvalData", "Evaluation", "Predictions", "criteria", "describe_accuracies",
+           "evaluate", "evaluations_of", "headline", "predict"]
 
 #: the ranks identification reports (the caricature paper's Rank-1 and Rank-10, spec §6.6)
 IDENTIFICATION_RANKS = (1, 10)
@@ -95,6 +95,13 @@ def headline(m: dict[str, Any]) -> dict[str, float]:
     if auc is not None:
         out["auc"] = float(auc)
     return out
+
+
+def describe_accuracies(m: dict[str, Any]) -> str:
+    """``verification 0.9150, expression 0.5170``: the accuracies of an evaluation ``M``, for a log line ("" when
+    there is none)."""
+    return ", ".join(f"{k.removesuffix('_accuracy')} {v:.4f}" for k, v in headline(m).items()
+                     if k.endswith("_accuracy"))
 
 
 @torch.no_grad()

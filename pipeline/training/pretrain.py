@@ -26,6 +26,7 @@ Every ``eval_every`` steps rank 0 evaluates LFW-protocol verification on a pairs
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -42,11 +43,11 @@ from pipeline.models.network import HeadSpec, ModelConfig, MultiTaskInceptionRes
 from pipeline.settings import PretrainRuntime, PretrainSettings
 from pipeline.training.data import preprocess
 from pipeline.training.distributed import DistContext
-from pipeline.training.optim import build_optimizer, clip_by_global_norm_
+from pipeline.training.optim import build_optimizer
 from pipeline.training.schedule import LrSchedule, schedule_from
 from pipeline.training.shard_data import ShardBatchSampler, ShardFaces, check_decode, make_loader, next_batch
 from pipeline.training.shard_decode import batch_to_device
-from pipeline.training.step import NonFiniteError, global_grad_norm
+from pipeline.training.step import NonFiniteError, clip_global_norm
 
 if TYPE_CHECKING:  # evaluation needs scikit-learn and SciPy: imported when a run verifies, not by bench/pretrain.py
     from pipeline.training.evaluate import EvalData
@@ -87,9 +88,9 @@ class PretrainSpec:
     def __post_init__(self) -> None:
         check_decode(self.runtime.decode)
 
-    @property
+    @functools.cached_property
     def schedule(self) -> LrSchedule:
-        """The learning rate per 0-based step."""
+        """The learning rate per 0-based step (read once: a schedule file is parsed at the first access)."""
         return schedule_from(self.settings.schedule)
 
 
@@ -159,7 +160,7 @@ class PretrainStep:
         loss = ce + self.center_loss_factor * center
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norm = clip_by_global_norm_(self.params, self.clip_norm) if self.clip_norm else global_grad_norm(self.params)
+        norm = clip_global_norm(self.params, self.clip_norm)
         acc = (logits.argmax(1) == y).float().mean()
         # in ROW_COLUMNS order: loss, cross_entropy, center_loss, train_accuracy, grad_norm
         scalars = self.dist.mean(torch.stack([loss.detach(), ce.detach(), center.detach().float(), acc,

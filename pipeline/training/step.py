@@ -32,7 +32,7 @@ from pipeline.settings import TaskSetSettings
 from pipeline.training.optim import clip_by_global_norm_
 from pipeline.weighting.base import Weighting
 
-__all__ = ["NonFiniteError", "StepResult", "TrainStep", "global_grad_norm", "task_losses"]
+__all__ = ["NonFiniteError", "StepResult", "TrainStep", "clip_global_norm", "global_grad_norm", "task_losses"]
 
 
 class NonFiniteError(RuntimeError):
@@ -87,8 +87,9 @@ def task_losses(out, labels: Mapping[str, torch.Tensor], task_set: TaskSetSettin
             matrix = centers[task_set.matrix_owner(name)]
             center = matrix(out.embedding(task_set.embedding_of(name)), y.clamp(min=0))
             per_sample = per_sample + task.center.factor * torch.where(mask, center, torch.zeros_like(center))
-        losses.append(per_sample.sum() / mask.sum().clamp(min=1))
-        present.append(mask.any())
+        n = mask.sum()
+        losses.append(per_sample.sum() / n.clamp(min=1))
+        present.append(n > 0)
     return torch.stack(losses), torch.stack(present)
 
 
@@ -155,12 +156,12 @@ class TrainStep:
         has_aux = ws.aux is not None and bool(self.own_params)
         grads = torch.autograd.grad(ws.total, self.main_params, retain_graph=has_aux, allow_unused=True)
         _set_grads(self.main_params, grads)
-        norm = _clip(self.main_params, self.clip_norm)
+        norm = clip_global_norm(self.main_params, self.clip_norm)
         norm_own = None
         if has_aux:
             own_grads = torch.autograd.grad(ws.aux, self.own_params, allow_unused=True)
             _set_grads(self.own_params, own_grads)
-            norm_own = _clip(self.own_params, self.own_clip_norm)
+            norm_own = clip_global_norm(self.own_params, self.own_clip_norm)
         scalars = [losses.detach().float(), ws.weights.detach().float().reshape(-1), present.float(),
                    ws.total.detach().float().reshape(1), norm.detach().float().reshape(1)]
         if has_aux:
@@ -189,8 +190,8 @@ class TrainStep:
         matrix.apply_update(sums, counts)
 
 
-def _clip(params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """Clip to global norm ``max_norm`` (0 = no clipping); the norm before clipping."""
+def clip_global_norm(params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Clip the gradients of ``params`` to global norm ``max_norm`` (0 = no clipping); the norm before clipping."""
     return clip_by_global_norm_(params, max_norm) if max_norm else global_grad_norm(params)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 #: public name → the module that defines it
 _EXPORTS = {
-    "OWN_UPDATES": "base", "OwnLearningRate": "base", "Weighting": "base", "WeightingStep": "base",
+    "OWN_UPDATES": "options", "OwnLearningRate": "base", "Weighting": "base", "WeightingStep": "base",
     "masked_sum": "base",
     "EqualWeighting": "fixed", "SingleTaskWeighting": "fixed", "StaticWeighting": "fixed",
     "DynamicWeighting": "dynamic", "NaiveDynamicWeighting": "dynamic", "WeightUnit": "dynamic",

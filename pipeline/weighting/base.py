@@ -33,11 +33,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["OWN_UPDATES", "OwnLearningRate", "Weighting", "WeightingStep", "masked_sum"]
+__all__ = ["OwnLearningRate", "Weighting", "WeightingStep", "masked_sum"]
 
-#: how a strategy's own parameters are updated: the settings' ``weights_optimizer`` (clipped to its
-#: ``clip_norm``), or a plain gradient step ``θ ← θ − lr·∇θ`` (no momentum, no clipping)
-OWN_UPDATES = ("weights_optimizer", "gradient_step")
 
 
 @dataclass
@@ -92,7 +89,7 @@ class Weighting(nn.Module):
             raise ValueError("a weighting needs at least one task")
         self.task_names = list(task_names)
         self.own_lr = OwnLearningRate()
-        #: one of :data:`OWN_UPDATES`
+        #: one of :data:`~pipeline.weighting.options.OWN_UPDATES`
         self.own_update = "weights_optimizer"
 
     @property

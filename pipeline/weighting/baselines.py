@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pipeline.weighting.base import OWN_UPDATES, OwnLearningRate, Weighting, WeightingStep, masked_sum
+from pipeline.weighting.base import OwnLearningRate, Weighting, WeightingStep, masked_sum
+from pipeline.weighting.options import OWN_UPDATES
 
 __all__ = ["DWAWeighting", "GradNormWeighting", "UncertaintyWeighting"]
 
@@ -140,7 +141,7 @@ class GradNormWeighting(Weighting):
         task_names: the ``T`` task names.
         alpha: the asymmetry α (≥ 0).
         lr_weights: constant LR of the weights' update (> 0).
-        update: one of :data:`~pipeline.weighting.base.OWN_UPDATES`.
+        update: one of :data:`~pipeline.weighting.options.OWN_UPDATES`.
     """
 
     name = "gradnorm"

@@ -36,13 +36,15 @@ from typing import Any
 
 from pipeline.weighting.variants import DYNAMIC_VARIANTS, VARIANTS
 
-__all__ = ["GRADNORM_UPDATES", "SINGLE_PREFIX", "STRATEGIES", "OptionReader", "WeightingChoice", "parse_weighting",
+__all__ = ["OWN_UPDATES", "SINGLE_PREFIX", "STRATEGIES", "OptionReader", "WeightingChoice", "parse_weighting",
            "weighting_names"]
 
 #: prefix of the single-task names (``single_<task>``)
 SINGLE_PREFIX = "single_"
-#: GradNorm's weight updates: Algorithm 1's plain step, or the weights optimiser of the finetune settings
-GRADNORM_UPDATES = ("gradient_step", "weights_optimizer")
+#: how a strategy's own parameters (GradNorm's weights) are updated: a plain gradient step ``θ ← θ − lr·∇θ`` (no
+#: momentum, no clipping; GradNorm's Algorithm 1), or the settings' ``weights_optimizer`` (clipped to its
+#: ``clip_norm``)
+OWN_UPDATES = ("gradient_step", "weights_optimizer")
 
 _MISSING = object()
 
@@ -194,7 +196,7 @@ def _dwa(opts: OptionReader, tasks: list[str]) -> dict[str, Any]:
 def _gradnorm(opts: OptionReader, tasks: list[str]) -> dict[str, Any]:
     return {"alpha": opts.number("alpha", 1.5, low=0.0),
             "lr_weights": opts.number("lr_weights", 0.025, low=0.0, low_open=True),
-            "update": opts.choice("update", "gradient_step", GRADNORM_UPDATES)}
+            "update": opts.choice("update", "gradient_step", OWN_UPDATES)}
 
 
 def _none(opts: OptionReader, tasks: list[str]) -> dict[str, Any]:
