@@ -26,9 +26,10 @@ Needs pandas and torch (both in the project's environment).
 from __future__ import annotations
 
 import argparse
-import hashlib
+import filecmp
 import json
 import sys
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -79,15 +80,8 @@ def _files(root: Path) -> dict[str, Path]:
     return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def _text_lines_diff(old: Path, new: Path) -> str:
-    try:
-        a, b = old.read_text().splitlines(), new.read_text().splitlines()
-    except UnicodeDecodeError:
-        return f"binary, {old.stat().st_size} -> {new.stat().st_size} bytes"
+def _lines_diff(a: list[str], b: list[str]) -> str:
+    """The first differing lines of two texts (and a changed line count)."""
     lines = [f"line {i + 1}: {x!r} -> {y!r}" for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y]
     if len(a) != len(b):
         lines.append(f"{len(a)} -> {len(b)} lines")
@@ -95,74 +89,59 @@ def _text_lines_diff(old: Path, new: Path) -> str:
     return shown + (f"; … {len(lines) - SHOWN_LINES} more" if len(lines) > SHOWN_LINES else "")
 
 
-def _compare_steps(old: Path, new: Path) -> Finding | None:
-    """``steps.csv``: every old column identical in the new file (as text), new columns listed."""
+def _compare_steps(old: Path, new: Path) -> str | None:
+    """``steps.csv``: the detail when every old column is identical in the new file (as text), else None."""
     import pandas as pd
 
     a = pd.read_csv(old, dtype=str, keep_default_na=False)
     b = pd.read_csv(new, dtype=str, keep_default_na=False)
-    missing = [c for c in a.columns if c not in b.columns]
-    if missing or len(a) != len(b):
+    if any(c not in b.columns for c in a.columns) or len(a) != len(b):
         return None
-    changed = [c for c in a.columns if not a[c].equals(b[c])]
-    if changed:
+    if not all(a[c].equals(b[c]) for c in a.columns):
         return None
     added = [c for c in b.columns if c not in a.columns]
-    return Finding("", "old columns identical", f"added: {', '.join(added)}" if added else "")
-
-
-def _tensors(obj: object, prefix: str = "") -> Iterator[tuple[str, object]]:
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        yield prefix, obj
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            yield from _tensors(value, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(obj, list | tuple):
-        for i, value in enumerate(obj):
-            yield from _tensors(value, f"{prefix}.{i}")
-
-
-def _compare_checkpoints(old: Path, new: Path) -> Finding | None:
-    """``model.pt``: the same tensor names with equal values (dtype, shape and every element)."""
-    import torch
-
-    a = dict(_tensors(torch.load(old, map_location="cpu", weights_only=True)))
-    b = dict(_tensors(torch.load(new, map_location="cpu", weights_only=True)))
-    if a.keys() != b.keys():
-        return None
-    unequal = [k for k in a if a[k].dtype != b[k].dtype or a[k].shape != b[k].shape or not torch.equal(a[k], b[k])]
-    if unequal:
-        return None
-    return Finding("", "same tensors", f"{len(a)} tensors equal; the rest of the file differs")
+    return f"added: {', '.join(added)}" if added else ""
 
 
 def _leaves(value: object, prefix: str = "") -> Iterator[tuple[str, object]]:
+    """``(dotted key path, value)`` of every leaf of nested dicts, lists and tuples."""
     if isinstance(value, dict):
         for key, v in value.items():
             yield from _leaves(v, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(value, list):
+    elif isinstance(value, list | tuple):
         for i, v in enumerate(value):
             yield from _leaves(v, f"{prefix}.{i}")
     else:
         yield prefix, value
 
 
+def _compare_checkpoints(old: Path, new: Path) -> str | None:
+    """``model.pt``: the detail when both hold the same tensor names with equal values (dtype, shape and every
+    element), else None."""
+    import torch
+
+    def tensors(path: Path) -> dict[str, torch.Tensor]:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return {k: v for k, v in _leaves(state) if isinstance(v, torch.Tensor)}
+
+    a, b = tensors(old), tensors(new)
+    if a.keys() != b.keys():
+        return None
+    if any(a[k].dtype != b[k].dtype or a[k].shape != b[k].shape or not torch.equal(a[k], b[k]) for k in a):
+        return None
+    return f"{len(a)} tensors equal; the rest of the file differs"
+
+
 def _named(text: str, expect: Sequence[str]) -> bool:
     return any(e.lower() in text.lower() for e in expect)
 
 
-def _only_expected_parts(old: Path, new: Path, expect: Sequence[str]) -> str | None:
+def _only_expected_parts(suffix: str, a_text: str, b_text: str, expect: Sequence[str]) -> str | None:
     """What differs, when every differing JSON value (by key path) or text line names an expected substring; else
     None."""
     if not expect:
         return None
-    try:
-        a_text, b_text = old.read_text(), new.read_text()
-    except UnicodeDecodeError:
-        return None
-    if old.suffix == ".json":
+    if suffix == ".json":
         a, b = dict(_leaves(json.loads(a_text))), dict(_leaves(json.loads(b_text)))
         keys = [k for k in a.keys() | b.keys() if a.get(k, _MISSING) != b.get(k, _MISSING)]
         if all(_named(k, expect) for k in keys):
@@ -178,21 +157,23 @@ def _only_expected_parts(old: Path, new: Path, expect: Sequence[str]) -> str | N
 
 
 def _compare_file(rel: str, old: Path, new: Path, expect: Sequence[str]) -> Finding:
-    if _md5(old) == _md5(new):
+    if filecmp.cmp(old, new, shallow=False):
         return Finding(rel, "identical")
-    closer = None
-    if old.name == "steps.csv":
-        closer = _compare_steps(old, new)
-    elif old.suffix == ".pt":
-        closer = _compare_checkpoints(old, new)
-    if closer is not None:
-        return Finding(rel, closer.verdict, closer.detail)
+    if old.name == "steps.csv" and (detail := _compare_steps(old, new)) is not None:
+        return Finding(rel, "old columns identical", detail)
+    if old.suffix == ".pt" and (detail := _compare_checkpoints(old, new)) is not None:
+        return Finding(rel, "same tensors", detail)
+    try:
+        a_text, b_text = old.read_text(), new.read_text()
+    except UnicodeDecodeError:
+        return Finding(rel, "expected" if _named(rel, expect) else "differs",
+                       f"binary, {old.stat().st_size} -> {new.stat().st_size} bytes")
     if _named(rel, expect):
-        return Finding(rel, "expected", _text_lines_diff(old, new))
-    parts = _only_expected_parts(old, new, expect)
+        return Finding(rel, "expected", _lines_diff(a_text.splitlines(), b_text.splitlines()))
+    parts = _only_expected_parts(old.suffix, a_text, b_text, expect)
     if parts is not None:
         return Finding(rel, "expected", parts)
-    return Finding(rel, "differs", _text_lines_diff(old, new))
+    return Finding(rel, "differs", _lines_diff(a_text.splitlines(), b_text.splitlines()))
 
 
 def _compare_tree(rel: str, old: Path, new: Path, expect: Sequence[str]) -> list[Finding]:
@@ -232,13 +213,6 @@ def compare_repos(old: Path, new: Path, expect: Sequence[str] = ()) -> list[Find
     return findings
 
 
-def _summary(findings: Sequence[Finding]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for f in findings:
-        counts[f.verdict] = counts.get(f.verdict, 0) + 1
-    return counts
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("old", type=Path, help="the checkout before the change, after dvc repro")
@@ -257,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for f in findings:
         if args.all or f.verdict != "identical":
             print(f"{f.verdict:<22} {f.path:<{width}}  {f.detail}".rstrip())
-    counts = _summary(findings)
+    counts = Counter(f.verdict for f in findings)
     bad = sum(not f.ok for f in findings)
     print("summary: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())) +
           (f" -> {bad} unexpected" if bad else " -> no unexpected difference"))

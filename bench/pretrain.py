@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import importlib
 import json
@@ -95,10 +96,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import device_name, loadavg, print_results, run_info, write_json
+from bench.common import device_name, loadavg, plain_settings, print_results, run_info, write_json
 from pipeline.align.shards import shard_name, write_shard
 from pipeline.losses.center import CenterLoss
-from pipeline.models.network import FEATURES, count_parameters
+from pipeline.models.network import FEATURES, HeadSpec, ModelConfig, count_parameters
 from pipeline.settings import PrecisionSettings, PretrainRuntime, PretrainSettings, from_mapping
 from pipeline.training.data import preprocess
 from pipeline.training.distributed import DistContext, from_env, launched_by_torchrun
@@ -154,8 +155,9 @@ def _words(values: list[str]) -> list[str]:
     return [v for item in values for v in item.split(",") if v]
 
 
-def read_settings(path: str | Path) -> PretrainSettings:
-    """``pretrain.train`` of a params file (PyYAML, no validation: the stage validates the same file)."""
+@functools.lru_cache(maxsize=4)
+def read_settings(path: str) -> PretrainSettings:
+    """``pretrain.train`` of a params file (PyYAML, no validation: the stage validates the same file); read once."""
     import yaml
 
     return from_mapping(PretrainSettings, yaml.safe_load(Path(path).read_text())["pretrain"]["train"])
@@ -656,10 +658,14 @@ def resolve(args: argparse.Namespace, ap: argparse.ArgumentParser) -> tuple[Sett
     faces = args.faces if args.faces is not None else max(2048, 2 * max(batches))
     if faces < max(batches):
         ap.error(f"--faces {faces} is fewer than one batch of {max(batches)}")
-    if args.input_size < 75:
-        ap.error(f"--input-size must be >= 75 (Mixed_7a needs a 1x1 grid), got {args.input_size}")
     if not Path(args.params).is_file():
         ap.error(f"--params: {args.params} not found")
+    base = read_settings(str(args.params))
+    try:  # the model's own checks (input_size >= 75: Mixed_7a needs a 1x1 grid)
+        ModelConfig(heads=(HeadSpec("identity", 2),), network=dataclasses.replace(base.network,
+                    input_size=args.input_size), align_convention="paper_182_44", crop=base.crop)
+    except ValueError as exc:
+        ap.error(f"--input-size: {exc}")
     s = Settings(device=str(device), batch_sizes=batches, precisions=precisions, depths=depths, workers=workers,
                  decodes=list(dict.fromkeys(decodes)),
                  input_size=args.input_size, crop=args.crop, stored_size=args.stored_size, faces=faces,
@@ -743,7 +749,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "torch_threads": torch.get_num_threads(),
         "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "worker"},
         "settings": {**settings, "processes": args.processes,
-                     "pretrain.train": json.loads(json.dumps(dataclasses.asdict(read_settings(s.params))))},
+                     "pretrain.train": plain_settings(read_settings(s.params))},
         "pretrain_module": pt_source,
         "data": data,
         "results": rows,

@@ -44,6 +44,11 @@ def tiny_params(**overrides) -> dict:
     params["pretrain"]["train"]["schedule"]["boundaries"] = [3]
     params["pretrain"]["train"]["protocol"]["n_folds"] = 2
     params["pretrain"]["train"]["verification"]["folds"] = [0, 1]
+    return set_dotted(params, overrides)
+
+
+def set_dotted(params: dict, overrides: dict) -> dict:
+    """``params`` (nested dicts) with each dotted key of ``overrides`` set to a copy of its value, in place."""
     for dotted, value in overrides.items():
         node = params
         *head, last = dotted.split(".")

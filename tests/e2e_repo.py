@@ -14,7 +14,6 @@ Tests that edit ``params.yaml`` put it back (:func:`restore`) or run last in the
 
 from __future__ import annotations
 
-import copy
 import functools
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import cv2
 
 from pipeline.data.demo import EXPRESSIONS, render_expression_sequence
-from tests.conftest import TINY_FINETUNE, copy_repo, run_checked, tiny_params, write_params
+from tests.conftest import TINY_FINETUNE, copy_repo, run_checked, set_dotted, tiny_params, write_params
 from tests.fixtures_layouts import build_ckplus, build_oulu
 
 SEED = 5
@@ -35,7 +34,6 @@ DATASETS = ["oulu", "ckplus"]
 ALL_DATASETS = ["demo_webface", "oulu", "ckplus"]
 #: (the method ``pretrained``, which only evaluates, runs through the stage in tests/test_pretrain_stage.py)
 METHODS = ["dynamic", "static"]
-TRAINED = METHODS
 #: the 4 fine-tuning stages and 2 pixel-baseline stages of fold 0
 FINETUNE = [f"finetune@{d}-0-{m}" for d in DATASETS for m in METHODS]
 PER_FOLD = [f"pixel_baseline@{d}-0" for d in DATASETS]
@@ -96,13 +94,7 @@ def e2e_params(roots: dict[str, Path], **overrides) -> dict:
         "oulu": template,
         "ckplus": {**template, "pairs": {**template["pairs"], "required": ["happy", "surprise"]}},
     })
-    for dotted, value in overrides.items():  # after the datasets above: an override may name them
-        node = params
-        *head, last = dotted.split(".")
-        for part in head:
-            node = node[part]
-        node[last] = copy.deepcopy(value)
-    return params
+    return set_dotted(params, overrides)  # after the datasets above: an override may name them
 
 
 def build(base: Path) -> dict:

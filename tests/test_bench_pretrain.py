@@ -82,3 +82,7 @@ def test_bad_arguments_are_one_line_errors():
     res = subprocess.run([sys.executable, "-m", "bench.pretrain", "--device", "cpu", "--decode", "gpu"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "--decode: unknown ['gpu'], expected worker device" in res.stderr.splitlines()[-1]
+    res = subprocess.run([sys.executable, "-m", "bench.pretrain", "--device", "cpu", "--input-size", "64"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "--input-size: input_size must be >= 75 (Mixed_7a needs a 1x1 grid), got 64" in \
+        res.stderr.splitlines()[-1]

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from pipeline.data.manifest import read_manifest
-from tests.e2e_repo import ALL_DATASETS, DATASETS, FINETUNE, PER_FOLD, TRAINED, restore, run, set_params
+from tests.e2e_repo import ALL_DATASETS, DATASETS, FINETUNE, METHODS, PER_FOLD, restore, run, set_params
 
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +60,7 @@ def test_repro_logged_one_mlflow_run_per_stage(e2e_repo):
     (raw_out,) = lock["download@oulu"]["outs"]
     assert manifest_run.data.tags["dvc.input.data/raw/oulu.md5"] == raw_out["md5"]
     (aligned_out,) = [o for o in lock["align@oulu"]["outs"] if o["path"] == "data/aligned/oulu"]
-    for method in TRAINED:
+    for method in METHODS:
         r = first[f"finetune@oulu-0-{method}"]
         assert r.data.tags["dvc.input.data/aligned/oulu.md5"] == aligned_out["md5"]
         assert r.data.tags["task_set"] == "fr_fer" and r.data.tags["dataset"] == "oulu"
@@ -148,7 +148,7 @@ def test_repro_finetunes_every_dataset_fold_and_method_after_folds(e2e_repo):
         assert out.index(f"Running stage 'folds@{dataset}'") < out.index(f"Running stage '{stage}'")
         assert out.index("Running stage 'pretrain'") < out.index(f"Running stage '{stage}'")
     pretrained, _ = load_model(dst / "data/pretrain/demo_webface/model.pt")
-    for method in TRAINED:
+    for method in METHODS:
         model, meta = load_model(dst / f"data/finetune/oulu/fold0-{method}/model.pt")
         assert meta["method"] == method and model.config.network.input_size == 80
         steps = (dst / f"data/finetune/oulu/fold0-{method}/steps.csv").read_text().splitlines()

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from pipeline.data.manifest import ManifestRecord, assign_identities, to_frame, write_manifest
 from pipeline.folds.pair_file import parse_image_path, read_pair_file
 from stages.app import app
-from tests.conftest import tiny_params, write_params
+from tests.conftest import set_dotted, tiny_params, write_params
 from tests.test_folds import FOLD4, OULU, PAIR_FILE, PREFIX
 
 runner = CliRunner()
@@ -40,14 +40,7 @@ def _demo_frames(n_subjects: int) -> dict[tuple[str, str], list[int]]:
 
 
 def _params(**overrides) -> dict:
-    params = tiny_params(**{"folds.k": 4, "folds.run": [0, 1]})
-    for dotted, value in overrides.items():
-        node = params
-        *head, last = dotted.split(".")
-        for part in head:
-            node = node[part]
-        node[last] = value
-    return params
+    return set_dotted(tiny_params(**{"folds.k": 4, "folds.run": [0, 1]}), overrides)
 
 
 @pytest.fixture
