@@ -179,8 +179,8 @@ class LabelSetConfig(_Strict):
         return self
 
 
-#: the label sets of the original protocols by name (spec §5.1, §5.2): ``datasets.<d>.label_sets.<name>`` may name one
-#: instead of writing it out
+#: the label sets of the original protocols by name (docs/method.md §5.1, §5.2): ``datasets.<d>.label_sets.<name>``
+#: may name one instead of writing it out
 STANDARD_LABEL_SETS: dict[str, LabelSetConfig] = {
     # Oulu-CASIA "Six" (the original's training file): the last 3 frames of every sequence, 1440 images
     "oulu_six": LabelSetConfig(classes=["Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise"],
@@ -188,7 +188,7 @@ STANDARD_LABEL_SETS: dict[str, LabelSetConfig] = {
     # Oulu-CASIA "Seven": + the neutral first frame, 1920 images
     "oulu_seven": LabelSetConfig(classes=["Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise"],
                                  neutral="Neutral", peak_frames=3, neutral_frames=1),
-    # CK+ with the 8 classes as coded (spec §9 item 29): 3 peak frames + the neutral first frame, 1308 images
+    # CK+ with the 8 classes as coded (docs/method.md §9.29): 3 peak frames + the neutral first frame, 1308 images
     "ckplus_eight": LabelSetConfig(classes=["neutral", "anger", "contempt", "disgust", "fear", "happy", "sadness",
                                             "surprise"], neutral="neutral", peak_frames=3, neutral_frames=1),
 }
@@ -250,7 +250,7 @@ class ManifestConfig(_Strict):
 
 
 class AlignConfig(_Strict):
-    """``align``: MTCNN detection, face choice and crop storage (:mod:`pipeline.align`; spec §7).
+    """``align``: MTCNN detection, face choice and crop storage (:mod:`pipeline.align`; docs/method.md §7).
 
     ``device``/``batch_size``/``workers``/``processes`` change only the speed, not the crops.
     ``processes`` > 1 runs ``torchrun --nproc_per_node=<processes>`` (one process per GPU, disjoint chunks).
@@ -372,7 +372,8 @@ class FoldsConfig(_Strict):
 
 
 class PretrainConfig(_Strict):
-    """``pretrain``: single-task identity pretraining of the trunk + identity branch (stage ``pretrain``; spec §4.5).
+    """``pretrain``: single-task identity pretraining of the trunk + identity branch (stage ``pretrain``;
+    docs/method.md §4.5).
 
     ``runtime`` (device, threads, evaluation batch, ``torch.compile``, loader workers, where faces are decoded) is not
     tracked by DVC; ``train`` (:class:`~pipeline.settings.PretrainSettings`) holds everything the model depends on.

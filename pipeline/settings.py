@@ -179,7 +179,7 @@ class ScheduleSettings:
     """``schedule``: the network's learning rate over time.
 
     ``lr × decay^k`` after ``k`` of the ``boundaries`` (steps when pretraining, 1-based epochs when fine-tuning),
-    or, when ``file`` is set, the original's epoch-keyed schedule file (spec §5.6; fine-tuning only).
+    or, when ``file`` is set, the original's epoch-keyed schedule file (docs/method.md §5.6; fine-tuning only).
 
     Attributes:
         lr: the initial learning rate.
@@ -203,7 +203,7 @@ class ScheduleSettings:
 
 @settings
 class CenterLossSettings:
-    """``center_loss``: the original's center loss (spec §2.2).
+    """``center_loss``: the original's center loss (docs/method.md §2.2).
 
     Attributes:
         factor: λc, the weight of ``½‖e − c_y‖²`` in the loss (0 = none).
@@ -216,7 +216,7 @@ class CenterLossSettings:
 
 @settings
 class ProtocolSettings:
-    """``protocol``: how verification accuracy, VAL@FAR and AUC are measured (spec §6.1–6.2).
+    """``protocol``: how verification accuracy, VAL@FAR and AUC are measured (docs/method.md §6.1–6.2).
 
     Attributes:
         mode: ``clean`` (all pairs, seeded shuffle) | ``faithful`` (the original: trailing pairs dropped).
@@ -322,7 +322,7 @@ class PretrainVerification:
 
 @settings
 class PretrainSettings(TrainingSettings):
-    """``pretrain.train``: single-task identity pretraining (softmax + center loss; spec §4.5).
+    """``pretrain.train``: single-task identity pretraining (softmax + center loss; docs/method.md §4.5).
 
     Attributes:
         dataset: an aligned identity dataset (``datasets``).
@@ -358,7 +358,7 @@ class PretrainSettings(TrainingSettings):
 
 @settings
 class FinetuneSettings(TrainingSettings):
-    """``finetune.common``: what every (dataset, fold, method) fine-tuning run shares (spec §4).
+    """``finetune.common``: what every (dataset, fold, method) fine-tuning run shares (docs/method.md §4).
 
     Attributes:
         task_set: the task set trained (``task_sets``).
@@ -367,7 +367,7 @@ class FinetuneSettings(TrainingSettings):
         weights_optimizer: the optimiser of a weighting strategy's own parameters (the dynamic unit: the
             original's TF1 RMSProp); its learning rate comes from the strategy.
         freeze_pretrained_bn: with a checkpoint init, the trunk's and the pretrained branch's BatchNorm use (and
-            keep) their moving statistics (the original FR+FER; spec §4.3).
+            keep) their moving statistics (the original FR+FER; docs/method.md §4.3).
         pretrained_dropout: with a checkpoint init, dropout on the pretrained branch (the original: off).
         selection: best-epoch selection: ``test_fold`` (the original) | ``val_subjects`` | ``last``.
         val_fraction: share of training subjects held out for ``selection: val_subjects``.
@@ -390,7 +390,8 @@ class HeadSettings:
 
     Attributes:
         hidden: width of an FC + ReLU before the class FC (the original expression head: 128; 0 = none).
-        relu_logits: pass the logits through a ReLU (the original expression/visual/caricature heads; spec §9 3).
+        relu_logits: pass the logits through a ReLU (the original expression/visual/caricature heads; docs/method.md
+    §9.3).
     """
 
     hidden: Annotated[int, Bound(ge=0)]
@@ -405,7 +406,7 @@ class TaskCenter(CenterLossSettings):
         embedding: ``own`` (this task's branch) | a task name: whose L2-normalised prelogits are pulled to the
             centers.
         matrix: ``own`` (a matrix of this task's classes) | a task name: share that task's matrix (the caricature
-            original's one matrix for three branches, spec §2.2).
+            original's one matrix for three branches, docs/method.md §2.2).
         updates: this task's batch means move the matrix (the caricature original: only the verification task's).
         (``alpha`` is read from the task that owns the matrix.)
     """
@@ -450,7 +451,7 @@ class TaskSetSettings:
         title: what the model does, in words: the heading of its results report.
         tasks: task name → :class:`TaskSettings`; one branch and head each.
         copy_branches: ``[source, target]`` pairs: with a checkpoint init, ``target``'s residual blocks start as
-            copies of ``source``'s (spec §4.5 path A), in this order.
+            copies of ``source``'s (docs/method.md §4.5 path A), in this order.
         train_images: which of a fold's training images are trained on: ``all`` = those labelled for every task,
             ``any`` = those labelled for at least one (a task without a label in a batch is masked).
     """

@@ -1,7 +1,7 @@
 """Pretrain the trunk + identity branch on an identity dataset (softmax + center loss); verify every N steps.
 
 The paper fine-tunes from a face-recognition model pretrained on MS-Celeb-1M that is no longer available; this
-stage trains that model (spec §4.5) on the align stage's shards of ``pretrain.train.dataset`` (the demo's
+stage trains that model (docs/method.md §4.5) on the align stage's shards of ``pretrain.train.dataset`` (the demo's
 ``demo_webface``, CASIA-WebFace or MS-Celeb-1M), on one process or, with ``pretrain.train.processes > 1``, under
 ``torchrun`` (DDP; NCCL on CUDA, gloo on CPU), which the stage launches itself. Only rank 0 writes.
 

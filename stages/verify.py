@@ -4,7 +4,7 @@ Inputs: embeddings A and B (N x D real arrays; row i of each is one side of pair
 
 Embeddings are L2-normalised; distance = squared Euclidean; a pair is "same" when d < threshold.
 
---mode clean (default): every pair, seeded shuffle before folding, VAL threshold per the spec's recommendation.
+--mode clean (default): every pair, seeded shuffle before folding, VAL threshold as docs/method.md §6.2 recommends.
 
 --mode faithful: the original code: trailing pairs dropped, contiguous folds, facenet's VAL interpolation.
 

@@ -1,4 +1,4 @@
-"""Bad and unusual inputs (issue 3 acceptance, "Bad inputs"), face choice and crop (spec §7).
+"""Bad and unusual inputs (issue 3 acceptance, "Bad inputs"), face choice and crop (docs/method.md §7).
 
 Every input goes the way the align stage takes it: file bytes → ``read_image_bytes`` → ``decode_rgb`` (an
 :class:`ImageProblem` becomes a reason string) → ``align_images``. Each case must end as an RGB array or a row with a

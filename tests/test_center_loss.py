@@ -1,4 +1,4 @@
-"""Center loss as implemented in the original code (method spec section 2.2)."""
+"""Center loss as implemented in the original code (docs/method.md §2.2)."""
 
 from __future__ import annotations
 

@@ -120,7 +120,7 @@ def test_reduced_depth_and_foreign_files_are_one_line_errors(tmp_path):
 
 def test_finetune_init_accepts_a_facenet_file_and_copies_the_branch(tmp_path):
     """``finetune.common.init: <facenet file>``: trunk + identity branch imported, expression branch copied from it
-    (spec §4.5), so both branches give facenet's features before any training."""
+    (docs/method.md §4.5), so both branches give facenet's features before any training."""
     net = _facenet(seed=3)
     path = tmp_path / "casia-webface-like.pt"
     torch.save(net.state_dict(), path)

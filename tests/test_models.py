@@ -1,4 +1,4 @@
-"""The multi-task Inception-ResNet-v1 (spec §1.1–1.3) and its checkpoints: shapes, parameter counts, BN, init,
+"""The multi-task Inception-ResNet-v1 (docs/method.md §1.1–1.3) and its checkpoints: shapes, parameter counts, BN, init,
 heads, phase flags, branch copy, save/load."""
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _bn_stats(module: nn.Module) -> list[torch.Tensor]:
 
 
 def _block8_params_from_spec() -> int:
-    """block8 per spec §1.2: B0 1×1→192; B1 1×1→192, 1×3→192, 3×1→192; up 1×1 384→1792 with bias.
+    """block8 per docs/method.md §1.2: B0 1×1→192; B1 1×1→192, 1×3→192, 3×1→192; up 1×1 384→1792 with bias.
     Conv units have no bias but a BN β per output channel."""
     c = FEATURES
     unit = lambda cin, cout, kh, kw: cin * cout * kh * kw + cout  # noqa: E731 - weights + β
@@ -111,7 +111,7 @@ def test_block8_matches_the_spec_structure():
 def test_reduced_trunk_plus_identity_branch_is_about_9_6_million():
     model = _model(input_size=160)
     n = count_parameters(model.trunk) + count_parameters(model.branches["identity"])
-    assert 9.55e6 <= n <= 9.8e6, n  # spec §1.2: about 9.6 M
+    assert 9.55e6 <= n <= 9.8e6, n  # docs/method.md §1.2: about 9.6 M
     # the expression branch = 2 block8 (≈ 3.2 M, "each extra block8 pair") + its 1792→128→6 head
     expr = model.branches["expression"]
     blocks = sum(count_parameters(b) for b in expr.blocks())

@@ -1,5 +1,5 @@
 """Unit tests of the task-weighting strategies (:mod:`pipeline.weighting`): registry and options, the dynamic unit's
-variants and their normalisation bounds (spec §3), gradient routing, the baselines and checkpoint state."""
+variants and their normalisation bounds (docs/method.md §3), gradient routing, the baselines and checkpoint state."""
 
 from __future__ import annotations
 
@@ -199,7 +199,7 @@ def _exact_bounds(scale: float, n_tasks: int = 3) -> tuple[float, float]:
 def test_normalised_variants_bound_the_weights(name: str, options: dict, scale: float,
                                                spec_bounds: tuple[float, float]) -> None:
     exact = _exact_bounds(scale)
-    assert (round(exact[0], 2), round(exact[1], 2)) == spec_bounds  # spec §3 quotes them to two decimals
+    assert (round(exact[0], 2), round(exact[1], 2)) == spec_bounds  # docs/method.md §3 quotes them to two decimals
     lo, hi = _per_sample_extremes(name, options)
     assert exact[0] - 1e-6 <= lo and hi <= exact[1] + 1e-6
     assert lo < exact[0] + 0.02 and hi > exact[1] - 0.02  # the bounds are (nearly) reached

@@ -5,7 +5,7 @@ two classification tasks of the same random inputs: each task's label is the arg
 the input. Difficulty comes from label noise only: 40 % of one task's labels are redrawn at random (a fresh stream of
 samples every step, so the noise cannot be memorised and the noisy task keeps the larger loss), and the noise moves
 to the other task half-way. The paper's unit must follow the harder task (larger loss → larger weight) and cross
-over after the swap; the naive unit must do the opposite (spec §3: it pushes weight onto the easiest task).
+over after the swap; the naive unit must do the opposite (docs/method.md §3: it pushes weight onto the easiest task).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Face choice and crop of the original alignment script (facenet's ``align_dataset_mtcnn.py``, spec §7).
+"""Face choice and crop of the original alignment script (facenet's ``align_dataset_mtcnn.py``, docs/method.md §7).
 
 - Several faces: keep the one maximising ``area − 2·‖box centre − image centre‖²``.
 - Crop: the box ± margin/2 on each side in source pixels, truncated to integers and clipped to the image, then
@@ -8,7 +8,7 @@
 Conventions (``datasets.<d>.align_convention``):
 
 - ``paper_182_44``: align at 182 px with margin 44; training random-crops 160, evaluation centre-crops 160
-  (the original's ``*_mtcnnpy_182_160`` folders; spec §9.31).
+  (the original's ``*_mtcnnpy_182_160`` folders; docs/method.md §9.31).
 - ``facenet_160_32``: facenet's LFW convention, 160 px with margin 32, used as is.
 """
 

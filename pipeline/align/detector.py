@@ -1,6 +1,6 @@
 """Batched MTCNN face detection (P-Net → R-Net → O-Net) in PyTorch, on CPU or GPU.
 
-This is facenet's ``align/detect_face.py`` (the code the original project modified, spec §7), reorganised so
+This is facenet's ``align/detect_face.py`` (the code the original project modified, docs/method.md §7), reorganised so
 that a *batch* of images goes through every stage at once:
 
 - **P-Net**: images are bucketed by size (every image in a bucket has the same pyramid, so a pyramid level is

@@ -17,7 +17,7 @@ Two ways to read, one per dataset scale:
   workers.
 
 Faces are stored at the alignment size (182 px for the paper's 182/44 convention); training takes a random 160 px
-crop and evaluation the centre one (:func:`random_crop`, :func:`center_crop`; spec §9 items 10 and 31).
+crop and evaluation the centre one (:func:`random_crop`, :func:`center_crop`; docs/method.md §9.10, §9.31).
 """
 
 from __future__ import annotations

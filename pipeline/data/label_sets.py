@@ -1,7 +1,7 @@
 """Frame-level expression labels from a manifest and a label set (``params.yaml`` ``label_sets``).
 
 The manifest keeps every frame a label set may need, with the sequence's (peak) expression on each row. A label
-set turns that into per-image labels, as the original protocol files do (spec §5.1, §5.2):
+set turns that into per-image labels, as the original protocol files do (docs/method.md §5.1, §5.2):
 
 - the last ``peak_frames`` frames of a sequence get the sequence's expression;
 - the first ``neutral_frames`` frames get the ``neutral`` class;

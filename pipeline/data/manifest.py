@@ -95,7 +95,8 @@ LABEL_COLUMNS: tuple[str, ...] = ("identity", "is_caricature")
 def assign_identities(records: Iterable[ManifestRecord]) -> list[ManifestRecord]:
     """Return the records with ``identity`` = index of ``subject`` in the sorted list of subjects.
 
-    This is the original code's convention (spec §5.3): labels are global indices into the sorted subject list,
+    This is the original code's convention (docs/method.md §5.3): labels are global indices into the sorted subject
+    list,
     train and test subjects alike.
     """
     records = list(records)

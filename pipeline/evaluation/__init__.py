@@ -1,4 +1,4 @@
-"""Evaluation protocols (method spec section 6): pair verification, classification, identification.
+"""Evaluation protocols (docs/method.md §6): pair verification, classification, identification.
 
 - :mod:`~pipeline.evaluation.verification`: k-fold verification accuracy, VAL@FAR, AUC/EER, in ``clean`` or
   ``faithful`` mode;

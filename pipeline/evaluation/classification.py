@@ -1,7 +1,7 @@
 """Classification metrics of a task's head (facial expression, visual or caricature identity...): accuracy,
 per-class accuracy, row-normalised confusion matrix.
 
-As in the original expression evaluation (method spec section 6.3): the prediction is the argmax of the (ReLU'd)
+As in the original expression evaluation (docs/method.md §6.3): the prediction is the argmax of the (ReLU'd)
 logits, ties going to the lowest class index (``np.argmax``); accuracy is the mean over images; the confusion
 matrix counts ``[true, pred]`` and each row is divided by its true-class count, so its diagonal is the per-class
 accuracy.

@@ -1,6 +1,6 @@
 """Closed-set identification: Rank-1 and Rank-k accuracy of probes against a gallery, mean and std over splits.
 
-As in the original WebCaricature evaluation (method spec section 6.6): probe and gallery embeddings (L2-normalised
+As in the original WebCaricature evaluation (docs/method.md §6.6): probe and gallery embeddings (L2-normalised
 here by default) are compared by squared Euclidean distance; a probe is a Rank-k hit when any of its k nearest
 gallery items carries the probe's label (Rank-1: the nearest one). Equal distances are ordered by gallery index
 (stable sort), which makes the result deterministic where the original's ``argpartition`` was not.

@@ -1,6 +1,6 @@
 """k-fold face verification on pairs (the facenet / LFW protocol): accuracy, VAL@FAR, AUC and EER.
 
-The protocol (method spec section 6):
+The protocol (docs/method.md §6):
 
 - **Distance**: squared Euclidean distance between L2-normalised embeddings, ``d`` in [0, 4]. A pair is predicted
   "same identity" when ``d < t`` (strictly).
@@ -25,10 +25,11 @@ Two modes (``mode=``):
 ``clean`` (default)
     Every pair is used. Pairs are shuffled with ``seed`` before folding (``KFold(shuffle=True, random_state=seed)``),
     so a pair file sorted by class still gives mixed folds. VAL threshold = the largest grid threshold whose
-    training FAR is <= the target, linearly interpolated towards the next grid point (the spec's recommendation,
+    training FAR is <= the target, linearly interpolated towards the next grid point (the recommendation of
+    docs/method.md §6.2,
     well defined when FAR values repeat).
 ``faithful``
-    The original code's behaviour (spec sections 6.1-6.2, 9.14). Only the first ``floor(2N / b) * b / 2`` pairs are
+    The original code's behaviour (docs/method.md §6.1–§6.2, §9.14). Only the first ``floor(2N / b) * b / 2`` pairs are
     used (the original embedded ``floor(N_images / 100) * 100`` images in batches of ``b = 100`` and dropped the
     trailing pairs: 350 of Oulu-CASIA fold 4's 384). Folds are contiguous (``KFold`` without shuffle), so a sorted
     pair file gives single-class folds. VAL threshold as facenet's ``calculate_val``: if the largest training FAR

@@ -1,4 +1,4 @@
-"""LFW ``pairs.txt`` folds mapped to manifest image ids (spec §5.5).
+"""LFW ``pairs.txt`` folds mapped to manifest image ids (docs/method.md §5.5).
 
 The official 10 folds are the file's blocks, unshuffled: fold ``k`` is pairs ``k*2n .. (k+1)*2n - 1`` (``n`` = 300
 pairs per class, so ``fold = row // 600`` for the standard file), each block its same pairs then its different

@@ -1,4 +1,4 @@
-"""The original expression pair-file format (``IdentitySplit_4th_10fold_oulucasiapairs_Six.txt``, spec §5.4).
+"""The original expression pair-file format (``IdentitySplit_4th_10fold_oulucasiapairs_Six.txt``, docs/method.md §5.4).
 
 Format: one header line, then one pair per line, fields separated by whitespace::
 
@@ -15,7 +15,7 @@ Mapping an image path to a manifest image id
    ``/data/zming/datasets/Oulu-Casia/VL_Strong_mtcnnpy_182_160/``); ``None`` keeps the last three path components.
 2. The rest must read ``<subject>/<expression>/<subject>_<expression>_<fff>.<ext>``.
 3. ``fff`` is the **0-based index of the frame in its sequence**, i.e. our manifest's ``frame``: the reference images
-   are all ``_000``, the neutral first frame (spec §5.4), and Oulu-CASIA's raw frames are named ``000.jpeg``,
+   are all ``_000``, the neutral first frame (docs/method.md §5.4), and Oulu-CASIA's raw frames are named ``000.jpeg``,
    ``001.jpeg``… in sequence order, which the aligned names carry over. So the image is the manifest row with
    ``subject == <subject>``, ``sequence == <expression>`` and ``frame == int(fff)``.
 

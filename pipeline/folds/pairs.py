@@ -1,4 +1,4 @@
-"""Verification pairs with expression per fold: the original 4-type recipe, seeded (spec §5.4, §9 item 13).
+"""Verification pairs with expression per fold: the original 4-type recipe, seeded (docs/method.md §5.4, §9.13).
 
 The original (``utils/get_oulucasia_FaceVeriExprValidPairs.py``) made one pair file for fold 4 with unseeded
 ``random.sample``; we make one per fold with a numpy ``Generator``:

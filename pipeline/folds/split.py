@@ -1,4 +1,4 @@
-"""Subject-disjoint k-fold splits of a manifest (spec §5.3, §9 item 12) and the checks every split must pass.
+"""Subject-disjoint k-fold splits of a manifest (docs/method.md §5.3, §9.12) and the checks every split must pass.
 
 Fold numbering is 0-based, like the original's ``--ifold`` (Oulu-CASIA fold 4 is the fifth chunk).
 
@@ -11,7 +11,7 @@ Assignment of subjects to test folds
 
    - ``contiguous`` (default): contiguous chunks of the *sorted* remaining subjects, the chunk sizes of
      ``sklearn.model_selection.KFold(k')`` without shuffle (the first ``n % k'`` chunks have one subject more).
-     This is the original code's intended semantics (spec §9 item 11) with a deterministic subject order in place
+     This is the original code's intended semantics (docs/method.md §9.11) with a deterministic subject order in place
      of Python-2 ``set`` order. Adding or removing a subject shifts the chunk boundaries, so subjects after it
      move to other folds.
    - ``hash``: fold = ``k'``-th remaining fold picked by ``sha256(f"{seed}:{subject}") mod k'``. A subject's fold

@@ -1,4 +1,4 @@
-"""Center loss exactly as the original code implements it (method spec section 2.2).
+"""Center loss exactly as the original code implements it (docs/method.md §2.2).
 
 Centers ``C`` [K, D] are zero-initialised and not trained by the optimiser. Per sample the loss is
 ``0.5 * ||e_i - C[y_i]||^2`` (``e`` is the L2-normalised embedding; normalising is the caller's job), computed with the

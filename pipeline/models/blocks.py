@@ -1,4 +1,4 @@
-"""Inception-ResNet-v1 building blocks with the original TF-slim conventions (spec §1.1).
+"""Inception-ResNet-v1 building blocks with the original TF-slim conventions (docs/method.md §1.1).
 
 - :class:`ConvUnit`: conv **without bias** → BatchNorm (``eps=1e-3``, PyTorch ``momentum=0.005`` = TF decay 0.995,
   **no scale**: a trainable β, γ fixed at 1) → ReLU.

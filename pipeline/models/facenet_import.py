@@ -10,14 +10,14 @@ facenet-pytorch               ours
 ``conv2d_1a`` … ``mixed_7a``  ``trunk.*`` (132 conv layers in both, same order and shapes;
                               the first 120 in the trunk)
 ``repeat_3``, ``block8``      ``branches.<first task>.repeat_2``, ``.block8``
-``last_linear``, ``last_bn``  not imported: our identity branch has no 512-d bottleneck (spec §1.3)
+``last_linear``, ``last_bn``  not imported: our identity branch has no 512-d bottleneck (docs/method.md §1.3)
 ``logits``                    not imported: a new identity head is trained for the new identities
 ============================  ===========================================
 
 The mapping walks both models' convolutions in registration order and checks every shape; it never relies on
 parameter names beyond facenet-pytorch's ``.conv`` / ``.bn`` pairing.
 
-**BatchNorm scale.** facenet-pytorch's BN has a learned scale γ; ours has none (spec §1.1: TF-slim
+**BatchNorm scale.** facenet-pytorch's BN has a learned scale γ; ours has none (docs/method.md §1.1: TF-slim
 ``scale=False``). γ is *folded into the moving statistics* (and, where negative, into the sign of the conv):
 with facenet's ``γ, β, μ, σ²`` and the shared ``eps = 1e-3``,
 
@@ -131,7 +131,7 @@ def import_facenet(state: Mapping[str, torch.Tensor], model: MultiTaskInceptionR
     Args:
         state: the facenet-pytorch state dict (see :func:`read_facenet_state_dict`).
         model: a ``depth: full`` model; its trunk and identity branch are overwritten (the identity head, other
-            branches and every other parameter are left as they are; see :meth:`copy_branch` for spec §4.5).
+            branches and every other parameter are left as they are; see :meth:`copy_branch` for docs/method.md §4.5).
         source: name used in error messages (the file).
 
     Raises:

@@ -1,13 +1,13 @@
-"""The multi-task Inception-ResNet-v1 of the paper (spec §1.2–1.4), general in the number of task branches.
+"""The multi-task Inception-ResNet-v1 of the paper (docs/method.md §1.2–1.4), general in the number of task branches.
 
 A shared **trunk** runs from the 160×160 input to ``Mixed_7a`` (``[B, 1792, 3, 3]``). Each task has its own
 **branch** on ``Mixed_7a``: ``n×block8`` (scale 0.2, ReLU) → ``Block8`` (scale 1.0, no activation) → global
 average pool → dropout → 1792-d **prelogits**, then a **head**: an optional hidden FC with ReLU (the expression
 head's 128) and the class FC, optionally followed by ReLU (the original's oddity on the expression, visual and
-caricature heads, spec §9 item 3).
+caricature heads, docs/method.md §9.3).
 
 The first branch is the pretrained one by convention (the identity branch of FR+FER): its L2-normalised prelogits
-are the model's **embeddings** used by ``embed``/``verify`` (spec §1.3, §9 item 21: no bottleneck layer); every
+are the model's **embeddings** used by ``embed``/``verify`` (docs/method.md §1.3, §9.21: no bottleneck layer); every
 branch's own L2-normalised prelogits are available as :meth:`ModelOutput.embedding` (a task's center loss and
 verification may use any branch's).
 
@@ -214,7 +214,7 @@ class Branch(nn.Module):
 
 
 class MultiTaskInceptionResNetV1(nn.Module):
-    """Shared trunk + one branch per task (spec §1.3). See the module docstring for shapes.
+    """Shared trunk + one branch per task (docs/method.md §1.3). See the module docstring for shapes.
 
     Args:
         config: depth, heads (identity first), dropout, input size.
@@ -261,14 +261,14 @@ class MultiTaskInceptionResNetV1(nn.Module):
 
     def copy_branch(self, source: str, target: str) -> None:
         """Copy the residual blocks of branch ``source`` into branch ``target`` (weights, β, BN statistics, up-conv
-        biases; not the heads): spec §4.5 path A, expression branch initialised from the identity branch."""
+        biases; not the heads): docs/method.md §4.5 path A, expression branch initialised from the identity branch."""
         src, dst = self.branches[source], self.branches[target]
         with torch.no_grad():
             for a, b in zip(src.blocks(), dst.blocks(), strict=True):
                 b.load_state_dict(a.state_dict())
 
     def set_phase(self, *, train: bool, frozen_bn: Iterable[str] = (), dropout_off: Iterable[str] = ()) -> None:
-        """Training mode with the original's phase flags (spec §4.3).
+        """Training mode with the original's phase flags (docs/method.md §4.3).
 
         Args:
             train: overall mode (False = evaluation: every BN uses moving statistics, no dropout).

@@ -1,4 +1,4 @@
-"""The numbers the FR+FER paper reports (Ming et al. 2019, arXiv 1911.03281; spec §8), in percent.
+"""The numbers the FR+FER paper reports (Ming et al. 2019, arXiv 1911.03281; docs/method.md §8), in percent.
 
 Only summary numbers are known (the full tables are not available offline), so most cells of the reproduced table
 have no paper value and the report says "not reported". Keys: benchmark → method name (as in

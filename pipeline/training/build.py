@@ -3,7 +3,8 @@
 :class:`FinetuneSpec` holds a run's settings: ``finetune.common`` and the task set as they are in params (the
 settings model of :mod:`pipeline.settings`), the method, and what the stage resolved (the checkpoint to start from,
 the classes of each task, the device); :func:`finetune_spec` is the one conversion from those to a spec.
-:func:`build_training` makes the model (random or from a checkpoint, spec §4.5 path A), the weighting strategy, the
+:func:`build_training` makes the model (random or from a checkpoint, docs/method.md §4.5 path A), the weighting
+strategy, the
 main optimiser (network + the strategy's main parameters), the strategy's own update, the center matrices and the
 :class:`~pipeline.training.step.TrainStep` binding them.
 """
@@ -45,7 +46,7 @@ class FinetuneSpec:
         checkpoint: the checkpoint ``settings.init`` resolves to (None = random initialisation: BN trains
             everywhere). One of ours (``model.pt``) or a facenet-pytorch ``InceptionResnetV1`` state dict; its trunk
             and first branch initialise the model, ``tasks.copy_branches`` copy branches, and
-            ``settings.freeze_pretrained_bn``/``pretrained_dropout`` apply (spec §4.3, §4.5).
+            ``settings.freeze_pretrained_bn``/``pretrained_dropout`` apply (docs/method.md §4.3, §4.5).
         runtime: device (resolved: ``cpu``, ``cuda``, ``cuda:<n>``), threads, evaluation batch, ``compile`` (the
             training step's forward pass through ``torch.compile(model)``; evaluation stays eager).
     """

@@ -3,12 +3,12 @@
 Small fine-tuning sets (Oulu-CASIA, CK+, the demo) fit on the GPU as ``uint8 [N, 3, S, S]`` (1440 Oulu images
 at 182 px = 143 MB), so batches are gathered by indexing: no DataLoader round trips.
 
-- :class:`PermutationStream`: the original's sampler (spec §4.2): an infinite stream of fresh random
+- :class:`PermutationStream`: the original's sampler (docs/method.md §4.2): an infinite stream of fresh random
   permutations of the training list; each batch takes the next ``batch_size`` indices, crossing permutation
   boundaries. Its state (generator + current permutation + position) is checkpointed, so a resumed run draws the
   same batches.
-- :func:`preprocess`: crop (random for training, centre for evaluation; spec §9 items 10/31), optional resize to
-  the model's input size, optional left-right flip, then per-image standardisation (spec §4.4):
+- :func:`preprocess`: crop (random for training, centre for evaluation; docs/method.md §9.10, §9.31), optional resize to
+  the model's input size, optional left-right flip, then per-image standardisation (docs/method.md §4.4):
   ``(x − mean) / max(std, 1/√(H·W·C))``.
 """
 

@@ -10,7 +10,7 @@ Uses the evaluation library (:mod:`pipeline.evaluation`), so the numbers are the
 - ``identification``: Rank-1 and Rank-10 of the task's embeddings, each labelled image a probe against all the
   others (``M["identification"]``, ``M["identification_rank1"]``).
 
-``M["authentication"]`` (spec §6.4: verification × expression) is the product of the verification accuracy and
+``M["authentication"]`` (docs/method.md §6.4: verification × expression) is the product of the verification accuracy and
 every classification accuracy, when both kinds are measured.
 """
 
@@ -33,7 +33,7 @@ from pipeline.training.data import preprocess
 __all__ = ["IDENTIFICATION_RANKS", "EvalData", "Evaluation", "Predictions", "criteria", "describe_accuracies",
            "evaluate", "evaluations_of", "headline", "predict"]
 
-#: the ranks identification reports (the caricature paper's Rank-1 and Rank-10, spec §6.6)
+#: the ranks identification reports (the caricature paper's Rank-1 and Rank-10, docs/method.md §6.6)
 IDENTIFICATION_RANKS = (1, 10)
 
 

@@ -1,7 +1,7 @@
 """Optimisers for training: an exact TF1 RMSProp, TF-style global-norm clipping and a small factory.
 
 The original code trains with ``tf.compat.v1.train.RMSPropOptimizer(lr, decay=0.9, momentum=0.9, epsilon=1.0)`` after
-``tf.clip_by_global_norm(grads, 5.0)`` (method spec section 4.1). ``torch.optim.RMSprop`` is a different algorithm (its
+``tf.clip_by_global_norm(grads, 5.0)`` (docs/method.md §4.1). ``torch.optim.RMSprop`` is a different algorithm (its
 square average starts at 0 and its epsilon is added outside the square root), so :class:`TF1RMSProp` re-implements the
 TF1 update. Only torch is imported here.
 """
@@ -190,7 +190,7 @@ def build_optimizer(settings: OptimizerSettings, params: Iterable[torch.Tensor] 
                     lr: float) -> torch.optim.Optimizer:
     """The optimiser ``settings`` (:class:`~pipeline.settings.OptimizerSettings`) over ``params`` at rate ``lr``.
 
-    - ``rmsprop_tf1`` (the original, spec §4.1): :class:`TF1RMSProp` with ``rho=rms_decay``, ``eps=rms_eps``,
+    - ``rmsprop_tf1`` (the original, docs/method.md §4.1): :class:`TF1RMSProp` with ``rho=rms_decay``, ``eps=rms_eps``,
       ``momentum``.
     - ``rmsprop``: ``torch.optim.RMSprop(alpha=rms_decay, eps=rms_eps, momentum=momentum)`` (square average starts
       at 0, ``eps`` added outside the square root: not the TF1 algorithm).

@@ -1,4 +1,4 @@
-"""Single-task identity pretraining of the trunk + identity branch (spec §4.5): the step, the loop, resume.
+"""Single-task identity pretraining of the trunk + identity branch (docs/method.md §4.5): the step, the loop, resume.
 
 The paper fine-tunes from a face-recognition model pretrained on MS-Celeb-1M that is no longer available, so the
 pipeline pretrains its own. Per step (global batch ``G`` split over ``world`` ranks):
@@ -7,7 +7,7 @@ pipeline pretrains its own. Per step (global batch ``G`` split over ``world`` ra
    workers, or with ``decode="device"`` on this process's device, :mod:`pipeline.training.shard_decode`), are
    cropped (random ``crop`` of the stored 182 px faces), optionally flipped, resized to ``input_size`` and
    standardised;
-2. loss ``= mean_i CE_i + λc · mean_i ½‖e_i − c_{y_i}‖²`` (spec §2; the centers before this step's update);
+2. loss ``= mean_i CE_i + λc · mean_i ½‖e_i − c_{y_i}‖²`` (docs/method.md §2; the centers before this step's update);
 3. ``loss.backward()`` through :class:`~torch.nn.parallel.DistributedDataParallel` (gradients averaged over the
    ranks, so the update equals one process with the global batch), global-norm clipping (``clip_norm``, 0 = off),
    a finiteness check of loss, accuracy and gradient norm averaged over the ranks (every rank stops together);
@@ -72,7 +72,8 @@ class PretrainSpec:
             equivalence test); ``shuffle_window``: data order (see :class:`~pipeline.training.shard_data.
             ShardBatchSampler`).
         model: the network (one head: ``identity`` with one class per training identity).
-        checkpoint: the checkpoint ``settings.init`` resolves to (None = random, spec §1.1 initialisation): ours or
+        checkpoint: the checkpoint ``settings.init`` resolves to (None = random, docs/method.md §1.1 initialisation):
+            ours or
             facenet-pytorch, to continue from.
         runtime: ``pretrain.runtime``: the device (resolved), loader ``workers``, ``decode`` (``worker``: OpenCV in
             the loader's worker processes; ``device``: the workers only read the bytes and torchvision decodes each

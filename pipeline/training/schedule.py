@@ -1,5 +1,5 @@
 """Learning-rate schedules (:class:`~pipeline.settings.ScheduleSettings`): piecewise constant, or a schedule file
-in the original format (spec §5.6).
+in the original format (docs/method.md §5.6).
 
 Piecewise constant: the rate at ``t`` is ``lr · decay^k`` with ``k`` = the number of ``boundaries`` ``<= t``; ``t`` is
 the 0-based step when pretraining and the 1-based loop-epoch when fine-tuning (no boundaries: a constant rate).

@@ -1,13 +1,15 @@
 """One multi-task training step: forward once, both backward passes, clipping, finiteness check, both updates.
 
 This is the function the fine-tuning loop, the behaviour tests and ``bench/train.py`` all run. Per batch
-(spec §2, §3, §4.1), for the tasks of a task set (:class:`~pipeline.settings.TaskSetSettings`):
+(docs/method.md §2, §3, §4.1), for the tasks of a task set (:class:`~pipeline.settings.TaskSetSettings`):
 
 1. forward (bf16 autocast on CUDA when ``amp``); per-task losses ``L_t`` = mean softmax cross-entropy over the
    samples that have a label for task ``t`` (label ``-1`` = none), plus ``λc · ½‖e − c_y‖²`` for a task with a
    center loss (``e``: the L2-normalised prelogits of the branch its ``center.embedding`` names; ``c``: the rows of
-   the matrix its ``center.matrix`` names, before this step's update; spec §2.2); ``present[t]`` = the batch has a
-   labelled sample of ``t`` (else ``L_t = 0``, spec §9 item 24, and the strategy drops the task: the presence mask);
+   the matrix its ``center.matrix`` names, before this step's update; docs/method.md §2.2); ``present[t]`` = the batch
+   has a
+   labelled sample of ``t`` (else ``L_t = 0``, docs/method.md §9.24, and the strategy drops the task: the presence
+mask);
 2. the weighting strategy turns ``L [T]``, ``present [T]`` and ``Mixed_7a`` into the total loss and its own loss;
 3. ``autograd.grad`` of the total loss over the network (+ the strategy's main parameters) and of the strategy's
    loss over its own parameters, from the same graph;
@@ -109,7 +111,7 @@ class TrainStep:
         optimizer: the main optimiser over ``main_parameters`` (network + the strategy's main parameters).
         own_optimizer: the strategy's update over ``strategy.own_parameters()``, or None.
         centers: the center matrices by owner task (``task_set.matrix_owner``), or None: no center loss.
-        clip_norm: global-norm clipping of the main set (spec §4.1: 5.0); ``0`` disables it.
+        clip_norm: global-norm clipping of the main set (docs/method.md §4.1: 5.0); ``0`` disables it.
         own_clip_norm: the same for the strategy's own set.
         amp: run the forward pass under bf16 autocast (CUDA only).
         center_stats_hook: called with ``(sums, counts)`` before a center matrix moves (a distributed run

@@ -10,7 +10,7 @@ One training step of the multi-task loop (:mod:`pipeline.training.step`) does::
     clip each set (the own set as the strategy says), step the main optimiser and the strategy's own update
     strategy.after_step()
 
-so both updates use the same forward pass (spec §3, "both updates in one step").
+so both updates use the same forward pass (docs/method.md §3, "both updates in one step").
 
 **Presence mask.** A task without a labelled sample in the batch has ``L_t = 0`` and ``present[t] = False``. Every
 strategy drops such a task's terms, so its (meaningless) loss value changes neither ``total``, nor ``aux``, nor any

@@ -1,4 +1,4 @@
-"""The paper's dynamic-weight unit and its naive variant (method spec §3).
+"""The paper's dynamic-weight unit and its naive variant (docs/method.md §3).
 
 Structure, for every variant: ``z = flatten(Mixed_7a) [B, D]`` (``D = C·h·w``, 16128 for a 160 input) → the FC
 ``Logits_lossweights`` ``D → T`` (no activation; truncated-normal(0.1) weights, zero bias) → per-sample softmax over
@@ -69,7 +69,7 @@ class DynamicWeighting(Weighting):
 
     Per batch, with ``w [T]`` = batch-mean softmax + ``base`` (sums over the tasks present in the batch):
 
-    - ``total = Σ_t w_t · L_t``. With ``detach_weights=False`` (default, as coded; spec §3, §9 item 5) ``w`` keeps
+    - ``total = Σ_t w_t · L_t``. With ``detach_weights=False`` (default, as coded; docs/method.md §3, §9.5) ``w`` keeps
       its graph, so the trunk's gradient includes ``Σ_t L_t ∂w_t/∂features`` through ``Mixed_7a``; with ``True``
       the weights are constants for the main optimiser. The FC itself is never in the main optimiser's list.
     - ``aux = L_w = Σ_t w_t / (L_t.detach() + σ)``, computed from **detached** features (a second, cheap pass
@@ -128,7 +128,8 @@ class NaiveDynamicWeighting(Weighting):
     """``naive_dynamic``: the CARI naive unit; its FC joins the network and minimises ``total = Σ_t w_t L_t``.
 
     L2-normalised ``z`` in, L2-normalised logits ÷2, softmax, batch mean (+ ``base``). Minimising ``total`` over
-    the FC pushes weight onto the **easiest** task (spec §3, the paper's Fig. 3(b)). No auxiliary loss; the FC is
+    the FC pushes weight onto the **easiest** task (docs/method.md §3, the paper's Fig. 3(b)). No auxiliary loss; the
+    FC is
     in :meth:`main_parameters` (network LR).
 
     Args:

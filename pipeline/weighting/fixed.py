@@ -56,7 +56,7 @@ class SingleTaskWeighting(FixedWeighting):
 
 
 class StaticWeighting(FixedWeighting):
-    """``static``: given constant weights (default ``1/T`` each, i.e. 0.5/0.5 for FR+FER, spec §9 item 30)."""
+    """``static``: given constant weights (default ``1/T`` each, i.e. 0.5/0.5 for FR+FER, docs/method.md §9.30)."""
 
     name = "static"
 

@@ -6,10 +6,11 @@ defaults and the strategy it selects. Standard library only: params validation r
 and options (defaults, and where each comes from, in brackets):
 
 - ``single_<task>`` (e.g. ``single_identity``): one-hot weights; no options.
-- ``static``: ``weights`` [``1/T`` each: 0.5/0.5 for two tasks, spec §9 item 30], ``T`` numbers ≥ 0, not all 0.
+- ``static``: ``weights`` [``1/T`` each: 0.5/0.5 for two tasks, docs/method.md §9.30], ``T`` numbers ≥ 0, not all 0.
 - ``equal``: all weights 1; no options.
-- ``dynamic`` (the paper's unit): ``variant`` [``fer``, spec §9 item 6] ∈ {fer, cavi, webcari}; ``sigma`` [0.01,
-  spec §3] > 0; ``detach_weights`` [false, as coded: spec §9 item 5]; ``lr_weights`` [the variant's, spec §3: 0.1
+- ``dynamic`` (the paper's unit): ``variant`` [``fer``, docs/method.md §9.6] ∈ {fer, cavi, webcari}; ``sigma`` [0.01,
+  docs/method.md §3] > 0; ``detach_weights`` [false, as coded: docs/method.md §9.5]; ``lr_weights`` [the variant's,
+  docs/method.md §3: 0.1
   for fer, null for cavi/webcari]: a constant LR of the unit's optimiser, or null = the network's LR ×
   ``lr_weights_factor`` [the variant's: 1 for fer/cavi, 10 for webcari] (> 0); ``base`` [zeros, the original's
   ``loss_weight_base_t``]: ``T`` offsets.

@@ -1,4 +1,4 @@
-"""The dynamic-weight unit's variants (method spec §3): the one table of their structure and their defaults.
+"""The dynamic-weight unit's variants (docs/method.md §3): the one table of their structure and their defaults.
 
 Standard library only, so that params validation (:func:`pipeline.weighting.options.parse_weighting`) reads the
 same defaults as the unit itself (:mod:`pipeline.weighting.dynamic`) without importing torch.
@@ -13,7 +13,7 @@ naive         L2-normalised ``z``    L2-normalised logits ÷2  the main optimise
 ============  =====================  =======================  ===========================  =====================
 
 Sources: the FR+FER script's ``--learning_rate_dyn`` default 0.1 (``fer``); the caricature scripts train Θ at the
-network's rate (``cavi``) and at 10× it (``webcari``); spec §3.
+network's rate (``cavi``) and at 10× it (``webcari``); docs/method.md §3.
 """
 
 from __future__ import annotations

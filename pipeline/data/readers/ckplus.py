@@ -1,4 +1,4 @@
-"""Extended Cohn-Kanade (CK+) (spec §5.1).
+"""Extended Cohn-Kanade (CK+) (docs/method.md §5.1).
 
 On-disk layout (the two official archives ``extended-cohn-kanade-images.zip`` and ``Emotion_labels.zip``
 unpacked side by side under ``root``)::

@@ -1,4 +1,4 @@
-"""Labeled Faces in the Wild (LFW) images and its standard ``pairs.txt`` protocol (spec §5.5).
+"""Labeled Faces in the Wild (LFW) images and its standard ``pairs.txt`` protocol (docs/method.md §5.5).
 
 Image layout (``lfw.tgz`` unpacked, or an aligned copy such as ``lfw_mtcnnpy_160`` with ``image_ext: .png``)::
 

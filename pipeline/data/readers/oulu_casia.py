@@ -1,4 +1,4 @@
-"""Oulu-CASIA NIR&VIS facial expression database, VIS / Strong illumination (spec §5.2).
+"""Oulu-CASIA NIR&VIS facial expression database, VIS / Strong illumination (docs/method.md §5.2).
 
 On-disk layout (``root`` is e.g. ``OriginalImg/VL/Strong``)::
 
@@ -17,7 +17,7 @@ On-disk layout (``root`` is e.g. ``OriginalImg/VL/Strong``)::
 Manifest rows: ``sequence`` = ``expression`` = the expression folder name, ``expression_code`` null,
 ``frame`` = index in the sorted full sequence, ``n_frames`` = its length, image_id
 ``<dataset>/<subject>/<sequence>/<frame:05d>``. Only the frames picked by ``keep_first`` / ``keep_last`` are
-probed and recorded (default: the neutral first frame and the 3 peak frames, spec §5.2).
+probed and recorded (default: the neutral first frame and the 3 peak frames, docs/method.md §5.2).
 
 Skips: subject-level entries that are not subject folders, stray files in a subject folder, empty subject
 folders, unknown expression folders (the whole folder), empty sequences, files without the image extension,
