@@ -13,7 +13,7 @@ temp folder and decoded back, so both measurements see the same pixels.
    Also faces per image (sanity: ≈ 1.0), the share of images with a face, and peak CUDA memory.
 2. **files→shards**: the align stage's per-image path: read bytes + ``decode_rgb`` (``--decode-workers``
    threads, running ahead of the detector), :func:`pipeline.align.batch.align_images` (detect + choose face +
-   crop, ``--convention`` paper_182_44 = 182 px, margin 44) and :func:`pipeline.align.shards.write_shard`
+   crop, ``--convention`` paper_182_44 = 182 px, margin 44) and :func:`pipeline.faces.shards.write_shard`
    (JPEG q95, ``--shard-size`` crops per tar) into a temp folder. The input files sit in the OS page cache (just
    written). Also decode-only and write-only img/s, each measured alone.
 3. ``--compare-facenet-pytorch``: facenet-pytorch's ``MTCNN(keep_all=True, min_face_size=20,
@@ -65,8 +65,8 @@ from bench.common import device_name, loadavg, machine, print_table, write_json
 from pipeline.align.batch import ALIGNED, align_images
 from pipeline.align.detector import MTCNN
 from pipeline.align.images import ImageProblem, decode_rgb
-from pipeline.align.shards import shard_name, write_shard
 from pipeline.data.demo import encode_jpeg, render_identity_image
+from pipeline.faces.shards import shard_name, write_shard
 
 
 @dataclass

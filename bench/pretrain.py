@@ -11,7 +11,7 @@ which the GPU box has).
 
 Data: ``--faces`` synthetic 182×182 RGB "faces" of ``--identities`` classes (a class colour, a smooth ramp in a
 random direction, a bright ellipse, Gaussian noise: JPEG-compressible like an aligned face, not like white noise)
-written as ``--shards`` tar shards by the align stage's own writer (:func:`pipeline.align.shards.write_shard`,
+written as ``--shards`` tar shards by the align stage's own writer (:func:`pipeline.faces.shards.write_shard`,
 JPEG quality 95 as ``params.yaml``) into a temporary folder, with an ``index.npz`` (shard, offset, length, labels,
 size). ``--data DIR`` writes them to DIR instead, or reuses DIR when it already holds an ``index.npz``.
 The faces are read by :class:`~pipeline.training.shard_data.ShardFaces` exactly as the stage reads them.
@@ -97,7 +97,7 @@ import numpy as np
 import torch
 
 from bench.common import device_name, loadavg, plain_settings, print_results, run_info, write_json
-from pipeline.align.shards import shard_name, write_shard
+from pipeline.faces.shards import shard_name, write_shard
 from pipeline.losses.center import CenterLoss
 from pipeline.models.network import FEATURES, HeadSpec, ModelConfig, count_parameters
 from pipeline.settings import PrecisionSettings, PretrainRuntime, PretrainSettings, from_mapping
@@ -339,7 +339,8 @@ def build_trainer(pt: types.ModuleType, s: Settings, batch: int, precision: str,
     optimizer = build_optimizer(settings.optimizer, params, spec.schedule.at(0))
     centers = None
     if settings.center_loss.factor:
-        centers = CenterLoss(n_classes, FEATURES, alpha=settings.center_loss.alpha).to(device)
+        centers = CenterLoss(n_classes, FEATURES, alpha=settings.center_loss.alpha,
+                             form=settings.center_loss.form).to(device)
     forward: torch.nn.Module = model
     if dist.active:
         from torch.nn.parallel import DistributedDataParallel

@@ -37,7 +37,7 @@ the peer with ``model.compile()``; compilation happens in the warm-up.
 ``--max-seconds`` bounds the run; configurations that no longer fit are listed as skipped (bf16 rows run first).
 
 Needs only torch and PyYAML (no numpy, pandas, pyarrow, OpenCV, pydantic, scikit-learn): ``preprocess`` takes its
-crops from the torch-only :mod:`pipeline.data.crops` (noted in the JSON as ``preprocess_source``).
+crops from the torch-only :mod:`pipeline.faces.crops` (noted in the JSON as ``preprocess_source``).
 
 CPU, here (facenet-pytorch 2.6.0 unpacked with ``--no-deps`` into /tmp/fpt_site)::
 
@@ -118,8 +118,8 @@ class StageSettings:
 
 # ------------------------------------------------------------------------------------------------ imports
 def ensure_preprocess() -> str:
-    """Where :func:`preprocess`'s crops come from (torch-only :mod:`pipeline.data.crops`, no pandas/OpenCV)."""
-    return "pipeline.data.crops"
+    """Where :func:`preprocess`'s crops come from (torch-only :mod:`pipeline.faces.crops`, no pandas/OpenCV)."""
+    return "pipeline.faces.crops"
 
 
 def _stub_modules() -> dict[str, types.ModuleType]:

@@ -16,7 +16,10 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import to_jsonable_python
 
+from pipeline.constants import DEMO_EXPRESSIONS, LABEL_COLUMNS
 from pipeline.errors import ParamsError
+from pipeline.paths import GENERATED
+from pipeline.reader_options import OPTION_MODELS
 from pipeline.settings import (
     FinetuneSettings,
     PretrainRuntime,
@@ -77,11 +80,9 @@ class DemoExpressionSource(_Strict):
     def _frames_ordered(self) -> DemoExpressionSource:
         if self.frames[0] > self.frames[1]:
             raise ValueError(f"frames must be [min, max], got {list(self.frames)}")
-        from pipeline.data.demo import EXPRESSIONS  # the generator knows how to draw these
-
-        unknown = [e for e in self.expressions if e not in EXPRESSIONS]
+        unknown = [e for e in self.expressions if e not in DEMO_EXPRESSIONS]
         if unknown:
-            raise ValueError(f"expressions: unknown {unknown}; the demo draws {list(EXPRESSIONS)}")
+            raise ValueError(f"expressions: unknown {unknown}; the demo draws {list(DEMO_EXPRESSIONS)}")
         if len(set(self.expressions)) != len(self.expressions) or not self.expressions:
             raise ValueError(f"expressions must be a non-empty list without repeats, got {self.expressions}")
         return self
@@ -239,8 +240,6 @@ class DatasetConfig(_Strict):
 
 def reader_options(reader: str, options: dict[str, Any]) -> dict[str, Any]:
     """Validate a reader's ``options`` with the schema the reader owns; return them with defaults filled in."""
-    from pipeline.data.readers import OPTION_MODELS
-
     return OPTION_MODELS[reader].parse(options).model_dump()
 
 
@@ -495,7 +494,7 @@ class Params(_Strict):
                     if value is not None and _inside_generated(value):
                         raise ValueError(
                             f"datasets.{name}.{key} = {value!r} lies in a folder the pipeline writes and deletes "
-                            f"({', '.join(GENERATED_DIRS)}): keep licensed data elsewhere")
+                            f"({', '.join(map(str, GENERATED))}): keep licensed data elsewhere")
         demo = [(n, d.source.identity_range()) for n, d in self.datasets.items()
                 if isinstance(d.source, (DemoExpressionSource, DemoIdentitySource))]
         for i, (na, ra) in enumerate(demo):
@@ -549,7 +548,6 @@ class Params(_Strict):
     @model_validator(mode="after")
     def _finetune_cross_checks(self) -> Params:
         """Every fine-tuning dataset has folds and the labels its task set needs; every method run serves the set."""
-        from pipeline.data.manifest import LABEL_COLUMNS
         from pipeline.weighting.options import parse_weighting
 
         ft = self.finetune
@@ -598,16 +596,12 @@ class Params(_Strict):
         return self
 
 
-#: folders whose contents DVC and the stages replace: user data there would be deleted
-GENERATED_DIRS = ("data/raw", "data/manifests", "data/cache", "data/folds", "metrics")
-
-
 def _inside_generated(path: str) -> bool:
-    """Whether ``path`` (relative to the repo root, or absolute) is inside one of :data:`GENERATED_DIRS`."""
+    """Whether ``path`` (relative to the repo root, or absolute) is inside one of :data:`pipeline.paths.GENERATED`."""
     p = Path(path).expanduser()
     cwd = Path.cwd()
     p = (p if p.is_absolute() else cwd / p).resolve()
-    return any(p == (cwd / d).resolve() or (cwd / d).resolve() in p.parents for d in GENERATED_DIRS)
+    return any(p == (cwd / d).resolve() or (cwd / d).resolve() in p.parents for d in GENERATED)
 
 
 def _format_error(exc: ValidationError, source: str) -> str:

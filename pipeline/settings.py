@@ -16,7 +16,7 @@ Shared sub-models (one declaration each, used by every training family):
 - :class:`CropSettings` (``crop``): the crop of the stored faces, random crop and flip;
 - :class:`OptimizerSettings` (``optimizer``, ``weights_optimizer``): the update rule and its hyper-parameters;
 - :class:`ScheduleSettings` (``schedule``): the learning rate over time;
-- :class:`CenterLossSettings` (``center_loss``; a task's ``center`` extends it);
+- :class:`CenterLossSettings` (a task's ``center`` and pretraining's ``center_loss`` extend it);
 - :class:`ProtocolSettings` (``protocol``): the verification protocol of every evaluation;
 - :class:`PrecisionSettings` (``precision``): bf16 autocast and channels-last on CUDA;
 - :class:`RuntimeSettings` (``runtime``): device, threads, evaluation batch, ``torch.compile``: how a run computes,
@@ -39,16 +39,19 @@ from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
 __all__ = [
-    "DEVICE_PATTERN", "EVALUATIONS", "OPTIMIZERS", "OWN", "Bound", "CenterLossSettings", "CropSettings",
-    "FinetuneSettings", "HeadSettings", "NetworkSettings", "OptimizerSettings", "PrecisionSettings",
-    "PretrainRuntime", "PretrainSettings", "PretrainVerification", "ProtocolSettings", "RuntimeSettings",
-    "ScheduleSettings", "TaskCenter", "TaskSetSettings", "TaskSettings", "TrainingSettings", "check_device",
-    "from_mapping", "settings", "under_protocols",
+    "CENTER_FORMS", "DEVICE_PATTERN", "EVALUATIONS", "OPTIMIZERS", "OWN", "Bound", "CenterLossSettings",
+    "CropSettings", "FinetuneSettings", "HeadSettings", "NetworkSettings", "OptimizerSettings", "PrecisionSettings",
+    "PretrainCenterLossSettings", "PretrainRuntime", "PretrainSettings", "PretrainVerification", "ProtocolSettings",
+    "RuntimeSettings", "ScheduleSettings", "TaskCenter", "TaskSetSettings", "TaskSettings", "TrainingSettings",
+    "check_device", "from_mapping", "settings", "under_protocols",
 ]
 
 #: optimiser names (:func:`pipeline.training.optim.build_optimizer`)
 OptimizerName = Literal["rmsprop_tf1", "rmsprop", "adam", "sgd"]
 OPTIMIZERS: tuple[str, ...] = typing.get_args(OptimizerName)
+#: forms of pretraining's center term (:class:`pipeline.losses.center.CenterLoss`)
+CenterLossForm = Literal["metrics_loss", "facenet"]
+CENTER_FORMS: tuple[str, ...] = typing.get_args(CenterLossForm)
 #: evaluation kinds a task can have (:mod:`pipeline.training.evaluate`)
 EvaluationKind = Literal["verification", "classification", "identification"]
 EVALUATIONS: tuple[str, ...] = typing.get_args(EvaluationKind)
@@ -215,6 +218,21 @@ class CenterLossSettings:
 
 
 @settings
+class PretrainCenterLossSettings(CenterLossSettings):
+    """``pretrain.train.center_loss``: :class:`CenterLossSettings` plus the form of the term.
+
+    Attributes:
+        form: ``metrics_loss`` (the original fine-tuning code's ``metrics_loss.center_loss``: ``½‖e − c_y‖²`` on the
+            L2-normalised embeddings, centers move toward the batch means) | ``facenet`` (facenet's
+            ``center_loss`` as its ``train_softmax.py`` pretrains: the mean over the batch and the 1792 dimensions of
+            ``(f − c_y)²`` on the raw prelogits, one center update per sample, summed over a class's repeats);
+            :mod:`pipeline.losses.center`.
+    """
+
+    form: CenterLossForm
+
+
+@settings
 class ProtocolSettings:
     """``protocol``: how verification accuracy, VAL@FAR and AUC are measured (docs/method.md §6.1–6.2).
 
@@ -330,7 +348,7 @@ class PretrainSettings(TrainingSettings):
             changes the result and is tracked).
         steps: optimiser steps in all.
         freeze_bn: BatchNorm uses its moving statistics while training.
-        center_loss: the center loss of the identity embeddings.
+        center_loss: the center loss of the identity branch (its ``form`` says on which features).
         shuffle_window: data order: 0 = a uniform permutation per epoch; k = shuffled shards, k mixed at a time.
         checkpoint_every, eval_every, log_every: in steps.
         verification: the pairs verified every ``eval_every`` steps.
@@ -340,7 +358,7 @@ class PretrainSettings(TrainingSettings):
     processes: Annotated[int, Bound(ge=1, le=64)]
     steps: PositiveInt
     freeze_bn: bool
-    center_loss: CenterLossSettings
+    center_loss: PretrainCenterLossSettings
     shuffle_window: Annotated[int, Bound(ge=0)]
     checkpoint_every: PositiveInt
     eval_every: PositiveInt

@@ -11,8 +11,10 @@ from typing import Annotated
 
 import typer
 
+import pipeline.paths as layout
+from pipeline.atomic import atomic_dir, atomic_files, write_json
 from pipeline.errors import DatasetError, UserError
-from stages.common import atomic_dir, load_stage_params, progress_bar, staged_files, user_errors, write_json_atomic
+from stages.common import load_stage_params, progress_bar, user_errors
 from stages.tracking import stage_run
 
 #: params DVC tracks: every setting that changes the crops
@@ -22,10 +24,10 @@ DECLARED = ["datasets.{name}.root", "datasets.{name}.align_convention", "align.m
 #: params read but deliberately not tracked by DVC: they change only the speed (same crops on any device, batch
 #: size, number of decoding workers or processes), so changing them must not re-run the stage
 RUNTIME = ["align.device", "align.batch_size", "align.workers", "align.processes"]
-MANIFESTS = Path("data/manifests")
-ALIGNED = Path("data/aligned")
-METRICS = Path("metrics/align")
-WORK = Path("data/work/align")
+MANIFESTS = layout.MANIFESTS
+ALIGNED = layout.ALIGNED
+METRICS = layout.METRICS / "align"
+WORK = layout.WORK / "align"
 
 log = logging.getLogger("stages.align")
 
@@ -94,7 +96,7 @@ def command(
     n_images = manifest_rows(manifest)
     out = paths(name)
     with (stage_run("align", sp, item=name, inputs=[str(manifest)]) as run,
-          staged_files(out["metrics"]) as (tmp_metrics,), atomic_dir(out["out"]) as tmp):
+          atomic_files(out["metrics"]) as (tmp_metrics,), atomic_dir(out["out"]) as tmp):
         job = AlignJob(dataset=name, manifest=str(manifest), root=str(root), work_dir=str(work), out_dir=str(tmp),
                        settings=settings)
         todo = pending_images(job)
@@ -111,7 +113,7 @@ def command(
         # to MLflow, the console and the git-ignored last-run file
         speed = {k: summary.pop(k) for k in RUN_KEYS}
         summary = {"dataset": name, "convention": convention, **summary}
-        write_json_atomic(summary, tmp_metrics)
+        write_json(summary, tmp_metrics)
         numeric = {k: float(v) for k, v in {**summary, **speed}.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         numeric.update({f"failures.{k}": float(v) for k, v in summary["failures_by_reason"].items()})
@@ -121,5 +123,5 @@ def command(
         typer.echo(f"{name}: aligned {summary['aligned']} of {summary['images']} images "
                    f"({100 * summary['aligned_fraction']:.1f} %; failures: {reasons}) at "
                    f"{speed['images_per_second']} img/s -> {out['out']}")
-    write_json_atomic({"dataset": name, **speed}, last_run(name))
+    write_json({"dataset": name, **speed}, last_run(name))
     clear_work(job)

@@ -1,14 +1,10 @@
-"""What every stage command shares: loading its declared params, clean user errors, atomic output folders."""
+"""What every stage command shares: loading its declared params, clean user errors, a progress bar."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import os
-import shutil
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -16,8 +12,7 @@ import typer
 from pipeline.config import StageParams, load_params
 from pipeline.errors import UserError
 
-__all__ = ["atomic_dir", "finetune_dataset", "load_stage_params", "progress_bar", "staged_files", "user_errors",
-           "write_json_atomic"]
+__all__ = ["finetune_dataset", "load_stage_params", "progress_bar", "user_errors"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -65,60 +60,6 @@ def user_errors(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-@contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield an empty temp folder beside ``final``; on success replace ``final`` by it, on error delete it.
-
-    A stage therefore never leaves a half-written output folder.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
-@contextlib.contextmanager
-def staged_files(*finals: Path) -> Iterator[list[Path]]:
-    """Yield one temp path per final path; after the body succeeds, rename all of them into place.
-
-    The renames happen only once every file is written, so an error (or an interrupt) while writing never leaves
-    a new file of the set beside stale ones; on error the temp files are deleted.
-    """
-    tmps = [Path(f).with_name(f".{Path(f).name}.tmp-{os.getpid()}") for f in finals]
-    for f in finals:
-        Path(f).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        yield tmps
-        for tmp, final in zip(tmps, finals, strict=True):
-            os.replace(tmp, final)
-    finally:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(obj: Any, path: Path) -> Path:
-    """Write ``obj`` as indented, key-sorted JSON via a temp file and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 @contextlib.contextmanager

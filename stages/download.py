@@ -9,15 +9,17 @@ from typing import Annotated
 
 import typer
 
+import pipeline.paths as layout
+from pipeline.atomic import atomic_dir, write_json
 from pipeline.config import DemoExpressionSource, DemoIdentitySource, LfwSource, LicensedSource
 from pipeline.errors import ParamsError
-from stages.common import atomic_dir, load_stage_params, progress_bar, user_errors, write_json_atomic
+from stages.common import load_stage_params, progress_bar, user_errors
 from stages.tracking import stage_run
 
 #: params sections this stage reads; dvc.yaml must declare the same (tests check it)
 DECLARED = ["datasets.{name}.reader", "datasets.{name}.root", "datasets.{name}.source", "demo"]
-RAW = Path("data/raw")
-DOWNLOAD_CACHE = Path("data/cache/downloads")
+RAW = layout.RAW
+DOWNLOAD_CACHE = layout.DOWNLOAD_CACHE
 
 
 def _expect_root(name: str, root: str, wanted: Path) -> None:
@@ -50,7 +52,7 @@ def command(
             fingerprint = src.fingerprint
         with progress_bar(f"listing {name}", None, unit="files") as advance:
             info["files"] = _listing(data_root, tmp / "listing.tsv", fingerprint, advance)
-        write_json_atomic(info, tmp / "source.json")
+        write_json(info, tmp / "source.json")
         info["seconds"] = round(time.perf_counter() - t0, 2)
         run.log_metrics({"files": info["files"], "seconds": info["seconds"]})
         run.log_dict(info, "download.json")

@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, Annotated
 import numpy as np
 import typer
 
+from pipeline.atomic import atomic_files
 from pipeline.errors import UserError
-from stages.common import staged_files, user_errors
+from stages.common import user_errors
 
 if TYPE_CHECKING:
     import torch
@@ -129,7 +130,7 @@ def _read_ids(path: Path) -> list[str]:
 
 
 def _face_source(aligned: Path):
-    from pipeline.data.faces import FaceSource
+    from pipeline.faces.source import FaceSource
 
     source = FaceSource(aligned)  # DatasetError (a UserError) names a missing folder or table
     if len(source) == 0:
@@ -280,7 +281,7 @@ def command(
         return
     assert out is not None
     ids_out = _ids_path(out)
-    with staged_files(out, ids_out) as (tmp_out, tmp_ids):
+    with atomic_files(out, ids_out) as (tmp_out, tmp_ids):
         _save_npy(emb, tmp_out)
         tmp_ids.write_text("".join(f"{i}\n" for i in row_ids))
     typer.echo(f"embedded {len(emb)} face(s) with {what} -> {out} ({emb.shape[0]} x {emb.shape[1]}), {ids_out}")
@@ -356,7 +357,7 @@ def _write_pairs(emb: np.ndarray, plan: dict, out_dir: Path, what: str) -> None:
     table = plan["table"]
     same = table["is_same"].to_numpy(dtype=bool)
     names = ("embeddings_a.npy", "embeddings_b.npy", "same.npy", "pairs.tsv")
-    with staged_files(*(out_dir / n for n in names)) as (ta, tb, ts, tp):
+    with atomic_files(*(out_dir / n for n in names)) as (ta, tb, ts, tp):
         _save_npy(emb[plan["a"]], ta)
         _save_npy(emb[plan["b"]], tb)
         _save_npy(same, ts)

@@ -24,23 +24,16 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+import pipeline.paths as layout
+from pipeline.atomic import atomic_dir, atomic_files, write_json
 from pipeline.errors import DatasetError, ParamsError, UserError
-from stages.common import (
-    atomic_dir,
-    finetune_dataset,
-    load_stage_params,
-    progress_bar,
-    staged_files,
-    user_errors,
-    write_json_atomic,
-)
+from stages.common import finetune_dataset, load_stage_params, progress_bar, user_errors
 from stages.tracking import run_item, stage_run
 from stages.training_runs import resolve_device, work_key
 
@@ -49,12 +42,12 @@ DECLARED = ["finetune.common", "finetune.methods.{method}", "task_sets.{task_set
             "datasets.{dataset}.align_convention", "folds.datasets.{dataset}.pairs", "pretrain.train.dataset"]
 #: read but not tracked by DVC: they change only the speed
 RUNTIME = ["finetune.runtime"]
-MANIFESTS = Path("data/manifests")
-ALIGNED = Path("data/aligned")
-FOLDS = Path("data/folds")
-OUT = Path("data/finetune")
-METRICS = Path("metrics/finetune")
-WORK = Path("data/work/finetune")
+MANIFESTS = layout.MANIFESTS
+ALIGNED = layout.ALIGNED
+FOLDS = layout.FOLDS
+OUT = layout.FINETUNE
+METRICS = layout.METRICS / "finetune"
+WORK = layout.WORK / "finetune"
 
 log = logging.getLogger("stages.finetune")
 
@@ -121,9 +114,7 @@ def command(
         schedule_from(common.schedule)
     except ValueError as exc:
         raise UserError(f"finetune.common.schedule: {exc}") from None
-    from stages.pretrain import checkpoint_path
-
-    checkpoint = resolve_init(common.init, checkpoint_path(sp.get("pretrain.train.dataset")))
+    checkpoint = resolve_init(common.init, layout.pretrained_model(sp.get("pretrain.train.dataset")))
     epochs = common.epochs if method_cfg.epochs is None else method_cfg.epochs
     if epochs == 0 and checkpoint is None:
         raise UserError(f"finetune.methods.{method}.epochs is 0 (evaluate the initial model) but "
@@ -258,9 +249,10 @@ def _write_outputs(p: dict[str, Path], result, metrics: dict, spec, data, fold: 
     import numpy as np
 
     from pipeline.models.checkpoint import save_model
+    from pipeline.report.figures import finetune_curves_figure
     from pipeline.training.finetune import step_columns
 
-    with staged_files(p["metrics"]) as (tmp_metrics,), atomic_dir(p["out"]) as tmp:
+    with atomic_files(p["metrics"]) as (tmp_metrics,), atomic_dir(p["out"]) as tmp:
         meta = {"stage": "finetune", "dataset": dataset, "fold": fold, "method": method,
                 "epoch": result.metrics["last"]["epoch"], "test_subjects": data.test_subjects}
         save_model(result.model, tmp / "model.pt", meta=meta)
@@ -273,31 +265,6 @@ def _write_outputs(p: dict[str, Path], result, metrics: dict, spec, data, fold: 
         arrays = {k: np.asarray(v) for k, v in result.scores.items()}
         arrays["test_image_ids"] = np.asarray(data.test_ids, dtype=str)
         np.savez_compressed(tmp / "scores.npz", **arrays)
-        write_json_atomic(result.history, tmp / "history.json")
-        _plot_curves(result.rows, names, tmp / "curves.png", f"{dataset} fold {fold}: {method}")
-        write_json_atomic(metrics, tmp_metrics)
-
-
-def _plot_curves(rows: list[dict], names: list[str], path: Path, title: str) -> None:
-    """Task weights (top) and task losses (bottom) per step, the paper's Fig. 2/3 layout; a task's loss is left out
-    of the steps where it had no labelled sample."""
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [r["step"] for r in rows]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
-    for t in names:
-        top.plot(steps, [r[f"weight_{t}"] for r in rows], label=t, linewidth=1)
-        bottom.plot(steps, [r[f"loss_{t}"] if r[f"present_{t}"] else float("nan") for r in rows], label=t,
-                    linewidth=1)
-    top.set_ylabel("weight")
-    bottom.set_ylabel("loss")
-    bottom.set_xlabel("step")
-    top.legend(loc="best", fontsize=8)
-    top.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        write_json(result.history, tmp / "history.json")
+        finetune_curves_figure(result.rows, names, tmp / "curves.png", f"{dataset} fold {fold}: {method}")
+        write_json(metrics, tmp_metrics)

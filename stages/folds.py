@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+import pipeline.paths as layout
+from pipeline.atomic import atomic_dir, atomic_files, write_json
 from pipeline.config import StageParams
 from pipeline.errors import DatasetError, UserError
-from stages.common import atomic_dir, load_stage_params, staged_files, user_errors, write_json_atomic
+from stages.common import load_stage_params, user_errors
 from stages.tracking import stage_run
 
 if TYPE_CHECKING:
@@ -30,9 +32,9 @@ if TYPE_CHECKING:
 #: the dataset's own label sets only (so another dataset's label-set edit does not re-run this one);
 #: ``folds.run`` is deliberately absent (it selects downstream folds only)
 DECLARED = ["folds.k", "folds.assignment", "folds.seed", "folds.datasets.{name}", "datasets.{name}.label_sets"]
-MANIFESTS = Path("data/manifests")
-FOLDS = Path("data/folds")
-METRICS = Path("metrics/folds")
+MANIFESTS = layout.MANIFESTS
+FOLDS = layout.FOLDS
+METRICS = layout.METRICS / "folds"
 
 log = logging.getLogger("stages.folds")
 
@@ -73,11 +75,11 @@ def command(
     with stage_run("folds", sp, item=name, inputs=[str(out["manifest"])]) as run:
         result = _make(sp, name, manifest)
         metrics = _metrics(sp, name, manifest, result)
-        with staged_files(out["metrics"]) as (tmp_metrics,), atomic_dir(out["folds"]) as tmp:
+        with atomic_files(out["metrics"]) as (tmp_metrics,), atomic_dir(out["folds"]) as tmp:
             for fold, pairs in zip(result.folds, result.pair_sets, strict=True):
-                write_json_atomic(_fold_json(sp, name, fold, result), tmp / f"fold{fold.index}.json")
+                write_json(_fold_json(sp, name, fold, result), tmp / f"fold{fold.index}.json")
                 pairs.pairs.to_parquet(tmp / f"fold{fold.index}-pairs.parquet", index=False)
-            write_json_atomic(metrics, tmp_metrics)
+            write_json(metrics, tmp_metrics)
         for key, fold in metrics["per_fold"].items():
             per_fold = {f"fold_{k}": v for k, v in fold.items() if isinstance(v, int) and k != "fold"}
             run.log_metrics(per_fold, step=int(key.removeprefix("fold")))  # one series per quantity, step = fold

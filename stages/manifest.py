@@ -8,14 +8,16 @@ from typing import Annotated
 
 import typer
 
+import pipeline.paths as layout
+from pipeline.atomic import atomic_files, write_json
 from pipeline.errors import DatasetError
-from stages.common import load_stage_params, staged_files, user_errors, write_json_atomic
+from stages.common import load_stage_params, user_errors
 from stages.tracking import stage_run
 
 DECLARED = ["datasets.{name}.reader", "datasets.{name}.root", "datasets.{name}.options",
             "datasets.{name}.expected", "manifest"]
-MANIFESTS = Path("data/manifests")
-METRICS = Path("metrics/manifest")
+MANIFESTS = layout.MANIFESTS
+METRICS = layout.METRICS / "manifest"
 
 log = logging.getLogger("stages.manifest")
 
@@ -58,12 +60,12 @@ def command(
             log.warning("%s: %s = %d, the published dataset has %d (%+d)", name, key, diff["actual"],
                         diff["expected"], diff["difference"])
         keys = ("manifest", "skipped", "metrics", "counts")
-        with staged_files(*(out[k] for k in keys)) as tmp:
+        with atomic_files(*(out[k] for k in keys)) as tmp:
             tmp_of = dict(zip(keys, tmp, strict=True))
             write_manifest(df, tmp_of["manifest"])
             _write_skipped(skipped, tmp_of["skipped"])
-            write_json_atomic(summary.metrics(), tmp_of["metrics"])
-            write_json_atomic(summary.counts(), tmp_of["counts"])
+            write_json(summary.metrics(), tmp_of["metrics"])
+            write_json(summary.counts(), tmp_of["counts"])
         run.log_metrics({k: getattr(summary, k) for k in
                          ("images", "subjects", "sequences", "labelled_sequences", "skipped", "skip_fraction")})
         run.log_dict(summary.to_dict(), "summary.json")

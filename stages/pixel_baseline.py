@@ -27,25 +27,20 @@ from typing import Annotated, Any
 
 import typer
 
+import pipeline.paths as layout
+from pipeline.atomic import atomic_dir, atomic_files, write_json
 from pipeline.errors import DatasetError, UserError
-from stages.common import (
-    atomic_dir,
-    finetune_dataset,
-    load_stage_params,
-    staged_files,
-    user_errors,
-    write_json_atomic,
-)
+from stages.common import finetune_dataset, load_stage_params, user_errors
 from stages.tracking import run_item, stage_run
 
 METHOD = "pixel_pca"
 DECLARED = ["pixel_baseline", "finetune.common.task_set", "finetune.common.crop", "finetune.common.protocol",
             "finetune.common.seed", "task_sets.{task_set}", "datasets.{dataset}.label_sets"]
-MANIFESTS = Path("data/manifests")
-ALIGNED = Path("data/aligned")
-FOLDS = Path("data/folds")
-OUT = Path("data/finetune")
-METRICS = Path("metrics/finetune")
+MANIFESTS = layout.MANIFESTS
+ALIGNED = layout.ALIGNED
+FOLDS = layout.FOLDS
+OUT = layout.FINETUNE
+METRICS = layout.METRICS / "finetune"
 
 log = logging.getLogger("stages.pixel_baseline")
 
@@ -155,9 +150,9 @@ def command(
 def _write_outputs(p: dict[str, Path], metrics: dict, scores: dict, test_ids: list[str], summary: dict) -> None:
     import numpy as np
 
-    with staged_files(p["metrics"]) as (tmp_metrics,), atomic_dir(p["out"]) as tmp:
+    with atomic_files(p["metrics"]) as (tmp_metrics,), atomic_dir(p["out"]) as tmp:
         arrays = {f"last_{k}": np.asarray(v) for k, v in scores.items()}
         arrays["test_image_ids"] = np.asarray(test_ids, dtype=str)
         np.savez_compressed(tmp / "scores.npz", **arrays)
-        write_json_atomic(summary, tmp / "pca.json")
-        write_json_atomic(metrics, tmp_metrics)
+        write_json(summary, tmp / "pca.json")
+        write_json(metrics, tmp_metrics)

@@ -33,8 +33,10 @@ from typing import Any
 
 import typer
 
+import pipeline.paths as layout
+from pipeline.atomic import atomic_dir, atomic_files, write_json
 from pipeline.errors import DatasetError, UserError
-from stages.common import atomic_dir, load_stage_params, progress_bar, staged_files, user_errors, write_json_atomic
+from stages.common import load_stage_params, progress_bar, user_errors
 from stages.tracking import RunLogger, stage_run
 from stages.training_runs import resolve_device, work_key
 
@@ -42,12 +44,12 @@ from stages.training_runs import resolve_device, work_key
 DECLARED = ["pretrain.train", "datasets.{pretrain_dataset}.align_convention"]
 #: read but not tracked by DVC: they change only the speed
 RUNTIME = ["pretrain.runtime"]
-MANIFESTS = Path("data/manifests")
-ALIGNED = Path("data/aligned")
-FOLDS = Path("data/folds")
-OUT = Path("data/pretrain")
-METRICS = Path("metrics/pretrain")
-WORK = Path("data/work/pretrain")
+MANIFESTS = layout.MANIFESTS
+ALIGNED = layout.ALIGNED
+FOLDS = layout.FOLDS
+OUT = layout.PRETRAIN
+METRICS = layout.METRICS / "pretrain"
+WORK = layout.WORK / "pretrain"
 
 log = logging.getLogger("stages.pretrain")
 
@@ -57,11 +59,6 @@ def paths(dataset: str, verify: str, folds: list[int]) -> dict[str, Any]:
     return {"manifest": MANIFESTS / f"{dataset}.parquet", "aligned": ALIGNED / dataset,
             "verify_aligned": ALIGNED / verify, "pairs": [FOLDS / verify / f"fold{k}-pairs.parquet" for k in folds],
             "out": OUT / dataset, "metrics": METRICS / f"{dataset}.json"}
-
-
-def checkpoint_path(dataset: str) -> Path:
-    """The pretrained model fine-tuning starts from with ``finetune.common.init: pretrain``."""
-    return OUT / dataset / "model.pt"
 
 
 def resolve_init(init: str) -> str | None:
@@ -205,42 +202,16 @@ def _train(sp, t, dataset: str, p: dict[str, Any], dist) -> None:
 
 def _write_outputs(p: dict[str, Any], result, metrics: dict, spec, ids, dataset: str) -> None:
     from pipeline.models.checkpoint import save_model
+    from pipeline.report.figures import pretrain_curves_figure
     from pipeline.training.pretrain import ROW_COLUMNS
 
-    with staged_files(p["metrics"]) as (tmp_metrics,), atomic_dir(p["out"]) as tmp:
+    with atomic_files(p["metrics"]) as (tmp_metrics,), atomic_dir(p["out"]) as tmp:
         meta = {"stage": "pretrain", "dataset": dataset, "steps": spec.settings.steps, "identities": ids.n_classes}
         save_model(result.model, tmp / "model.pt", meta=meta)
         with open(tmp / "steps.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=ROW_COLUMNS)
             writer.writeheader()
             writer.writerows(result.rows)
-        write_json_atomic(result.history, tmp / "history.json")
-        _plot(result.rows, result.history, tmp / "curves.png", f"pretrain {dataset}")
-        write_json_atomic(metrics, tmp_metrics)
-
-
-def _plot(rows: list[dict], history: list[dict], path: Path, title: str) -> None:
-    """Loss (top), batch accuracy and verification accuracy (bottom) per step."""
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [r["step"] for r in rows]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
-    top.plot(steps, [r["loss"] for r in rows], label="loss", linewidth=1)
-    top.plot(steps, [r["cross_entropy"] for r in rows], label="cross entropy", linewidth=1)
-    top.set_ylabel("loss")
-    top.legend(loc="best", fontsize=8)
-    bottom.plot(steps, [r["train_accuracy"] for r in rows], label="batch accuracy", linewidth=1)
-    if history:
-        bottom.plot([e["step"] for e in history], [e["verification_accuracy"] for e in history], "o-",
-                    label="verification accuracy", linewidth=1)
-    bottom.set_ylabel("accuracy")
-    bottom.set_xlabel("step")
-    bottom.legend(loc="best", fontsize=8)
-    top.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        write_json(result.history, tmp / "history.json")
+        pretrain_curves_figure(result.rows, result.history, tmp / "curves.png", f"pretrain {dataset}")
+        write_json(metrics, tmp_metrics)

@@ -32,20 +32,22 @@ from typing import Annotated, Any
 
 import typer
 
+import pipeline.paths as layout
+from pipeline.atomic import atomic_dir, atomic_files, write_json
 from pipeline.errors import DatasetError
-from stages.common import atomic_dir, load_stage_params, staged_files, user_errors, write_json_atomic
+from stages.common import load_stage_params, user_errors
 from stages.tracking import run_item, stage_run
 
 #: ``datasets`` whole: the report reads every fine-tuning dataset's reader and source (DVC cannot template a list)
 DECLARED = ["report", "folds.k", "folds.run", "finetune.datasets", "finetune.common.task_set",
             "finetune.common.selection", "finetune.common.protocol", "finetune.run_methods", "task_sets.{task_set}",
             "pretrain.train.dataset", "datasets"]
-METRICS = Path("metrics/finetune")
-FINETUNE = Path("data/finetune")
-ALIGN_METRICS = Path("metrics/align")
-REPORTS = Path("reports")
+METRICS = layout.METRICS / "finetune"
+FINETUNE = layout.FINETUNE
+ALIGN_METRICS = layout.METRICS / "align"
+REPORTS = layout.REPORTS
 FIGURES = REPORTS / "figures"
-SUMMARY = Path("metrics/report.json")
+SUMMARY = layout.METRICS / "report.json"
 
 log = logging.getLogger("stages.report")
 
@@ -205,7 +207,7 @@ def command(ctx: typer.Context,
     check_text = _check_text(sections, several, format_checks)
     files = [REPORTS / n for n in ("tables.md", "tables.csv", "folds.csv", "differences.csv", "demo_check.txt")]
     with stage_run("report", sp, item=",".join(datasets), group=(params, datasets)) as run:
-        with staged_files(*files, SUMMARY) as tmps, atomic_dir(FIGURES) as fig_tmp:
+        with atomic_files(*files, SUMMARY) as tmps, atomic_dir(FIGURES) as fig_tmp:
             md, tables_csv, folds_csv, diffs_csv, check_file, summary_json = tmps
             texts, figures = [], {}
             for s in sections:
@@ -224,7 +226,7 @@ def command(ctx: typer.Context,
                 record = {"datasets": records, "demo_passed": all(c.passed for c in checks) if checks else None}
             else:
                 record = records[datasets[0]]
-            write_json_atomic(record, summary_json)
+            write_json(record, summary_json)
         for dataset, r in records.items():
             prefix = f"{dataset}_" if several else ""
             run.log_metrics({f"{prefix}{m}_{v}_{c}": x for m, by in r["methods"].items() for v, cols in by.items()

@@ -14,7 +14,7 @@ __all__ = ["CODE", "resolve_device", "work_key"]
 
 #: code whose change invalidates a half-finished run's checkpoint
 CODE = ["pipeline/models", "pipeline/training", "pipeline/weighting", "pipeline/losses", "pipeline/evaluation",
-        "pipeline/data/crops.py", "pipeline/data/faces.py"]
+        "pipeline/faces/crops.py", "pipeline/faces/source.py"]
 CODE_ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Annotated
 import numpy as np
 import typer
 
+from pipeline.atomic import write_json
 from pipeline.errors import UserError
-from stages.common import user_errors, write_json_atomic
+from stages.common import user_errors
 
 if TYPE_CHECKING:
     from pipeline.evaluation.verification import VerificationResult
@@ -89,7 +90,7 @@ def command(
                                    shuffle=shuffle, normalize=normalize)
     payload = result.to_dict()
     if out is not None:
-        write_json_atomic(payload, out)
+        write_json(payload, out)
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
     else:

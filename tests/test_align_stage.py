@@ -15,9 +15,9 @@ import torch
 from typer.testing import CliRunner
 
 from pipeline.align.run import AlignJob, AlignSettings, run_job
-from pipeline.align.shards import shard_name
-from pipeline.align.table import read_alignment_table
-from pipeline.data.faces import FaceSource
+from pipeline.faces.shards import shard_name
+from pipeline.faces.source import FaceSource
+from pipeline.faces.table import read_alignment_table
 from stages.app import app
 from tests.conftest import REPO, tiny_params, write_params
 

@@ -9,11 +9,10 @@ checked instead.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+
+import pytest
 
 from tests.blocked_imports import run_blocked
-from tests.conftest import REPO
 
 #: PyYAML stays: the step's settings come from params.yaml (the GPU box has it); pydantic does not
 BLOCKED = ["pandas", "pyarrow", "sklearn", "scipy", "pydantic", "mlflow", "dvc", "typer", "PIL", "torchvision",
@@ -74,15 +73,17 @@ def test_device_decoding_rows_use_torchvision_and_only_it(tmp_path):
     assert len(payload["targets"]) == 3 and "decode=" in payload["targets"][0]["target"]
 
 
-def test_bad_arguments_are_one_line_errors():
-    res = subprocess.run([sys.executable, "-m", "bench.pretrain", "--device", "cpu", "--batch-sizes", "5",
-                          "--processes", "2"], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert res.returncode == 2
-    assert "--batch-sizes 5 not a multiple of --processes 2" in res.stderr.splitlines()[-1]
-    res = subprocess.run([sys.executable, "-m", "bench.pretrain", "--device", "cpu", "--decode", "gpu"], cwd=REPO,
-                         capture_output=True, text=True, timeout=60)
-    assert res.returncode == 2 and "--decode: unknown ['gpu'], expected worker device" in res.stderr.splitlines()[-1]
-    res = subprocess.run([sys.executable, "-m", "bench.pretrain", "--device", "cpu", "--input-size", "64"], cwd=REPO,
-                         capture_output=True, text=True, timeout=60)
-    assert res.returncode == 2 and "--input-size: input_size must be >= 75 (Mixed_7a needs a 1x1 grid), got 64" in \
-        res.stderr.splitlines()[-1]
+@pytest.mark.parametrize(("args", "message"), [
+    (["--batch-sizes", "5", "--processes", "2"], "--batch-sizes 5 not a multiple of --processes 2"),
+    (["--decode", "gpu"], "--decode: unknown ['gpu'], expected worker device"),
+    (["--input-size", "64"], "--input-size: input_size must be >= 75 (Mixed_7a needs a 1x1 grid), got 64"),
+])
+def test_bad_arguments_are_one_line_errors(args, message, capsys):
+    """Checked before any data is made or any model built: exit status 2 and the reason on the last line (the
+    parser's own error path, run in-process)."""
+    from bench.pretrain import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--device", "cpu", *args])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err.splitlines()[-1]

@@ -25,7 +25,7 @@ def test_quick_run_on_torch_only(tmp_path):
     payload = json.loads(out.read_text())
     assert payload["benchmark"] == "train" and payload["device"] == "cpu"
     assert payload["machine"]["python"] and payload["versions"]["torch"]
-    assert payload["preprocess_source"] == "pipeline.data.crops"  # torch-only crops: works with pandas blocked
+    assert payload["preprocess_source"] == "pipeline.faces.crops"  # torch-only crops: works with pandas blocked
     rows = {(r["model"], r["method"]): r for r in payload["results"]}
     assert set(rows) == {("ours", "dynamic"), ("ours", "single_identity")}
     for r in rows.values():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import importlib
 import re
 from pathlib import Path
@@ -13,6 +12,7 @@ from typer.testing import CliRunner
 
 from stages.app import app
 from tests.conftest import REPO
+from tests.import_graph import module_file, project_imports
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
@@ -58,53 +58,43 @@ NOT_DEPS = {"stages/tracking.py", "pipeline/__init__.py", "pipeline/data/__init_
 NOT_FOLLOWED = {"stages", "stages.app", "stages.__main__"}
 
 
-def _module_file(mod: str) -> Path | None:
-    path = REPO / mod.replace(".", "/")
-    if path.with_suffix(".py").is_file():
-        return path.with_suffix(".py")
-    if (path / "__init__.py").is_file():
-        return path / "__init__.py"
-    return None
-
-
-def _imports(file: Path) -> set[str]:
-    """Project modules imported anywhere in ``file`` (also inside functions)."""
-    out = set()
-    for node in ast.walk(ast.parse(file.read_text())):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out.add(node.module)
-            out |= {f"{node.module}.{a.name}" for a in node.names}
-    return {m for m in out if m.split(".")[0] in {"pipeline", "stages"} and _module_file(m)}
-
-
 def _closure(mod: str) -> set[Path]:
     seen: set[Path] = set()
     todo = [mod]
     while todo:
-        file = _module_file(todo.pop())
+        file = module_file(todo.pop())
         if file is None or file in seen:
             continue
         seen.add(file)
-        for m in _imports(file):  # importing a.b.c runs a/__init__ and a/b/__init__ too
+        for m in project_imports(file):  # importing a.b.c runs a/__init__ and a/b/__init__ too
             parts = m.split(".")
             todo.extend(p for p in (".".join(parts[:i]) for i in range(1, len(parts) + 1)) if p not in NOT_FOLLOWED)
     return seen
 
 
+def _dep_files(deps: list[str]) -> set[str]:
+    """The project ``.py`` files the code deps name (a folder dep: every module below it)."""
+    out = set()
+    for dep in deps:
+        path = REPO / dep
+        if path.is_dir():
+            out |= {p.relative_to(REPO).as_posix() for p in path.rglob("*.py") if "__pycache__" not in p.parts}
+        elif dep.endswith(".py"):
+            out.add(dep)
+    return out - NOT_DEPS
+
+
 @pytest.mark.parametrize("stage_name", sorted(DVC))
-def test_code_a_stage_runs_is_declared_as_dep(stage_name):
-    """Every project module a stage command can import (transitively) is a dep, or below a dep folder."""
+def test_code_deps_are_exactly_the_modules_the_stage_imports(stage_name):
+    """A stage's code deps are its import closure (imports inside functions included): every project module the
+    command can run is a dep, and no dep is a module it never imports (whose edit would re-run it for nothing)."""
     stage = DVC[stage_name]
     body = stage.get("do", stage)
-    deps = [d.rstrip("/") for d in body["deps"]]
-    for file in sorted(_closure(f"stages.{_command(stage)}")):
-        rel = file.relative_to(REPO).as_posix()
-        if rel in NOT_DEPS:
-            continue
-        assert any(rel == d or rel.startswith(d + "/") for d in deps), (
-            f"{stage_name} runs {rel} but dvc.yaml does not list it (or a folder above it) as a dep")
+    code = [d.rstrip("/") for d in body["deps"] if d.startswith(("pipeline/", "stages/"))]
+    runs = {f.relative_to(REPO).as_posix() for f in _closure(f"stages.{_command(stage)}")} - NOT_DEPS
+    declared = _dep_files(code)
+    assert not runs - declared, f"{stage_name} runs modules dvc.yaml does not list: {sorted(runs - declared)}"
+    assert not declared - runs, f"{stage_name} lists modules it never imports: {sorted(declared - runs)}"
 
 
 def test_cli_lists_every_stage():

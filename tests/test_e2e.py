@@ -117,7 +117,7 @@ def test_folds_params_rerun_only_folds_and_run_is_not_a_param(e2e_repo):
 
 
 def test_repro_aligns_every_dataset_after_its_manifest(e2e_repo):
-    from pipeline.data.faces import FaceSource
+    from pipeline.faces.source import FaceSource
 
     dst, out = e2e_repo["dst"], e2e_repo["out"]
     for name, n in IMAGES.items():

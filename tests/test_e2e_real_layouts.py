@@ -66,6 +66,22 @@ def test_one_repro_gives_a_table_section_per_dataset_with_its_papers_numbers(e2e
     assert report["datasets"]["ckplus"]["demo"] is False and report["datasets"]["ckplus"]["demo_checks"] == []
 
 
+def test_editing_the_demo_generator_leaves_the_real_datasets_stages_past_manifest_up_to_date(e2e_repo):
+    """The demo renderer is a code dep of ``download`` only (every dataset's, as they share one command): the manifest,
+    alignment, folds, fine-tuning, the pixel baseline and the report of the licensed-layout datasets stay clean."""
+    demo = e2e_repo["dst"] / "pipeline/data/demo.py"
+    original = demo.read_text()
+    try:
+        demo.write_text(original + "\n# an edit of the demo generator\n")
+        status = set(json.loads(run(e2e_repo, "dvc", "status", "--json").stdout))
+        assert status, "the edit must make the demo's own stages stale"
+        assert all(name.startswith("download@") for name in status), sorted(status)
+        assert {"download@oulu", "download@ckplus"} <= status
+    finally:
+        demo.write_text(original)
+    assert json.loads(run(e2e_repo, "dvc", "status", "--json").stdout) == {}
+
+
 def test_a_ckplus_label_set_edit_reruns_only_the_ckplus_stages(e2e_repo):
     """CK+ without contempt (7 classes): CK+'s folds, fine-tuning and pixel baseline re-run, and the report; nothing
     of Oulu-CASIA or of pretraining. (Last test of the module: it leaves the repository on the edited params.)"""

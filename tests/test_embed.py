@@ -17,8 +17,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pipeline.align.shards import ALIGNMENT_TABLE, SHARD_DIR, shard_name, write_shard
-from pipeline.align.table import write_alignment_table
+from pipeline.faces.shards import ALIGNMENT_TABLE, SHARD_DIR, shard_name, write_shard
+from pipeline.faces.table import write_alignment_table
 from stages.app import app
 
 runner = CliRunner()
@@ -109,7 +109,7 @@ def _embed(*args: str):
 
 
 def test_aligned_folder_matches_model_embed(setup, tmp_path):
-    from pipeline.data.faces import FaceSource
+    from pipeline.faces.source import FaceSource
 
     out = tmp_path / "emb.npy"
     res = _embed("-c", str(setup["ckpt"]), "--aligned", str(setup["aligned"]), "--out", str(out), "--batch-size", "5")
@@ -137,7 +137,7 @@ def test_aligned_folder_matches_model_embed(setup, tmp_path):
 
 
 def test_pairs_feed_verify_with_the_evaluation_numbers(setup, tmp_path):
-    from pipeline.data.faces import FaceSource
+    from pipeline.faces.source import FaceSource
     from pipeline.settings import ProtocolSettings
     from pipeline.training.evaluate import EvalData, evaluate, predict
 

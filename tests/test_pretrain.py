@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.align.shards import write_shard
 from pipeline.errors import DatasetError
+from pipeline.faces.shards import write_shard
 from pipeline.training.distributed import DistContext
 from pipeline.training.pretrain import PretrainSpec, pretrain_spec, run_pretrain
 from pipeline.training.shard_data import EncodedBatch, ShardBatchSampler, ShardFaces, make_loader, next_batch
@@ -232,6 +232,29 @@ def test_pretraining_learns_the_identities_and_moves_the_centers(shards, tmp_pat
     assert float(result.centers.centers.norm(dim=1).min()) > 0.1  # every identity's center left zero
     assert [r["step"] for r in result.rows] == [4, 8, 12, 16, 20, 24]
     assert result.metrics["last"]["step"] == 24 and result.metrics["images_seen"] == 24 * 8
+
+
+def test_facenets_center_loss_form_trains_on_the_raw_prelogits(shards, tmp_path):
+    """``center_loss.form: facenet``: the term is facenet's mean over the batch and the 1792 dimensions of
+    ``(f - c)^2`` on the raw prelogits ``f``. From zero centers the first step's term is ``mean(f^2)``, not the
+    ``0.5`` of ``metrics_loss`` (``0.5 ||e||^2`` of unit embeddings) nor the ``1/1792`` the embeddings would give;
+    the cross-entropy of that first step is the same in both forms (no update yet). The run trains: finite rows,
+    falling cross-entropy, every center moved."""
+    faces = _faces(shards)
+    facenet = run_pretrain(_spec(steps=8, checkpoint_every=8, log_every=1, **{"center_loss.form": "facenet"}),
+                           faces, tmp_path / "facenet", DistContext())
+    ours = run_pretrain(_spec(steps=1, log_every=1), faces, tmp_path / "metrics_loss", DistContext())
+    assert facenet.centers.form == "facenet" and ours.centers.form == "metrics_loss"
+    for r in facenet.rows:
+        assert all(np.isfinite(r[k]) for k in ("loss", "cross_entropy", "center_loss", "grad_norm"))
+        assert r["loss"] == pytest.approx(r["cross_entropy"] + 0.1 * r["center_loss"], rel=1e-5)
+    assert ours.rows[0]["center_loss"] == pytest.approx(0.5, rel=1e-6)
+    assert facenet.rows[0]["cross_entropy"] == ours.rows[0]["cross_entropy"]
+    assert facenet.rows[0]["center_loss"] > 10 / 1792 and facenet.rows[0]["center_loss"] != pytest.approx(0.5)
+    # every identity's center moved, out of the unit ball that centers of unit embeddings stay in
+    assert float(facenet.centers.centers.norm(dim=1).min()) > 1.0
+    ce = [r["cross_entropy"] for r in facenet.rows]
+    assert np.mean(ce[-3:]) < np.mean(ce[:3])
 
 
 def test_verification_is_evaluated_every_eval_every_steps(shards, tmp_path):

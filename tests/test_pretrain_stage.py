@@ -154,6 +154,8 @@ def test_two_processes_run_under_torchrun(inputs, tmp_path):
     ({"pretrain.train.init": "junk.pt"}, "pretrain.train.init: junk.pt is not a model checkpoint"),
     ({"pretrain.train.verification.folds": [5]}, "pretrain.train.verification.folds"),
     ({"pretrain.train.dataset": "nope"}, "pretrain.train.dataset: unknown dataset 'nope'"),
+    ({"pretrain.train.center_loss.form": "wen"},
+     "pretrain.train.center_loss.form: Input should be 'metrics_loss' or 'facenet'"),
 ])
 def test_bad_params_are_one_line_errors(inputs, tmp_path, overrides, message):
     work = _workdir(tmp_path / "repo", inputs, _params(**overrides))

@@ -13,11 +13,12 @@ import yaml
 
 import pipeline.settings as settings_module
 from pipeline.config import FinetuneConfig, FinetuneMethod, PretrainConfig, load_params, plain
+from pipeline.errors import ParamsError
 from pipeline.models.network import HeadSpec, ModelConfig
-from pipeline.settings import FinetuneSettings, PretrainSettings, TaskSetSettings, from_mapping
+from pipeline.settings import FinetuneSettings, PretrainSettings, TaskCenter, TaskSetSettings, from_mapping
 from pipeline.training.build import FinetuneSpec
 from pipeline.training.pretrain import PretrainSpec
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_params, write_params
 
 #: the settings model: every dataclass of pipeline/settings.py
 SETTINGS = [c for c in vars(settings_module).values()
@@ -143,3 +144,21 @@ def test_the_paper_settings_file_validates_and_has_the_demo_keys(path, family):
     assert _keys(paper) == _keys(demo)
     if family is FinetuneSettings:  # the original's fine-tuning recipe (decisions 2 and 7)
         assert (paper["optimizer"]["name"], paper["schedule"]["lr"], paper["batch_size"]) == ("rmsprop_tf1", 1e-4, 90)
+
+
+def test_only_pretrainings_center_loss_has_a_form(tmp_path):
+    """``pretrain.train.center_loss.form``: metrics_loss (params.yaml) | facenet; anything else is a one-line error
+    naming the key and the choices; a fine-tuning task's ``center`` has no form."""
+    assert load_params(REPO / "params.yaml").pretrain.train.center_loss.form == "metrics_loss"
+    assert "form" not in {f.name for f in dataclasses.fields(TaskCenter)}
+    facenet = load_params(write_params(tmp_path / "a.yaml", tiny_params(**{"pretrain.train.center_loss.form":
+                                                                           "facenet"})))
+    assert facenet.pretrain.train.center_loss.form == "facenet"
+    for dotted, message in (
+        ("pretrain.train.center_loss.form", "pretrain.train.center_loss.form: Input should be 'metrics_loss' or "
+                                            "'facenet'"),
+        ("task_sets.fr_fer.tasks.identity.center.form", "task_sets.fr_fer.tasks.identity.center.form: unknown key"),
+    ):
+        with pytest.raises(ParamsError) as err:
+            load_params(write_params(tmp_path / "b.yaml", tiny_params(**{dotted: "wen"})))
+        assert message in str(err.value) and "\n" not in str(err.value)

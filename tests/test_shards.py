@@ -1,4 +1,4 @@
-"""Aligned-face shards (pipeline.align.shards), the alignment table (pipeline.align.table) and FaceSource."""
+"""Aligned-face shards (pipeline.faces.shards), the alignment table (pipeline.faces.table) and FaceSource."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.align.shards import (
+from pipeline.errors import DatasetError
+from pipeline.faces.shards import (
     ALIGNMENT_TABLE,
     SHARD_DIR,
     ShardReader,
@@ -26,9 +27,8 @@ from pipeline.align.shards import (
     shard_name,
     write_shard,
 )
-from pipeline.align.table import ALIGNMENT_COLUMNS, read_alignment_table, write_alignment_table
-from pipeline.data.faces import FaceSource, center_crop, random_crop
-from pipeline.errors import DatasetError
+from pipeline.faces.source import FaceSource, center_crop, random_crop
+from pipeline.faces.table import ALIGNMENT_COLUMNS, read_alignment_table, write_alignment_table
 
 SIZE = 182
 

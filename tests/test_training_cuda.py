@@ -73,7 +73,7 @@ def test_cuda_forward_matches_cpu_in_fp32() -> None:
 
 def test_nvjpeg_decodes_a_shard_batch_close_to_opencv(tmp_path) -> None:
     """``pretrain.decode: device`` on CUDA: nvJPEG's batched decode of real shard JPEGs ≈ the workers' OpenCV pixels."""
-    from pipeline.align.shards import write_shard
+    from pipeline.faces.shards import write_shard
     from pipeline.training.shard_data import ShardFaces
     from pipeline.training.shard_decode import decode_faces
 
@@ -94,7 +94,7 @@ def test_nvjpeg_decodes_a_shard_batch_close_to_opencv(tmp_path) -> None:
 def test_nvjpeg_decode_waits_for_work_queued_on_the_callers_stream(tmp_path) -> None:
     """Tensors freed while kernels that read them are still queued must not be overwritten by the decode
     (nvJPEG's hardware decoder ignores the caller's stream: pytorch/vision#9606; ``decode_faces`` synchronises)."""
-    from pipeline.align.shards import write_shard
+    from pipeline.faces.shards import write_shard
     from pipeline.training.shard_data import ShardFaces
     from pipeline.training.shard_decode import decode_faces
 

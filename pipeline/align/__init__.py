@@ -1,1 +1,1 @@
-"""Face alignment: batched MTCNN detection, face choice and margin crop, and the aligned-face shard format."""
+"""Face alignment: batched MTCNN detection, face choice and margin crop; the crops go to :mod:`pipeline.faces`."""

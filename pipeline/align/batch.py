@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.align.crop import CONVENTIONS, choose_face, crop_box, crop_face
 from pipeline.align.detector import MTCNN, Faces
-from pipeline.align.shards import ALIGNED
+from pipeline.faces.shards import ALIGNED
 
 __all__ = ["ALIGNED", "align_images"]
 

@@ -57,7 +57,7 @@ def _to_rgb(img: np.ndarray) -> np.ndarray:
 def read_image_bytes(root: Path, path: str) -> bytes:
     """The bytes of a manifest image: ``root/path``, or a member ``shard.tar::MID/x.jpg`` of MS-Celeb shards."""
     if "::" in path:
-        from pipeline.data.readers.msceleb import open_shard_member
+        from pipeline.data.member_shards import open_shard_member
 
         try:
             return open_shard_member(root, path)

@@ -37,10 +37,10 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.align.batch import align_images
 from pipeline.align.detector import MTCNN
 from pipeline.align.images import ImageProblem, decode_rgb, read_image_bytes
-from pipeline.align.shards import ALIGNMENT_TABLE, SHARD_DIR, shard_name, write_shard
-from pipeline.align.table import ALIGNED, write_alignment_table
 from pipeline.align.weights import mtcnn_package_weights_dir
 from pipeline.errors import DatasetError, UserError
+from pipeline.faces.shards import ALIGNMENT_TABLE, SHARD_DIR, shard_name, write_shard
+from pipeline.faces.table import ALIGNED, write_alignment_table
 
 log = logging.getLogger("pipeline.align")
 
@@ -244,7 +244,7 @@ def summarize(table: pd.DataFrame) -> dict:
 
 def collect(job: AlignJob, n_chunks: int) -> pd.DataFrame:
     """The per-chunk tables of a finished job, concatenated in manifest order."""
-    from pipeline.align.table import read_alignment_table
+    from pipeline.faces.table import read_alignment_table
 
     missing = [k for k in range(n_chunks) if not chunk_done(Path(job.work_dir), k)]
     if missing:

@@ -36,7 +36,8 @@ Design: every image is ``render(identity factors, expression factors, nuisance)`
   apart while a network can learn to. A person's hair and the lighting are large, high-contrast
   regions of a face crop; with them fixed per person, a PCA of the aligned crops ("eigenfaces")
   verified 0.76 of the demo pairs; with the session look and the hard side light it verifies
-  0.63 (all 10 folds), while the pretrained network stays above 0.9 (README, "The demo data").
+  0.63 (all 10 folds), while the pretrained network stays above 0.9 (docs/demo.md, "How hard the
+  demo is").
 
 Why a real MTCNN detects these faces: MTCNN was trained on photographs, so the faces are
 drawn with photographic cues rather than flat cartoon colours -- a radially shaded skin oval
@@ -64,6 +65,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.constants import DEMO_EXPRESSIONS
+
 __all__ = [
     "EXPRESSIONS",
     "EXPRESSION_PEAKS",
@@ -82,8 +85,8 @@ __all__ = [
     "sequence_length",
 ]
 
-EXPRESSIONS: tuple[str, ...] = ("Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise")
-"""The six basic expressions, in Oulu-CASIA's folder spelling."""
+#: the six basic expressions, in Oulu-CASIA's folder spelling (defined with the params schema's names)
+EXPRESSIONS: tuple[str, ...] = DEMO_EXPRESSIONS
 
 # Random-stream tags, so that the streams of different purposes never collide.
 _STREAM_IDENTITY = 1

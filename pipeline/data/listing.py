@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
+from pipeline.atomic import atomic_file
+
 __all__ = ["iter_files", "write_listing"]
 
 Fingerprint = Literal["content", "stat"]
@@ -42,9 +44,8 @@ def write_listing(root: Path, out: Path, fingerprint: Fingerprint = "content",
                   progress: Callable[[int], None] | None = None) -> int:
     """Write the listing of ``root`` to ``out`` (atomically) and return the number of files listed."""
     root = Path(root)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     n = 0
-    with open(tmp, "w") as fh:
+    with atomic_file(out) as tmp, open(tmp, "w") as fh:
         fh.write("path\tbytes\t" + ("md5" if fingerprint == "content" else "mtime_ns") + "\n")
         for path in iter_files(root):
             st = path.stat()
@@ -55,5 +56,4 @@ def write_listing(root: Path, out: Path, fingerprint: Fingerprint = "content",
                 progress(1000)
     if progress:
         progress(n % 1000)
-    os.replace(tmp, out)
     return n

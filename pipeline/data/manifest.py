@@ -37,6 +37,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.atomic import atomic_file
+from pipeline.constants import LABEL_COLUMNS
+
 __all__ = [
     "LABEL_COLUMNS",
     "MANIFEST_COLUMNS",
@@ -46,7 +49,6 @@ __all__ = [
     "read_manifest",
     "to_frame",
     "write_manifest",
-    "write_table_atomic",
 ]
 
 
@@ -88,8 +90,6 @@ MANIFEST_SCHEMA = pa.schema(
 )
 MANIFEST_COLUMNS: tuple[str, ...] = tuple(MANIFEST_SCHEMA.names)
 assert set(MANIFEST_COLUMNS) == {f.name for f in fields(ManifestRecord)}
-#: the columns a task's ``label`` may name directly (class index = the value; ``is_caricature``: 0 photo, 1 caricature)
-LABEL_COLUMNS: tuple[str, ...] = ("identity", "is_caricature")
 
 
 def assign_identities(records: Iterable[ManifestRecord]) -> list[ManifestRecord]:
@@ -140,20 +140,9 @@ def _pandas_types(t: pa.DataType):
 def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write ``df`` as parquet atomically (temp file in the same folder, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(df[list(MANIFEST_COLUMNS)], schema=MANIFEST_SCHEMA, preserve_index=False)
-    return write_table_atomic(table, path)
-
-
-def write_table_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
-    """Write an arrow table as parquet: a temp file in the same folder, then renamed over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_file(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -4,7 +4,7 @@ task (the expression of FR+FER).
 The same images the network sees, without any learning beyond PCA and a logistic regression:
 
 1. the evaluation crop of each stored face: the centred ``crop × crop`` window (the network's centre crop,
-   :func:`pipeline.data.crops.center_crop`: top-left corner ``((S − crop) // 2, (S − crop) // 2)``);
+   :func:`pipeline.faces.crops.center_crop`: top-left corner ``((S − crop) // 2, (S − crop) // 2)``);
 2. resized to ``size × size`` (Pillow bilinear, antialiased when shrinking, as the alignment's resize), colour or
    grey (ITU-R BT.601 luma);
 3. flattened and standardised per image as the network's input (``(x − mean) / max(std, 1/√n)``);

@@ -147,7 +147,7 @@ def expression_pairs(
 def drop_unaligned(pairs: pd.DataFrame, aligned_ids: Iterable[str]) -> tuple[pd.DataFrame, dict[str, int]]:
     """The pairs whose two images were both aligned, and how many were dropped and why.
 
-    Downstream stages evaluate only faces that alignment found (:class:`pipeline.data.faces.FaceSource` ids); a
+    Downstream stages evaluate only faces that alignment found (:class:`pipeline.faces.source.FaceSource` ids); a
     pair touching an image that failed alignment is skipped and counted, never scored as a miss.
 
     Returns:

@@ -1,42 +1,64 @@
-"""Center loss exactly as the original code implements it (docs/method.md §2.2).
+"""Center loss in two forms: the original fine-tuning code's and facenet's (docs/method.md §2.2).
 
-Centers ``C`` [K, D] are zero-initialised and not trained by the optimiser. Per sample the loss is
-``0.5 * ||e_i - C[y_i]||^2`` (``e`` is the L2-normalised embedding; normalising is the caller's job), computed with the
-centers as they were **before** this step's update; its gradient flows into ``e`` only. Once per step, every class
-``j`` present in the batch with ``n_j`` samples moves toward its batch mean::
+Centers ``C`` [K, D] are zero-initialised and not trained by the optimiser. Both forms compute the loss with the
+centers as they were **before** this step's update (its gradient flows into the features only), then move, once per
+step, the center of every class ``j`` present in the batch (``n_j`` samples; absent classes do not move). ``1 -
+alpha`` (``center_loss_alfa``) is the step size, not Wen et al.'s alpha.
+
+``form="metrics_loss"`` (the default; the original fine-tuning scripts' ``metrics_loss.center_loss``, and the
+fine-tuning task sets' ``center``): the features ``e`` are the **L2-normalised** embeddings (normalising is the
+caller's job); per sample the loss is ``0.5 * ||e_i - C[y_i]||^2`` (the caller takes the batch mean); each present
+class moves toward its batch mean::
 
     C[j] <- C[j] - (1 - alpha) * (C[j] - mean_{i: y_i = j} e_i)
 
-so ``1 - alpha`` (``center_loss_alfa``, default 0.5) is the step size, not Wen et al.'s alpha. Classes absent from the
-batch do not move.
+``form="facenet"`` (davidsandberg/facenet ``facenet.center_loss(prelogits, label_batch, alfa, nrof_classes)``, as
+``train_softmax.py`` pretrains): the features ``f`` are the **raw prelogits** (the layer before the L2
+normalisation: in facenet its bottleneck's 128/512-d output; our network has no bottleneck, so pretraining passes the
+identity branch's 1792-d prelogits, pooled features after dropout, as float32). The loss is
+``tf.reduce_mean(tf.square(f - C[y]))``, the mean over all ``B x D`` elements: per sample ``mean_d (f_id - C[y_i]_d)^2``
+here, whose batch mean the caller takes. The update is facenet's ``tf.scatter_sub(centers, label, (1 - alfa) *
+(centers_batch - features))``, one update per **sample**, summed where labels repeat (not divided by ``n_j``)::
+
+    C[j] <- C[j] - (1 - alpha) * sum_{i: y_i = j} (C[j] - f_i)
+          = C[j] - (1 - alpha) * (n_j * C[j] - sum_{i: y_i = j} f_i)
+
+(``centers_batch`` is gathered before the ``scatter_sub``, so the loss, although computed under
+``tf.control_dependencies([centers])``, sees the pre-update centers.) A class with ``n_j (1 - alpha) > 1`` overshoots
+its batch mean: facenet's default ``center_loss_alfa`` is 0.95.
 
 Typical step::
 
-    per_sample = center_loss(emb, labels)       # pre-update centers
+    per_sample = center_loss(feats, labels)     # [B], pre-update centers
     ...backward / optimiser step...
-    center_loss.update(emb, labels)             # or the split below
+    center_loss.update(feats, labels)           # or the split below
 
-Distributed training: ``update`` = ``apply_update(*batch_statistics(emb, labels))``. Each rank computes its
-``(sums, counts)``, all-reduces both with SUM (``dist.all_reduce(sums); dist.all_reduce(counts)``), then every rank
-calls ``apply_update``: the result equals one update on the global batch, and the centers stay identical on all ranks
-(so it does not matter whether DDP also broadcasts buffers). Nothing here copies to the host, except the label range
-check on CPU labels (see :meth:`CenterLoss.check_labels`).
+Distributed training: ``update`` = ``apply_update(*batch_statistics(feats, labels))`` in both forms. Each rank
+computes its ``(sums, counts)``, all-reduces both with SUM (``dist.all_reduce(sums); dist.all_reduce(counts)``),
+then every rank calls ``apply_update``: the result equals one update on the global batch, and the centers stay
+identical on all ranks (so it does not matter whether DDP also broadcasts buffers). Nothing here copies to the host,
+except the label range check on CPU labels (see :meth:`CenterLoss.check_labels`).
 """
 
 from __future__ import annotations
 
 import torch
 
+from pipeline.settings import CENTER_FORMS
+
 __all__ = ["CenterLoss"]
 
 
 class CenterLoss(torch.nn.Module):
-    """Center loss with the original moving-average center update.
+    """Center loss with a moving-average center update, in the form ``form`` (module docstring).
 
     Args:
         num_classes: ``K``, the number of centers.
-        dim: ``D``, the embedding size.
-        alpha: ``center_loss_alfa``; the update step size is ``1 - alpha`` (default 0.5 = halfway to the batch mean).
+        dim: ``D``, the feature size.
+        alpha: ``center_loss_alfa``; the update step size is ``1 - alpha`` (default 0.5 = halfway to the batch mean
+            in the ``metrics_loss`` form).
+        form: ``metrics_loss`` (default: L2-normalised embeddings, ``0.5 * sum_d``, update toward the batch means) |
+            ``facenet`` (raw prelogits, ``mean_d``, one update per sample).
         dtype: dtype of the centers (default float32); sums and counts use it too.
         check_labels: ``True`` = always check that labels lie in ``[0, K)`` (copies min/max to the host on an
             accelerator), ``False`` = never, ``None`` (default) = only when the labels are on the CPU, where it is
@@ -54,6 +76,7 @@ class CenterLoss(torch.nn.Module):
         dim: int,
         alpha: float = 0.5,
         *,
+        form: str = "metrics_loss",
         dtype: torch.dtype = torch.float32,
         check_labels: bool | None = None,
     ) -> None:
@@ -62,14 +85,23 @@ class CenterLoss(torch.nn.Module):
             raise ValueError(f"num_classes and dim must be >= 1, got {num_classes} and {dim}")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"center loss alpha must be in [0, 1], got {alpha}")
+        if form not in CENTER_FORMS:
+            raise ValueError(f"center loss form must be one of {', '.join(CENTER_FORMS)}, got {form!r}")
         self.num_classes = int(num_classes)
         self.dim = int(dim)
         self.alpha = float(alpha)
+        self.form = form
         self.check_labels = check_labels
         self.register_buffer("centers", torch.zeros(num_classes, dim, dtype=dtype))
 
+    @property
+    def normalized_input(self) -> bool:
+        """Whether the form takes the L2-normalised embeddings (``metrics_loss``) rather than the raw prelogits
+        (``facenet``)."""
+        return self.form == "metrics_loss"
+
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, dim={self.dim}, alpha={self.alpha}"
+        return f"num_classes={self.num_classes}, dim={self.dim}, alpha={self.alpha}, form={self.form}"
 
     def _validate(self, emb: torch.Tensor, labels: torch.Tensor) -> None:
         """Shape/dtype checks (metadata only) and the label range check (see ``check_labels``)."""
@@ -87,10 +119,12 @@ class CenterLoss(torch.nn.Module):
                 raise ValueError(f"center loss label {bad} out of range [0, {self.num_classes})")
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Per-sample loss ``0.5 * ||e_i - C[y_i]||^2`` with the current (pre-update) centers.
+        """Per-sample loss with the current (pre-update) centers: ``0.5 * ||e_i - C[y_i]||^2`` (``metrics_loss``) or
+        ``mean_d (f_id - C[y_i]_d)^2`` (``facenet``; its batch mean is facenet's ``reduce_mean`` over ``B x D``).
 
         Args:
-            emb (Tensor[B, D]): embeddings (the original uses the L2-normalised ones).
+            emb (Tensor[B, D]): features: the L2-normalised embeddings (``metrics_loss``) or the raw prelogits
+                (``facenet``).
             labels (Tensor[B], int): class indices in ``[0, K)``.
 
         Returns:
@@ -98,6 +132,8 @@ class CenterLoss(torch.nn.Module):
         """
         self._validate(emb, labels)
         batch_centers = self.centers.index_select(0, labels.long()).to(emb.dtype)
+        if self.form == "facenet":
+            return (emb - batch_centers).pow(2).mean(dim=1)
         return 0.5 * (emb - batch_centers).pow(2).sum(dim=1)
 
     @torch.no_grad()
@@ -105,7 +141,7 @@ class CenterLoss(torch.nn.Module):
         """Per-class sums and counts of a batch (detached), to be all-reduced in distributed training.
 
         Args:
-            emb (Tensor[B, D]): embeddings.
+            emb (Tensor[B, D]): the features (as for :meth:`forward`).
             labels (Tensor[B], int): class indices in ``[0, K)``.
 
         Returns:
@@ -121,10 +157,12 @@ class CenterLoss(torch.nn.Module):
 
     @torch.no_grad()
     def apply_update(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
-        """``C[j] <- C[j] - (1 - alpha) * (C[j] - sums[j] / counts[j])`` for every ``j`` with ``counts[j] > 0``.
+        """For every ``j`` with ``counts[j] > 0``: ``C[j] <- C[j] - (1 - alpha) * (C[j] - sums[j] / counts[j])``
+        (``metrics_loss``) or ``C[j] <- C[j] - (1 - alpha) * (counts[j] * C[j] - sums[j])`` (``facenet``: the sum of
+        its per-sample updates).
 
         Args:
-            sums (Tensor[K, D]): per-class embedding sums (possibly summed over ranks).
+            sums (Tensor[K, D]): per-class feature sums (possibly summed over ranks).
             counts (Tensor[K]): per-class sample counts (possibly summed over ranks).
         """
         if sums.shape != self.centers.shape or counts.shape != (self.num_classes,):
@@ -133,11 +171,14 @@ class CenterLoss(torch.nn.Module):
         sums = sums.to(self.centers)
         counts = counts.to(self.centers)
         present = (counts > 0).unsqueeze(1)
-        means = sums / counts.clamp(min=1).unsqueeze(1)
-        delta = (1.0 - self.alpha) * (self.centers - means)
+        if self.form == "facenet":
+            delta = (1.0 - self.alpha) * (counts.unsqueeze(1) * self.centers - sums)
+        else:
+            means = sums / counts.clamp(min=1).unsqueeze(1)
+            delta = (1.0 - self.alpha) * (self.centers - means)
         self.centers.sub_(torch.where(present, delta, torch.zeros_like(delta)))
 
     @torch.no_grad()
     def update(self, emb: torch.Tensor, labels: torch.Tensor) -> None:
-        """Move the centers of the classes in the batch toward their batch means (single process)."""
+        """Move the centers of the classes in the batch (single process; see :meth:`apply_update`)."""
         self.apply_update(*self.batch_statistics(emb, labels))

@@ -9,12 +9,12 @@ A checkpoint file (``torch.save``) holds::
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pipeline.atomic import atomic_file
 from pipeline.models.network import ModelConfig, MultiTaskInceptionResNetV1
 
 __all__ = ["FORMAT", "CheckpointError", "checked_checkpoint", "load_file", "load_model", "read_checkpoint",
@@ -30,11 +30,9 @@ class CheckpointError(ValueError):
 def save_model(model: MultiTaskInceptionResNetV1, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (weights on CPU, float32) with its config; atomic (temp file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"format": FORMAT, "config": model.config.to_dict(), "model": state, "meta": meta or {}}, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save({"format": FORMAT, "config": model.config.to_dict(), "model": state, "meta": meta or {}}, tmp)
     return path
 
 

@@ -5,6 +5,11 @@
   Tasks are read from the ``loss_<task>`` / ``weight_<task>`` columns of ``steps.csv``, so any number of tasks works.
 - :func:`roc_figure`: per method the ROC of the verification pairs pooled over folds (last epoch).
 - :func:`confusion_figure`: per method the expression confusion matrix summed over folds, rows normalised.
+
+And the curves of one training run, written by the training stages beside the run's model (``curves.png``):
+
+- :func:`finetune_curves_figure`: task weights and task losses per step of one fine-tuning run;
+- :func:`pretrain_curves_figure`: losses, batch accuracy and verification accuracy of a pretraining run.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["confusion_figure", "roc_figure", "step_tasks", "weights_losses_figure"]
+__all__ = ["confusion_figure", "finetune_curves_figure", "pretrain_curves_figure", "roc_figure", "step_tasks",
+           "weights_losses_figure"]
 
 
 def _pyplot():  # noqa: ANN202 - matplotlib's module
@@ -140,3 +146,62 @@ def confusion_figure(confusions: Mapping[str, np.ndarray], class_names: Sequence
     fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def finetune_curves_figure(rows: Sequence[Mapping[str, float]], names: Sequence[str], path: Path, title: str) -> None:
+    """Task weights (top) and task losses (bottom) per step of one fine-tuning run, the paper's Fig. 2/3 layout.
+
+    Args:
+        rows: the run's step rows (``step``, ``weight_<task>``, ``loss_<task>``, ``present_<task>``); a task's loss
+            is left out of the steps where it had no labelled sample.
+        names: the task names, in plotting order.
+        path: the PNG to write (100 dpi).
+        title: the figure title.
+    """
+    plt = _pyplot()
+    steps = [r["step"] for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    for t in names:
+        top.plot(steps, [r[f"weight_{t}"] for r in rows], label=t, linewidth=1)
+        bottom.plot(steps, [r[f"loss_{t}"] if r[f"present_{t}"] else float("nan") for r in rows], label=t,
+                    linewidth=1)
+    top.set_ylabel("weight")
+    bottom.set_ylabel("loss")
+    bottom.set_xlabel("step")
+    top.legend(loc="best", fontsize=8)
+    _save_run_curves(fig, top, title, path)
+
+
+def pretrain_curves_figure(rows: Sequence[Mapping[str, float]], history: Sequence[Mapping[str, float]], path: Path,
+                           title: str) -> None:
+    """Loss and cross entropy (top), batch and verification accuracy (bottom) per step of a pretraining run.
+
+    Args:
+        rows: the logged step rows (``step``, ``loss``, ``cross_entropy``, ``train_accuracy``).
+        history: the verification evaluations (``step``, ``verification_accuracy``); may be empty.
+        path: the PNG to write (100 dpi).
+        title: the figure title.
+    """
+    plt = _pyplot()
+    steps = [r["step"] for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    top.plot(steps, [r["loss"] for r in rows], label="loss", linewidth=1)
+    top.plot(steps, [r["cross_entropy"] for r in rows], label="cross entropy", linewidth=1)
+    top.set_ylabel("loss")
+    top.legend(loc="best", fontsize=8)
+    bottom.plot(steps, [r["train_accuracy"] for r in rows], label="batch accuracy", linewidth=1)
+    if history:
+        bottom.plot([e["step"] for e in history], [e["verification_accuracy"] for e in history], "o-",
+                    label="verification accuracy", linewidth=1)
+    bottom.set_ylabel("accuracy")
+    bottom.set_xlabel("step")
+    bottom.legend(loc="best", fontsize=8)
+    _save_run_curves(fig, top, title, path)
+
+
+def _save_run_curves(fig, top, title: str, path: Path) -> None:  # noqa: ANN001 - a matplotlib Figure and Axes
+    """Title the top axes, lay out and write a run's ``curves.png`` (100 dpi, matplotlib's default metadata)."""
+    top.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.data.crops import center_crop
-from pipeline.data.crops import random_crop as take_random_crop
+from pipeline.faces.crops import center_crop
+from pipeline.faces.crops import random_crop as take_random_crop
 
 __all__ = ["LabelledImages", "PermutationStream", "preprocess", "standardize"]
 

@@ -19,7 +19,6 @@ Model selection (docs/method.md §6.4, §9.15), per criterion (:func:`pipeline.t
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from pipeline.models.network import MultiTaskInceptionResNetV1
 from pipeline.training.build import FinetuneSpec, build_training
 from pipeline.training.data import LabelledImages, PermutationStream, preprocess
 from pipeline.training.evaluate import EvalData, Predictions, criteria, evaluate, evaluations_of, predict
+from pipeline.training.state import TrainingState, extra_state, generator
 from pipeline.training.step import NonFiniteError, StepResult
 
 __all__ = ["FinetuneResult", "FinetuneSpec", "run_finetune", "step_columns"]
@@ -135,7 +135,7 @@ def run_finetune(spec: FinetuneSpec, train: LabelledImages, test: EvalData, work
         raise ValueError("selection val_subjects needs held-out validation data")
     device = torch.device(spec.runtime.device)
     work.mkdir(parents=True, exist_ok=True)
-    state_path = work / "state.pt"
+    state = TrainingState(work, STATE_FORMAT, "fine-tuning")
     _seed_everything(s.seed)
     parts = build_training(spec, device)
     model, strategy, optimizer, own_optimizer, centers, step_fn = (
@@ -154,25 +154,11 @@ def run_finetune(spec: FinetuneSpec, train: LabelledImages, test: EvalData, work
     scores: dict[str, np.ndarray] = {}
     start_epoch = 0
 
-    if state_path.is_file():
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
-        if st.get("format") != STATE_FORMAT:
-            raise ValueError(f"{state_path}: not a fine-tuning state file; delete the folder {work} to start over")
-        model.load_state_dict(st["model"])
-        strategy.load_state_dict(st["strategy"])
-        strategy.load_extra_state(st["strategy_extra"])
-        optimizer.load_state_dict(st["optimizer"])
-        if own_optimizer is not None:
-            own_optimizer.load_state_dict(st["own_optimizer"])
-        if centers is not None:
-            centers.load_state_dict(st["centers"])
-        stream.load_state_dict(st["stream"])
-        crop_gen.set_state(st["crop_gen"])
-        torch.set_rng_state(st["rng_cpu"])
-        if device.type == "cuda" and st.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(st["rng_cuda"], device)
-        random.setstate(st["rng_python"])
-        np.random.set_state(st["rng_numpy"])
+    objects = {"model": model, "strategy": strategy, "strategy_extra": extra_state(strategy), "optimizer": optimizer,
+               "own_optimizer": own_optimizer, "centers": centers, "stream": stream, "crop_gen": generator(crop_gen)}
+    st = state.load()
+    if st is not None:
+        state.restore(st, objects, rng=device)
         selector.best = st["best"]
         rows, history, scores = st["rows"], st["history"], st["scores"]
         start_epoch = int(st["epoch"])
@@ -224,9 +210,7 @@ def run_finetune(spec: FinetuneSpec, train: LabelledImages, test: EvalData, work
         for crit in selector.update(epoch, selected_on, entry["test"]):
             scores.update({f"best_{crit}_{k}": v for k, v in epoch_scores.items()})
         scores.update({f"last_{k}": v for k, v in epoch_scores.items()})
-        _save_state(state_path, epoch=epoch, model=model, strategy=strategy, optimizer=optimizer,
-                    own_optimizer=own_optimizer, centers=centers, stream=stream, crop_gen=crop_gen, device=device,
-                    best=selector.best, rows=rows, history=history, scores=scores)
+        state.save(objects, rng=device, epoch=epoch, best=selector.best, rows=rows, history=history, scores=scores)
         if on_epoch is not None:
             on_epoch(epoch, epoch_rows, entry)
     seconds = time.perf_counter() - t0
@@ -278,20 +262,3 @@ def _metrics(spec: FinetuneSpec, history: list[dict[str, Any]], selector: _Selec
             best[crit] = {"epoch": b["epoch"], **b["metrics"]}
     return {"epochs": spec.settings.epochs, "last": {"epoch": history[-1]["epoch"], **history[-1]["test"]},
             "best": best}
-
-
-def _save_state(path: Path, *, epoch: int, model, strategy, optimizer, own_optimizer, centers, stream, crop_gen,
-                device: torch.device, best, rows, history, scores) -> None:
-    state = {
-        "format": STATE_FORMAT, "epoch": epoch, "model": model.state_dict(), "strategy": strategy.state_dict(),
-        "strategy_extra": strategy.extra_state(), "optimizer": optimizer.state_dict(),
-        "own_optimizer": own_optimizer.state_dict() if own_optimizer is not None else None,
-        "centers": centers.state_dict() if centers is not None else None, "stream": stream.state_dict(),
-        "crop_gen": crop_gen.get_state(), "rng_cpu": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        "rng_python": random.getstate(), "rng_numpy": np.random.get_state(),
-        "best": best, "rows": rows, "history": history, "scores": scores,
-    }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)

@@ -32,10 +32,10 @@ import pandas as pd
 import torch
 
 from pipeline.config import LabelSetConfig
-from pipeline.data.faces import FaceSource
 from pipeline.data.label_sets import apply_label_set
 from pipeline.data.manifest import LABEL_COLUMNS
 from pipeline.errors import DatasetError
+from pipeline.faces.source import FaceSource
 from pipeline.settings import TaskSetSettings
 from pipeline.training.data import LabelledImages
 from pipeline.training.evaluate import EvalData

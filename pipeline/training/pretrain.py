@@ -7,12 +7,15 @@ pipeline pretrains its own. Per step (global batch ``G`` split over ``world`` ra
    workers, or with ``decode="device"`` on this process's device, :mod:`pipeline.training.shard_decode`), are
    cropped (random ``crop`` of the stored 182 px faces), optionally flipped, resized to ``input_size`` and
    standardised;
-2. loss ``= mean_i CE_i + λc · mean_i ½‖e_i − c_{y_i}‖²`` (docs/method.md §2; the centers before this step's update);
+2. loss ``= mean_i CE_i + λc · mean_i ½‖e_i − c_{y_i}‖²`` (docs/method.md §2; the centers before this step's update;
+   ``e`` the L2-normalised embeddings), or with ``center_loss.form: facenet`` facenet's term
+   ``λc · mean_{i,d} (f_id − c_{y_i,d})²`` on the raw 1792-d prelogits ``f`` (:mod:`pipeline.losses.center`);
 3. ``loss.backward()`` through :class:`~torch.nn.parallel.DistributedDataParallel` (gradients averaged over the
    ranks, so the update equals one process with the global batch), global-norm clipping (``clip_norm``, 0 = off),
    a finiteness check of loss, accuracy and gradient norm averaged over the ranks (every rank stops together);
-4. the optimiser steps; the centers move toward the batch means with per-class sums and counts **all-reduced**
-   over the ranks (:meth:`pipeline.losses.center.CenterLoss.apply_update`), so they stay identical everywhere.
+4. the optimiser steps; the centers move (toward the batch means, or facenet's per-sample updates) with per-class
+   sums and counts **all-reduced** over the ranks (:meth:`pipeline.losses.center.CenterLoss.apply_update`), so they
+   stay identical everywhere.
 
 Randomness is a function of ``(seed, step, rank)``: before each step the global RNG (dropout) and the
 augmentation generator are reseeded from it, and the data order is a function of ``(seed, step)``
@@ -27,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +49,7 @@ from pipeline.training.optim import build_optimizer
 from pipeline.training.schedule import LrSchedule, schedule_from
 from pipeline.training.shard_data import ShardBatchSampler, ShardFaces, check_decode, make_loader, next_batch
 from pipeline.training.shard_decode import batch_to_device
+from pipeline.training.state import TrainingState
 from pipeline.training.step import NonFiniteError, clip_global_norm
 
 if TYPE_CHECKING:  # evaluation needs scikit-learn and SciPy: imported when a run verifies, not by bench/pretrain.py
@@ -154,8 +157,9 @@ class PretrainStep:
             out = self.forward(x)
         logits = out.logits(self.head).float()
         ce = nn.functional.cross_entropy(logits, y)
-        if self.centers is not None and self.center_loss_factor:
-            center = self.centers(out.embeddings, y).mean()
+        if self.centers is not None and self.center_loss_factor:  # the form's features: embeddings or prelogits
+            feats = out.embeddings if self.centers.normalized_input else out.branches[self.head].prelogits.float()
+            center = self.centers(feats, y).mean()
         else:
             center = torch.zeros((), device=x.device)
         loss = ce + self.center_loss_factor * center
@@ -172,7 +176,7 @@ class PretrainStep:
                                  f" center_loss={v[2]:.4g}, grad_norm={v[4]:.4g}")
         self.optimizer.step()
         if self.centers is not None and self.center_loss_factor:
-            sums, counts = self.centers.batch_statistics(out.embeddings.detach(), y)
+            sums, counts = self.centers.batch_statistics(feats.detach(), y)
             self.dist.all_reduce_sum_(sums, counts)
             self.centers.apply_update(sums, counts)
         return dict(zip(ROW_COLUMNS[3:], scalars.tolist(), strict=True))
@@ -209,7 +213,7 @@ def run_pretrain(spec: PretrainSpec, train: ShardFaces, work: Path, dist: DistCo
     """
     s = spec.settings
     device = torch.device(dist.device)
-    state_path = work / "state.pt"
+    state = TrainingState(work, STATE_FORMAT, "pretraining")
     if dist.is_main:
         work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(s.seed)
@@ -222,19 +226,15 @@ def run_pretrain(spec: PretrainSpec, train: ShardFaces, work: Path, dist: DistCo
     optimizer = build_optimizer(s.optimizer, params, schedule.at(0))
     centers = None
     if s.center_loss.factor:
-        centers = CenterLoss(spec.model.heads[0].n_classes, model.feature_shape()[0],
-                             alpha=s.center_loss.alpha).to(device)
+        centers = CenterLoss(spec.model.heads[0].n_classes, model.feature_shape()[0], alpha=s.center_loss.alpha,
+                             form=s.center_loss.form).to(device)
     rows: list[dict[str, float]] = []
     history: list[dict[str, Any]] = []
     step = 0
-    if state_path.is_file():
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
-        if st.get("format") != STATE_FORMAT:
-            raise ValueError(f"{state_path}: not a pretraining state file; delete the folder {work} to start over")
-        model.load_state_dict(st["model"])
-        optimizer.load_state_dict(st["optimizer"])
-        if centers is not None:
-            centers.load_state_dict(st["centers"])
+    objects = {"model": model, "optimizer": optimizer, "centers": centers}
+    st = state.load()
+    if st is not None:
+        state.restore(st, objects)
         rows, history, step = st["rows"], st["history"], int(st["step"])
         if on_resume is not None and dist.is_main:
             on_resume(rows, history)
@@ -302,8 +302,7 @@ def run_pretrain(spec: PretrainSpec, train: ShardFaces, work: Path, dist: DistCo
                 dist.barrier()
             if step % s.checkpoint_every == 0 or last:
                 if dist.is_main:
-                    _save_state(state_path, step=step, model=model, optimizer=optimizer, centers=centers, rows=rows,
-                                history=history)
+                    state.save(objects, step=step, rows=rows, history=history)
                 dist.barrier()
     finally:
         del batches
@@ -346,11 +345,3 @@ def _metrics(spec: PretrainSpec, rows: list[dict[str, float]], history: list[dic
         out["verification"] = {"last": history[-1], "best_step": best["step"],
                                "best_accuracy": best["verification_accuracy"]}
     return out
-
-
-def _save_state(path: Path, *, step: int, model, optimizer, centers, rows, history) -> None:
-    state = {"format": STATE_FORMAT, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "centers": centers.state_dict() if centers is not None else None, "rows": rows, "history": history}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)

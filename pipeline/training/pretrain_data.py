@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.align.shards import ALIGNMENT_TABLE, SHARD_DIR
-from pipeline.align.table import ALIGNED, read_alignment_table
-from pipeline.data.faces import FaceSource
 from pipeline.errors import DatasetError
+from pipeline.faces.shards import ALIGNMENT_TABLE, SHARD_DIR
+from pipeline.faces.source import FaceSource
+from pipeline.faces.table import ALIGNED, read_alignment_table
 from pipeline.training.evaluate import EvalData
 from pipeline.training.fold_data import pairs_eval_data
 from pipeline.training.shard_data import ShardFaces

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.align.shards import ShardReader
 from pipeline.errors import DatasetError
+from pipeline.faces.shards import ShardReader
 
 __all__ = ["DECODE_MODES", "EncodedBatch", "ShardBatchSampler", "ShardBytes", "ShardFaces", "check_decode",
            "make_loader", "next_batch"]

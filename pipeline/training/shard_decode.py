@@ -33,8 +33,8 @@ import warnings
 import numpy as np
 import torch
 
-from pipeline.align.shards import decode_crop
 from pipeline.errors import DatasetError
+from pipeline.faces.shards import decode_crop
 from pipeline.training.shard_data import Batch, EncodedBatch, ShardFaces
 
 __all__ = ["batch_to_device", "decode_faces", "is_jpeg"]

@@ -1,8 +1,7 @@
 """Dataset readers: one function per on-disk layout, all with the contract of :mod:`.base`.
 
 ``READERS`` maps the reader name used in ``params.yaml`` (``datasets.<name>.reader``) to its function and
-``OPTION_MODELS`` to the pydantic model of its ``options`` (unknown keys are errors), so a params schema can
-validate options before any reader runs.
+``OPTION_MODELS`` (from :mod:`pipeline.reader_options`) to the pydantic model of its ``options``.
 """
 
 from __future__ import annotations
@@ -10,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from pipeline.data.readers._common import ReaderOptions
 from pipeline.data.readers.base import Check, ReadResult
-from pipeline.data.readers.casia_webface import CasiaWebFaceOptions, read_casia_webface
-from pipeline.data.readers.ckplus import CkPlusOptions, read_ckplus
-from pipeline.data.readers.lfw import LfwOptions, read_lfw
-from pipeline.data.readers.msceleb import MsCelebOptions, read_msceleb
-from pipeline.data.readers.oulu_casia import OuluCasiaOptions, read_oulu_casia
+from pipeline.data.readers.casia_webface import read_casia_webface
+from pipeline.data.readers.ckplus import read_ckplus
+from pipeline.data.readers.lfw import read_lfw
+from pipeline.data.readers.msceleb import read_msceleb
+from pipeline.data.readers.oulu_casia import read_oulu_casia
+from pipeline.reader_options import OPTION_MODELS
 
 __all__ = ["OPTION_MODELS", "READERS", "ReaderFn", "get_reader"]
 
@@ -35,13 +34,6 @@ READERS: dict[str, ReaderFn] = {
     "msceleb": read_msceleb,
 }
 
-OPTION_MODELS: dict[str, type[ReaderOptions]] = {
-    "oulu_casia": OuluCasiaOptions,
-    "ckplus": CkPlusOptions,
-    "lfw": LfwOptions,
-    "casia_webface": CasiaWebFaceOptions,
-    "msceleb": MsCelebOptions,
-}
 
 
 def get_reader(name: str) -> ReaderFn:

@@ -1,26 +1,21 @@
-"""Small helpers shared by the readers: option models, frame selection, directory listing.
+"""Small helpers shared by the readers: frame selection, directory listing, records.
 
-Private to :mod:`pipeline.data.readers`; the public pieces (the option models) are re-exported by each reader.
+Private to :mod:`pipeline.data.readers`; the option models are in :mod:`pipeline.reader_options`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Self
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.data.manifest import ManifestRecord
 from pipeline.data.readers.base import Check, ImageProblem, ReadResult, probe_image
 from pipeline.errors import DatasetError
+from pipeline.reader_options import FrameSelection
 
 __all__ = [
-    "FrameSelection",
     "for_each_subject_folder",
     "probe_or_skip",
-    "ImageExt",
-    "ReaderOptions",
     "add_sequence",
     "has_ext",
     "relpath",
@@ -28,82 +23,6 @@ __all__ = [
     "sequence_frames",
     "visible_entries",
 ]
-
-
-class ReaderOptions(BaseModel):
-    """Base of every reader's options model: unknown keys are errors, values are immutable.
-
-    ``reader`` names the reader in error messages.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    reader: ClassVar[str] = "reader"
-
-    @classmethod
-    def parse(cls, options: Mapping[str, Any] | None) -> Self:
-        """Validate ``options`` (``None`` = all defaults).
-
-        Raises:
-            ValueError: one line naming the unknown or invalid option key.
-        """
-        try:
-            return cls.model_validate(dict(options or {}))
-        except ValidationError as exc:
-            raise ValueError(_one_line(cls, exc)) from None
-
-
-def _one_line(cls: type[ReaderOptions], exc: ValidationError) -> str:
-    """A one-line message for the first error of ``exc``."""
-    err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"]) or "<options>"
-    if err["type"] == "extra_forbidden":
-        valid = ", ".join(sorted(cls.model_fields))
-        return f"unknown option {key!r} for reader {cls.reader!r} (valid: {valid})"
-    return f"bad option {key!r} for reader {cls.reader!r}: {err['msg']}"
-
-
-def _check_ext(value: str) -> str:
-    if not value.startswith(".") or len(value) < 2 or "/" in value:
-        raise ValueError(f"image_ext must look like '.jpg', got {value!r}")
-    return value
-
-
-class ImageExt(ReaderOptions):
-    """``image_ext``: the extension of the image files (compared case-insensitively)."""
-
-    image_ext: str = ".jpg"
-
-    @field_validator("image_ext")
-    @classmethod
-    def _ext(cls, value: str) -> str:
-        return _check_ext(value)
-
-
-class FrameSelection(ImageExt):
-    """Which frames of a sequence go into the manifest.
-
-    ``keep_first`` first and ``keep_last`` last frames by sorted file order (a frame in both counts once);
-    ``None`` for both keeps every frame. Mixing ``None`` and an integer is an error.
-    """
-
-    keep_first: int | None = Field(1, ge=0)
-    keep_last: int | None = Field(3, ge=0)
-
-    @model_validator(mode="after")
-    def _both_or_none(self) -> Self:
-        if (self.keep_first is None) != (self.keep_last is None):
-            raise ValueError("keep_first and keep_last must both be null (all frames) or both integers")
-        if self.keep_first == 0 and self.keep_last == 0:
-            raise ValueError("keep_first = keep_last = 0 selects no frame")
-        return self
-
-    def select(self, n_frames: int) -> list[int]:
-        """Sorted 0-based indices of the kept frames of a sequence of ``n_frames`` frames."""
-        if self.keep_first is None or self.keep_last is None:
-            return list(range(n_frames))
-        first = range(min(self.keep_first, n_frames))
-        last = range(max(n_frames - self.keep_last, 0), n_frames)
-        return sorted(set(first) | set(last))
 
 
 def visible_entries(folder: Path) -> list[Path]:

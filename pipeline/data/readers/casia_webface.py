@@ -19,13 +19,9 @@ fewer than ``min_images_per_subject`` readable images (one skip per subject fold
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
-
-from pydantic import Field
 
 from pipeline.data.manifest import ManifestRecord
 from pipeline.data.readers._common import (
-    ImageExt,
     for_each_subject_folder,
     has_ext,
     probe_or_skip,
@@ -34,17 +30,9 @@ from pipeline.data.readers._common import (
     visible_entries,
 )
 from pipeline.data.readers.base import Check, ReadResult, require_dir
+from pipeline.reader_options import CasiaWebFaceOptions
 
 __all__ = ["CasiaWebFaceOptions", "read_casia_webface"]
-
-
-class CasiaWebFaceOptions(ImageExt):
-    """Options of :func:`read_casia_webface` (``datasets.<name>.options`` in ``params.yaml``)."""
-
-    reader: ClassVar[str] = "casia_webface"
-
-    image_ext: str = ".jpg"
-    min_images_per_subject: int = Field(1, ge=1)
 
 
 def read_casia_webface(root: Path, dataset: str, *, options: dict | None = None, check: Check = "decode") -> ReadResult:

@@ -31,12 +31,8 @@ unlabelled), several label files in a session, labels without images, stray file
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
-
-from pydantic import Field
 
 from pipeline.data.readers._common import (
-    FrameSelection,
     add_sequence,
     relpath,
     require_records,
@@ -45,31 +41,11 @@ from pipeline.data.readers._common import (
 )
 from pipeline.data.readers.base import Check, ReadResult, require_dir
 from pipeline.errors import DatasetError
+from pipeline.reader_options import CKPLUS_EMOTIONS, CkPlusOptions
 
 __all__ = ["CKPLUS_EMOTIONS", "CkPlusOptions", "parse_emotion_file", "read_ckplus"]
 
-CKPLUS_EMOTIONS: tuple[str, ...] = (
-    "neutral",
-    "anger",
-    "contempt",
-    "disgust",
-    "fear",
-    "happy",
-    "sadness",
-    "surprise",
-)
 EMOTION_SUFFIX = "_emotion.txt"
-
-
-class CkPlusOptions(FrameSelection):
-    """Options of :func:`read_ckplus` (``datasets.<name>.options`` in ``params.yaml``)."""
-
-    reader: ClassVar[str] = "ckplus"
-
-    image_ext: str = ".png"
-    images_dir: str = "cohn-kanade-images"
-    emotion_dir: str = "Emotion"
-    emotions: tuple[str, ...] = Field(CKPLUS_EMOTIONS, min_length=1)
 
 
 class LabelProblem(Exception):

@@ -23,11 +23,10 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, NamedTuple
+from typing import NamedTuple
 
 from pipeline.data.manifest import ManifestRecord
 from pipeline.data.readers._common import (
-    ImageExt,
     for_each_subject_folder,
     has_ext,
     probe_or_skip,
@@ -36,16 +35,9 @@ from pipeline.data.readers._common import (
     visible_entries,
 )
 from pipeline.data.readers.base import Check, ReadResult, require_dir
+from pipeline.reader_options import LfwOptions
 
 __all__ = ["LfwOptions", "LfwPair", "LfwPairs", "lfw_image_path", "read_lfw", "read_lfw_pairs"]
-
-
-class LfwOptions(ImageExt):
-    """Options of :func:`read_lfw` (``datasets.<name>.options`` in ``params.yaml``)."""
-
-    reader: ClassVar[str] = "lfw"
-
-    image_ext: str = ".jpg"
 
 
 def lfw_image_path(root: Path, name: str, number: int, ext: str = ".jpg") -> Path:

@@ -16,7 +16,7 @@ Extracted layout (``out_dir`` of :func:`extract_tsv_to_shards`, the ``root`` of 
     <root>/shard-00001.tar ...
 
 ``offset`` / ``size`` locate a member's bytes in the tar, so a reader seeks directly to an image without scanning
-the archive (:func:`open_shard_member`). ``line`` is the 1-based line of the source TSV.
+the archive (:mod:`pipeline.data.member_shards`). ``line`` is the 1-based line of the source TSV.
 
 Path convention (the manifest's ``path`` column): ``<shard file>::<member>``, the shard file name relative to
 ``root`` then the member name, e.g. ``shard-00000.tar::m.0abc/003-FaceId-0.jpg``. image_id is
@@ -35,16 +35,26 @@ import re
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO, ClassVar
+from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.atomic import atomic_file
 from pipeline.data.manifest import ManifestRecord
-from pipeline.data.readers._common import ReaderOptions, require_records
+from pipeline.data.member_shards import (
+    INDEX_COLUMNS,
+    PATH_SEPARATOR,
+    IndexRow,
+    index_path,
+    open_shard_member,
+    read_index,
+    split_member_path,
+)
+from pipeline.data.readers._common import require_records
 from pipeline.data.readers.base import Check, ImageProblem, ReadResult, Skip, require_dir
 from pipeline.errors import DatasetError
+from pipeline.reader_options import MsCelebOptions
 
 __all__ = [
     "PATH_SEPARATOR",
@@ -57,9 +67,7 @@ __all__ = [
     "split_member_path",
 ]
 
-PATH_SEPARATOR = "::"
 N_FIELDS = 7
-INDEX_COLUMNS = ("member", "offset", "size", "mid", "rank", "face_id", "face_rect", "line")
 META_FORMAT = 1
 PROGRESS_EVERY = 1000
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
@@ -136,8 +144,9 @@ class _ShardWriter:
         self.out_dir, self.k = out_dir, k
         self.first_line, self.tsv_start = first_line, tsv_start
         self.final = {s: out_dir / f"{shard_stem(k)}{s}" for s in (".tar", ".index.tsv", ".json")}
-        self.tmp = {s: out_dir / f".{p.name}.tmp" for s, p in self.final.items()}
-        # both stay open across add() calls: closed by finish() or abort()
+        # the tar and index grow across add() calls under fixed temporary names (not per process, so that a
+        # resumed extraction finds and deletes them: _clear_from), then finish() renames them into place
+        self.tmp = {s: out_dir / f".{self.final[s].name}.tmp" for s in (".tar", ".index.tsv")}
         self.tar = tarfile.open(self.tmp[".tar"], "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
         self.index = self.tmp[".index.tsv"].open("w", encoding="utf-8", newline="\n")
         self.index.write("\t".join(INDEX_COLUMNS) + "\n")
@@ -174,8 +183,8 @@ class _ShardWriter:
             "tsv_end": tsv_end,
             "skipped": [[s.path, s.reason] for s in skipped],
         }
-        self.tmp[".json"].write_text(json.dumps(meta, indent=1) + "\n")
-        os.replace(self.tmp[".json"], self.final[".json"])
+        with atomic_file(self.final[".json"]) as tmp:
+            tmp.write_text(json.dumps(meta, indent=1) + "\n")
         return self.final[".tar"].name
 
     def abort(self) -> None:
@@ -339,85 +348,6 @@ def _finish(
 # --------------------------------------------------------------------------------------------- reading
 
 
-class MsCelebOptions(ReaderOptions):
-    """Options of :func:`read_msceleb` (none yet; unknown keys are errors)."""
-
-    reader: ClassVar[str] = "msceleb"
-
-
-@dataclass(frozen=True, slots=True)
-class _IndexRow:
-    """One row of a shard index."""
-
-    member: str
-    offset: int
-    size: int
-    mid: str
-    rank: int
-    face_id: str
-
-
-def _read_index(path: Path) -> list[_IndexRow]:
-    """The rows of a ``shard-*.index.tsv`` file.
-
-    Raises:
-        DatasetError: wrong header or a malformed row (names the line).
-    """
-    with path.open(encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        if tuple(header) != INDEX_COLUMNS:
-            raise DatasetError(f"{path}: line 1: not a shard index header: {header}")
-        rows = []
-        for number, text in enumerate(f, 2):
-            parts = text.rstrip("\n").split("\t")
-            try:
-                member, offset, size, mid, rank, face_id = parts[:6]
-                rows.append(_IndexRow(member, int(offset), int(size), mid, int(rank), face_id))
-            except ValueError:
-                raise DatasetError(f"{path}: line {number}: malformed shard index row") from None
-    return rows
-
-
-@lru_cache(maxsize=16)
-def _member_table(index_path: str, mtime_ns: int) -> dict[str, tuple[int, int]]:
-    """``{member: (offset, size)}`` of one index file (cached per file version)."""
-    return {r.member: (r.offset, r.size) for r in _read_index(Path(index_path))}
-
-
-def split_member_path(path: str) -> tuple[str, str]:
-    """``"shard-00000.tar::m.0abc/003-FaceId-0.jpg"`` -> ``("shard-00000.tar", "m.0abc/003-FaceId-0.jpg")``."""
-    shard, sep, member = path.partition(PATH_SEPARATOR)
-    if not sep or not shard or not member:
-        raise ValueError(f"not a shard member path '<shard>{PATH_SEPARATOR}<member>': {path!r}")
-    return shard, member
-
-
-def _index_path(tar: Path) -> Path:
-    return tar.with_name(tar.name.removesuffix(".tar") + ".index.tsv")
-
-
-def open_shard_member(root: Path, path: str) -> bytes:
-    """The bytes of the member named by ``path`` (``<shard>::<member>``, see the module docstring) under ``root``.
-
-    Raises:
-        ValueError: ``path`` without ``::``.
-        FileNotFoundError: shard or its index missing.
-        KeyError: member not in the shard's index.
-    """
-    shard, member = split_member_path(path)
-    tar = Path(root) / shard
-    index = _index_path(tar)
-    if not tar.is_file() or not index.is_file():
-        raise FileNotFoundError(f"shard or shard index missing: {tar}")
-    table = _member_table(str(index), index.stat().st_mtime_ns)
-    if member not in table:
-        raise KeyError(f"{member} not in {index.name}")
-    offset, size = table[member]
-    with tar.open("rb") as f:
-        f.seek(offset)
-        return f.read(size)
-
-
 def probe_image_bytes(data: bytes, check: Check = "decode") -> tuple[int, int]:
     """``(width, height)`` of an encoded image held in memory (same checks as :func:`base.probe_image`).
 
@@ -456,18 +386,18 @@ def read_msceleb(root: Path, dataset: str, *, options: dict | None = None, check
     result = ReadResult()
     seen: set[str] = set()
     for tar in shards:
-        index = _index_path(tar)
+        index = index_path(tar)
         if not index.is_file():
             result.skip(tar.name, f"missing shard index: {index.name}")
             continue
         with tar.open("rb") as f:
-            for row in _read_index(index):
+            for row in read_index(index):
                 _read_member(f, tar.name, row, dataset, check, seen, result)
     return require_records(result, root, f"MS-Celeb-1M dataset {dataset!r}")
 
 
 def _read_member(
-    f: BinaryIO, shard: str, row: _IndexRow, dataset: str, check: Check, seen: set[str], result: ReadResult
+    f: BinaryIO, shard: str, row: IndexRow, dataset: str, check: Check, seen: set[str], result: ReadResult
 ) -> None:
     """Probe one member at its indexed offset and add its record."""
     path = f"{shard}{PATH_SEPARATOR}{row.member}"

@@ -28,12 +28,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import ClassVar
-
-from pydantic import field_validator
 
 from pipeline.data.readers._common import (
-    FrameSelection,
     add_sequence,
     relpath,
     require_records,
@@ -41,30 +37,9 @@ from pipeline.data.readers._common import (
     visible_entries,
 )
 from pipeline.data.readers.base import Check, ReadResult, require_dir
+from pipeline.reader_options import OULU_EXPRESSIONS, OuluCasiaOptions
 
 __all__ = ["OULU_EXPRESSIONS", "OuluCasiaOptions", "read_oulu_casia"]
-
-OULU_EXPRESSIONS: tuple[str, ...] = ("Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise")
-
-
-class OuluCasiaOptions(FrameSelection):
-    """Options of :func:`read_oulu_casia` (``datasets.<name>.options`` in ``params.yaml``)."""
-
-    reader: ClassVar[str] = "oulu_casia"
-
-    image_ext: str = ".jpeg"
-    expressions: tuple[str, ...] = OULU_EXPRESSIONS
-    subject_pattern: str = r"^P\d{3}$"
-
-    @field_validator("subject_pattern")
-    @classmethod
-    def _regex(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a regular expression: {exc}") from None
-        return value
-
 
 def read_oulu_casia(root: Path, dataset: str, *, options: dict | None = None, check: Check = "decode") -> ReadResult:
     """Read an Oulu-CASIA VIS tree (layout in the module docstring).

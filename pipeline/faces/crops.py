@@ -1,7 +1,7 @@
 """Square crops of face tensors (torch only): the centre crop of evaluation and the random crop of training.
 
 Kept free of pandas/OpenCV so the training core and the benchmarks run on a bare torch install;
-:mod:`pipeline.data.faces` re-exports both.
+:mod:`pipeline.faces.source` re-exports both.
 """
 
 from __future__ import annotations

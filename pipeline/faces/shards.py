@@ -2,7 +2,7 @@
 
 The align stage writes its output folder as (names in :data:`ALIGNMENT_TABLE`, :data:`SHARD_DIR`)::
 
-    <root>/alignment.parquet        one row per manifest image (pipeline.align.table): status, shard, offset, length...
+    <root>/alignment.parquet        one row per manifest image (pipeline.faces.table): status, shard, offset, length...
     <root>/shards/shard-00000.tar   the aligned crops of chunk 0 of the manifest
     <root>/shards/shard-00001.tar   ...
 
@@ -37,6 +37,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from pipeline.atomic import atomic_file
 from pipeline.errors import DatasetError
 
 __all__ = [
@@ -132,7 +133,7 @@ def write_shard(
 
     Member ``k`` is ``crops[k]`` encoded by :func:`encode_crop`, named :func:`member_name`\\ ``(k, fmt)``. The tar
     is written to a temporary file in the same folder, fsynced, then renamed over ``path``: a reader never sees a
-    half-written shard, and an interrupted write leaves at most a ``.shard-*.tmp-<pid>`` file behind.
+    half-written shard (:func:`pipeline.atomic.atomic_file`).
 
     Returns:
         ``[(offset, length)] * len(crops)``: the byte range of each member's data inside the tar, for
@@ -143,25 +144,15 @@ def write_shard(
             (checked before anything is written).
     """
     _check_format(fmt, quality)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     encoded = [encode_crop(crop, fmt, quality) for crop in crops]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     ranges: list[tuple[int, int]] = []
-    try:
-        with tmp.open("wb") as f:
-            with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for k, data in enumerate(encoded):
-                    tar.addfile(_member_info(member_name(k, fmt), len(data)), io.BytesIO(data))
-                    # addfile leaves tar.offset after the data, padded to a whole block
-                    padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-                    ranges.append((tar.offset - padded, len(data)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    with atomic_file(path, fsync=True) as tmp, tmp.open("wb") as f:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for k, data in enumerate(encoded):
+                tar.addfile(_member_info(member_name(k, fmt), len(data)), io.BytesIO(data))
+                # addfile leaves tar.offset after the data, padded to a whole block
+                padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                ranges.append((tar.offset - padded, len(data)))
     return ranges
 
 
@@ -173,19 +164,6 @@ def _member_info(name: str, size: int) -> tarfile.TarInfo:
     info.uname = info.gname = ""
     return info
 
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (best effort: not every platform can open a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------- reading

@@ -1,15 +1,15 @@
 """The alignment table: one row per manifest image, what alignment found and where its crop is stored.
 
-Written by the align stage as ``<root>/alignment.parquet`` (:data:`pipeline.align.shards.ALIGNMENT_TABLE`) next
-to the shards; read by :class:`pipeline.data.faces.FaceSource`.
+Written by the align stage as ``<root>/alignment.parquet`` (:data:`pipeline.faces.shards.ALIGNMENT_TABLE`) next
+to the shards; read by :class:`pipeline.faces.source.FaceSource`.
 
 Columns (:data:`ALIGNMENT_SCHEMA`; nullable ones marked ``?``)
 -------------------------------------------------------------
 image_id   str          the manifest's image id (unique)
 status     str          ``"aligned"`` (:data:`ALIGNED`) or a failure class (``"no_face"``, ``"unreadable"``, ...)
 reason     str          human-readable detail of a failure; ``""`` when aligned
-shard      int32        shard number (file :func:`pipeline.align.shards.shard_name`); -1 when not aligned
-member     int32        position of the crop in its shard (tar member :func:`~pipeline.align.shards.member_name`);
+shard      int32        shard number (file :func:`pipeline.faces.shards.shard_name`); -1 when not aligned
+member     int32        position of the crop in its shard (tar member :func:`~pipeline.faces.shards.member_name`);
                         -1 when not aligned
 offset     int64        byte offset of the crop's encoded data inside the shard; -1 when not aligned
 length     int64        byte length of the encoded data; 0 when not aligned
@@ -32,9 +32,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.align.shards import ALIGNED
-from pipeline.data.manifest import write_table_atomic
+from pipeline.atomic import atomic_file
 from pipeline.errors import DatasetError
+from pipeline.faces.shards import ALIGNED
 
 __all__ = ["ALIGNED", "ALIGNMENT_COLUMNS", "ALIGNMENT_SCHEMA", "read_alignment_table", "write_alignment_table"]
 
@@ -139,8 +139,9 @@ def write_alignment_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     table = _to_table(df)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_table_atomic(table, path)
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
 
 
 def read_alignment_table(path: str | os.PathLike) -> pd.DataFrame:

@@ -1,8 +1,8 @@
 """The one reader of aligned faces that training and evaluation use: :class:`FaceSource`.
 
-A :class:`FaceSource` opens an alignment output folder (layout in :mod:`pipeline.align.shards`)::
+A :class:`FaceSource` opens an alignment output folder (layout in :mod:`pipeline.faces.shards`)::
 
-    <root>/alignment.parquet   one row per manifest image (pipeline.align.table)
+    <root>/alignment.parquet   one row per manifest image (pipeline.faces.table)
     <root>/shards/shard-XXXXX.tar
 
 and exposes only the images that were aligned, in table order. Images that failed alignment (no face,
@@ -32,10 +32,10 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.align.shards import ALIGNMENT_TABLE, SHARD_DIR, ShardReader
-from pipeline.align.table import ALIGNED, read_alignment_table
-from pipeline.data.crops import center_crop, random_crop
 from pipeline.errors import DatasetError
+from pipeline.faces.crops import center_crop, random_crop
+from pipeline.faces.shards import ALIGNMENT_TABLE, SHARD_DIR, ShardReader
+from pipeline.faces.table import ALIGNED, read_alignment_table
 
 __all__ = ["FaceDataset", "FaceSource", "center_crop", "random_crop"]
 

@@ -1,0 +1,56 @@
+"""Where the pipeline's files live, relative to the repository root: the one definition of the data layout.
+
+``dvc.yaml`` spells the same paths for DVC; the stage commands and the checks on user paths use these. Every folder
+here is written (and emptied) by the pipeline, so no user data may live inside one (:data:`GENERATED`).
+
+Layout::
+
+    data/raw/<d>/                       raw images (generated demo, downloaded LFW, or a link to licensed data)
+    data/cache/downloads/               downloaded archives (kept across runs)
+    data/manifests/<d>.parquet          one row per image (pipeline.data.manifest)
+    data/aligned/<d>/                   aligned-face store (pipeline.faces)
+    data/folds/<d>/fold<k>.json         fold k's subjects, and fold<k>-pairs.parquet its verification pairs
+    data/pretrain/<d>/model.pt          the pretrained model fine-tuning can start from
+    data/finetune/<d>/fold<k>-<method>/ one fine-tuning run (or fold<k>-pixel_pca, the pixel baseline)
+    data/work/<stage>/                  resumable state of unfinished training runs (not a DVC output)
+    metrics/<stage>/...                 each stage's metrics (JSON)
+    reports/                            the report's tables and figures
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "ALIGNED", "DOWNLOAD_CACHE", "FINETUNE", "FOLDS", "GENERATED", "MANIFESTS", "METRICS", "PRETRAIN", "RAW",
+    "REPORTS", "WORK", "fold_files", "pretrained_model", "run_tag",
+]
+
+RAW = Path("data/raw")
+DOWNLOAD_CACHE = Path("data/cache/downloads")
+MANIFESTS = Path("data/manifests")
+ALIGNED = Path("data/aligned")
+FOLDS = Path("data/folds")
+PRETRAIN = Path("data/pretrain")
+FINETUNE = Path("data/finetune")
+WORK = Path("data/work")
+METRICS = Path("metrics")
+REPORTS = Path("reports")
+
+#: folders whose contents DVC and the stages replace: user data there would be deleted
+GENERATED = (RAW, MANIFESTS, Path("data/cache"), FOLDS, METRICS)
+
+
+def fold_files(dataset: str, fold: int) -> tuple[Path, Path]:
+    """Fold ``fold`` of ``dataset``: its subjects (``fold<k>.json``) and its verification pairs (parquet)."""
+    return FOLDS / dataset / f"fold{fold}.json", FOLDS / dataset / f"fold{fold}-pairs.parquet"
+
+
+def pretrained_model(dataset: str) -> Path:
+    """The pretrain stage's model of ``dataset``: the checkpoint of ``finetune.common.init: pretrain``."""
+    return PRETRAIN / dataset / "model.pt"
+
+
+def run_tag(fold: int, method: str) -> str:
+    """The name of one fine-tuning run's output folder and metrics file: ``fold<k>-<method>``."""
+    return f"fold{fold}-{method}"
