@@ -41,8 +41,11 @@ demo: $(STAMP)
 	echo; echo "demo targets (reports/demo_check.txt):"; cat reports/demo_check.txt; \
 	echo; echo "results table: $(CURDIR)/reports/tables.md"
 
+# the suite on TEST_WORKERS processes (pytest-xdist); a test file runs whole on one worker (tests/conftest.py)
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lock:
 	$(BIN)/python -m pip install --quiet pip-tools

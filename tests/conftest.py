@@ -22,6 +22,23 @@ import yaml  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN001, ANN201 - pytest-xdist's types
+    """``make test`` runs ``pytest -n 2 --dist loadfile``: each test file runs whole on one worker (its module
+    fixtures are built once), and the end-to-end files (``tests/test_e2e*.py``) share one worker, as they share
+    one session fixture (the repro'd e2e repository, the longest setup of the suite)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return "tests/test_e2e*" if file.startswith("tests/test_e2e") else file
+
+    return FileScheduling(config, log)
+
+
 #: one short epoch of a small input on one thread: the fine-tuning settings of the end-to-end `dvc repro` tests
 TINY_FINETUNE = {"finetune.common.network.input_size": 80, "finetune.common.batch_size": 4,
                  "finetune.common.epoch_size": 2, "finetune.common.epochs": 1, "finetune.runtime.threads": 1,
