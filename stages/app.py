@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +19,31 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
+
+
+_ROLE = re.compile(r":(?:func|class|mod|meth|data|attr|obj):`(~?)([\w.]+)`")
+
+
+def terminal_help(doc: str | None) -> str:
+    """A module docstring as ``--help`` text: Sphinx roles and double backticks become plain `code`, and each
+    paragraph (or list item) is one line, so the terminal wraps it once instead of breaking the source lines again.
+    A paragraph after one ending in ``::`` (a literal block) is kept as it is."""
+    text = _ROLE.sub(lambda m: f"`{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}`", doc or "")
+    text = text.replace("``", "`")
+    out, literal = [], False
+    for para in text.strip().split("\n\n"):
+        if literal:
+            out.append(para)
+        else:
+            items: list[str] = []
+            for line in para.splitlines():
+                if line.lstrip().startswith(("- ", "* ")) or not items:
+                    items.append(line.strip())
+                else:
+                    items[-1] += " " + line.strip()
+            out.append("\n".join(items))
+        literal = para.rstrip().endswith("::")
+    return "\n\n".join(out).replace("::\n", ":\n")
 
 
 @app.callback()
@@ -35,14 +61,14 @@ def main(
     ctx.obj = {"params_path": params}
 
 
-app.command("download", help=download.__doc__)(download.command)
-app.command("manifest", help=manifest.__doc__)(manifest.command)
-app.command("align", help=align.__doc__)(align.command)
-app.command("folds", help=folds.__doc__)(folds.command)
-app.command("pretrain", help=pretrain.__doc__)(pretrain.command)
-app.command("finetune", help=finetune.__doc__)(finetune.command)
-app.command("pixel_baseline", help=pixel_baseline.__doc__)(pixel_baseline.command)
-app.command("detect", help=detect.__doc__)(detect.command)
-app.command("verify", help=verify.__doc__)(verify.command)
-app.command("embed", help=embed.__doc__)(embed.command)
-app.command("report", help=report.__doc__)(report.command)
+app.command("download", help=terminal_help(download.__doc__))(download.command)
+app.command("manifest", help=terminal_help(manifest.__doc__))(manifest.command)
+app.command("align", help=terminal_help(align.__doc__))(align.command)
+app.command("folds", help=terminal_help(folds.__doc__))(folds.command)
+app.command("pretrain", help=terminal_help(pretrain.__doc__))(pretrain.command)
+app.command("finetune", help=terminal_help(finetune.__doc__))(finetune.command)
+app.command("pixel_baseline", help=terminal_help(pixel_baseline.__doc__))(pixel_baseline.command)
+app.command("detect", help=terminal_help(detect.__doc__))(detect.command)
+app.command("verify", help=terminal_help(verify.__doc__))(verify.command)
+app.command("embed", help=terminal_help(embed.__doc__))(embed.command)
+app.command("report", help=terminal_help(report.__doc__))(report.command)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Annotated
@@ -9,6 +10,25 @@ from typing import Annotated
 import typer
 
 from stages.common import user_errors
+
+#: default ``--max-pixels``: larger images are refused from their header, before any decoding (a 20000 x 20000
+#: image would need 1.2 GB decoded and several GB in the detector's pyramid)
+MAX_PIXELS = 50_000_000
+
+
+def image_pixels(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from an encoded image's header (nothing decoded), or None when PIL cannot read it (the
+    decoder then reports the problem)."""
+    from PIL import Image
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # our limit applies, not PIL's bomb check
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - any unreadable header: the decoder's error message names the problem
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 @user_errors
@@ -25,10 +45,13 @@ def command(
     weights: Annotated[Path | None, typer.Option(help="MTCNN weights: folder of *.lz4 or an exported .npz "
                                                       "(default: the mtcnn package's).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per detector batch.")] = 16,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse larger images (width x height) before decoding."
+                                            )] = MAX_PIXELS,
 ) -> None:
     """Print every face MTCNN finds: box [x1, y1, x2, y2], score and 5 landmarks (eyes, nose, mouth corners).
 
-    Unreadable files are reported with an `error` entry (exit code 1), never a crash.
+    Unreadable files, and images over `--max-pixels` (checked from the header, before decoding), are reported with
+    an `error` entry (exit code 1), never a crash.
     """
     from pipeline.align.detector import MTCNN
     from pipeline.align.images import ImageProblem, decode_rgb
@@ -47,7 +70,14 @@ def command(
         entry: dict = {"path": str(path), "faces": []}
         results.append(entry)
         try:
-            rgb = decode_rgb(path.read_bytes())
+            data = path.read_bytes()
+            size = image_pixels(data)
+            if size is not None and size[0] * size[1] > max_pixels:
+                entry["width"], entry["height"] = size
+                entry["error"] = (f"{size[0]} x {size[1]} = {size[0] * size[1]:,} pixels is over --max-pixels "
+                                  f"{max_pixels:,}: not decoded")
+                continue
+            rgb = decode_rgb(data)
         except OSError as exc:
             entry["error"] = f"unreadable: {exc.strerror or exc}"
             continue

@@ -30,6 +30,8 @@ from pipeline.config import StageParams
 __all__ = ["RunLogger", "git_state", "group_key", "input_hashes", "repo_root", "run_item", "stage_run", "tracking_uri"]
 
 EXPERIMENT_DEFAULT = "dynamic-mtl-face"
+#: the experiment tag MLflow 3's UI reads to choose its layout: model training (runs first), not GenAI (traces)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def repo_root() -> Path:
@@ -277,6 +279,7 @@ def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str] = (), it
     if mlflow.get_experiment_by_name(name) is None:
         mlflow.create_experiment(name, artifact_location=(root / "mlruns").as_uri())
     mlflow.set_experiment(name)
+    mlflow.set_experiment_tag(*EXPERIMENT_KIND)  # also on an experiment an older version created
     tags = {"stage": stage, **git_state(root), **input_hashes(root, inputs)}
     if item is not None:
         tags["item"] = item

@@ -90,7 +90,10 @@ def command(
                                    shuffle=shuffle, normalize=normalize)
     payload = result.to_dict()
     if out is not None:
-        write_json(payload, out)
+        try:
+            write_json(payload, out)
+        except OSError as exc:
+            raise UserError(f"--out {out}: cannot write the result: {exc.strerror or exc}") from None
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
     else:

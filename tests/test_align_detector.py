@@ -459,3 +459,24 @@ def test_cuda_matches_cpu(detections, mode):
             assert overlap >= 0.98, f"{mode} {n}: IoU {overlap:.4f}"
             dist = np.linalg.norm(cpu.landmarks[strong_cpu][r] - got.landmarks[strong_gpu][o], axis=1)
             assert dist.max() <= 1.0, f"{mode} {n}: landmarks {dist.round(3)}"
+
+
+def test_detect_command_refuses_an_image_over_max_pixels_from_its_header(tmp_path, monkeypatch):
+    """A huge image is refused before it is decoded (a 20000 x 20000 one took 3.1 GB and 17 s): the size comes from
+    the header; the other images are still detected."""
+    import cv2
+
+    import pipeline.align.images as images
+
+    big = tmp_path / "big.png"
+    cv2.imwrite(str(big), np.zeros((400, 400, 3), np.uint8))
+    decoded = []
+    real = images.decode_rgb
+    monkeypatch.setattr(images, "decode_rgb", lambda data: decoded.append(len(data)) or real(data))
+    res, out = _detect_json(str(big), str(FIXTURES / "chelsea.png"), "--max-pixels", "140000")
+    assert res.exit_code == 1 and out is not None, res.output
+    assert out[0]["error"] == "400 x 400 = 160,000 pixels is over --max-pixels 140,000: not decoded"
+    assert (out[0]["width"], out[0]["height"]) == (400, 400) and out[0]["faces"] == []
+    assert "error" not in out[1] and len(decoded) == 1  # only chelsea (451 x 300 = 135,300 pixels) decoded
+    res, out = _detect_json(str(big), "--max-pixels", "160000")  # the limit itself is allowed
+    assert res.exit_code == 0 and "error" not in out[0]

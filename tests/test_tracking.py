@@ -46,6 +46,8 @@ def test_run_logs_params_and_tags(tmp_path, monkeypatch, mlflow_uri):
     assert r.data.metrics["images"] == 12
     exp = client.get_experiment(r.info.experiment_id)
     assert exp.name == "dynamic-mtl-face"
+    # MLflow's UI opens on the training runs, not on the GenAI overview
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_failed_stage_marks_run_failed(tmp_path, monkeypatch, mlflow_uri):

@@ -91,7 +91,7 @@ def _bad(tmp_path, a, b, same, *extra):
 
 @pytest.mark.parametrize("what", [
     "missing", "shape", "same_length", "same_int", "same_2d", "nan", "zero_row", "few_pairs", "faithful_few",
-    "one_class", "one_d", "pickled", "npz", "bad_far",
+    "one_class", "one_d", "pickled", "npz", "bad_far", "unwritable_out", "out_in_missing_folder_of_a_file",
 ])
 def test_bad_inputs_are_one_clear_line(tmp_path, what):
     a, b, same = _pairs(n=60)
@@ -103,6 +103,8 @@ def test_bad_inputs_are_one_clear_line(tmp_path, what):
         "few_pairs": "8 pairs are fewer than the 10 folds", "faithful_few": "faithful mode keeps 0 of 40",
         "one_class": "verification needs both classes", "one_d": "N x D arrays", "pickled": "cannot read same",
         "npz": "holds several arrays", "bad_far": "FAR targets must be in (0, 1]",
+        "unwritable_out": "--out /proc/x.json: cannot write the result: ",
+        "out_in_missing_folder_of_a_file": "/file/r.json: cannot write the result: ",
     }[what]
     if what == "shape":
         b = b[:, :8]
@@ -127,6 +129,11 @@ def test_bad_inputs_are_one_clear_line(tmp_path, what):
         a, b = a[:, 0], b[:, 0]
     elif what == "bad_far":
         extra = ["--far", "1.5"]
+    elif what == "unwritable_out":
+        extra = ["--out", "/proc/x.json"]
+    elif what == "out_in_missing_folder_of_a_file":
+        (tmp_path / "file").write_text("")
+        extra = ["--out", str(tmp_path / "file" / "r.json")]
     args = _save(tmp_path, a, b, same)
     if what == "missing":
         (tmp_path / "b.npy").unlink()
