@@ -37,7 +37,7 @@ demo: $(STAMP)
 	echo "  pretraining: data/pretrain/<dataset>/ (model.pt, steps.csv, curves.png)   metrics/pretrain/<dataset>.json"; \
 	echo "  fine-tuning: data/finetune/<dataset>/fold<k>-<method>/ (model.pt, steps.csv, curves.png)   metrics/finetune/<dataset>/"; \
 	echo "  report:      reports/tables.md (the paper's table, ours beside the paper's numbers; figures in reports/figures/)"; \
-	echo "  MLflow runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db   (then open http://127.0.0.1:5000)"; \
+	echo "  MLflow runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db   (then open http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning)"; \
 	echo; echo "demo targets (reports/demo_check.txt):"; cat reports/demo_check.txt; \
 	echo; echo "results table: $(CURDIR)/reports/tables.md"
 
