@@ -371,8 +371,7 @@ class FoldsConfig(_Strict):
 
 
 class PretrainConfig(_Strict):
-    """``pretrain``: single-task identity pretraining of the trunk + identity branch (stage ``pretrain``;
-    docs/method.md §4.5).
+    """``pretrain`` (stage ``pretrain``): identity pretraining of the trunk + identity branch (docs/method.md §4.5).
 
     ``runtime`` (device, threads, evaluation batch, ``torch.compile``, loader workers, where faces are decoded) is not
     tracked by DVC; ``train`` (:class:`~pipeline.settings.PretrainSettings`) holds everything the model depends on.

@@ -23,7 +23,7 @@ from pathlib import Path
 
 __all__ = [
     "ALIGNED", "DOWNLOAD_CACHE", "FINETUNE", "FOLDS", "GENERATED", "MANIFESTS", "METRICS", "PRETRAIN", "RAW",
-    "REPORTS", "WORK", "fold_files", "pretrained_model", "run_tag",
+    "REPORTS", "WORK", "finetune_run", "fold_files", "manifest_file", "pretrained_model", "run_tag",
 ]
 
 RAW = Path("data/raw")
@@ -41,6 +41,11 @@ REPORTS = Path("reports")
 GENERATED = (RAW, MANIFESTS, Path("data/cache"), FOLDS, METRICS)
 
 
+def manifest_file(dataset: str) -> Path:
+    """The manifest of ``dataset`` (parquet, one row per image)."""
+    return MANIFESTS / f"{dataset}.parquet"
+
+
 def fold_files(dataset: str, fold: int) -> tuple[Path, Path]:
     """Fold ``fold`` of ``dataset``: its subjects (``fold<k>.json``) and its verification pairs (parquet)."""
     return FOLDS / dataset / f"fold{fold}.json", FOLDS / dataset / f"fold{fold}-pairs.parquet"
@@ -54,3 +59,12 @@ def pretrained_model(dataset: str) -> Path:
 def run_tag(fold: int, method: str) -> str:
     """The name of one fine-tuning run's output folder and metrics file: ``fold<k>-<method>``."""
     return f"fold{fold}-{method}"
+
+
+def finetune_run(dataset: str, fold: int, method: str) -> dict[str, Path]:
+    """The inputs and outputs of one fine-tuning run (``method = "pixel_pca"``: the pixel baseline), as in dvc.yaml:
+    ``manifest``, ``aligned``, ``fold``, ``pairs``, ``out`` (the run's folder) and ``metrics`` (its JSON)."""
+    fold_json, pairs = fold_files(dataset, fold)
+    tag = run_tag(fold, method)
+    return {"manifest": manifest_file(dataset), "aligned": ALIGNED / dataset, "fold": fold_json, "pairs": pairs,
+            "out": FINETUNE / dataset / tag, "metrics": METRICS / "finetune" / dataset / f"{tag}.json"}

@@ -408,8 +408,8 @@ class HeadSettings:
 
     Attributes:
         hidden: width of an FC + ReLU before the class FC (the original expression head: 128; 0 = none).
-        relu_logits: pass the logits through a ReLU (the original expression/visual/caricature heads; docs/method.md
-    §9.3).
+        relu_logits: pass the logits through a ReLU (the original expression/visual/caricature heads;
+            docs/method.md §9.3).
     """
 
     hidden: Annotated[int, Bound(ge=0)]

@@ -24,7 +24,6 @@ DECLARED = ["datasets.{name}.root", "datasets.{name}.align_convention", "align.m
 #: params read but deliberately not tracked by DVC: they change only the speed (same crops on any device, batch
 #: size, number of decoding workers or processes), so changing them must not re-run the stage
 RUNTIME = ["align.device", "align.batch_size", "align.workers", "align.processes"]
-MANIFESTS = layout.MANIFESTS
 ALIGNED = layout.ALIGNED
 METRICS = layout.METRICS / "align"
 WORK = layout.WORK / "align"
@@ -86,7 +85,7 @@ def command(
     root = sp.get(f"datasets.{name}.root")
     convention = sp.get(f"datasets.{name}.align_convention")
     cfg = {key.split(".", 1)[1]: sp.get(key) for key in DECLARED + RUNTIME if key.startswith("align.")}
-    manifest = MANIFESTS / f"{name}.parquet"
+    manifest = layout.manifest_file(name)
     if not manifest.is_file():
         raise DatasetError(f"align {name}: {manifest} not found; run `dvc repro manifest@{name}` first")
     cfg["thresholds"], cfg["nms"] = list(cfg["thresholds"]), list(cfg["nms"])

@@ -42,22 +42,9 @@ DECLARED = ["finetune.common", "finetune.methods.{method}", "task_sets.{task_set
             "datasets.{dataset}.align_convention", "folds.datasets.{dataset}.pairs", "pretrain.train.dataset"]
 #: read but not tracked by DVC: they change only the speed
 RUNTIME = ["finetune.runtime"]
-MANIFESTS = layout.MANIFESTS
-ALIGNED = layout.ALIGNED
-FOLDS = layout.FOLDS
-OUT = layout.FINETUNE
-METRICS = layout.METRICS / "finetune"
 WORK = layout.WORK / "finetune"
 
 log = logging.getLogger("stages.finetune")
-
-
-def paths(dataset: str, fold: int, method: str) -> dict[str, Path]:
-    """The stage's inputs and outputs (as in dvc.yaml)."""
-    tag = f"fold{fold}-{method}"
-    return {"manifest": MANIFESTS / f"{dataset}.parquet", "aligned": ALIGNED / dataset,
-            "fold": FOLDS / dataset / f"fold{fold}.json", "pairs": FOLDS / dataset / f"fold{fold}-pairs.parquet",
-            "out": OUT / dataset / tag, "metrics": METRICS / dataset / f"{tag}.json"}
 
 
 def resolve_init(init: str, pretrained: Path) -> str | None:
@@ -128,7 +115,7 @@ def command(
         from pipeline.training.fold_data import ValidationPairs
 
         val = ValidationPairs(common.val_fraction, label_sets[pairs_cfg.label_set], list(pairs_cfg.required))
-    p = paths(dataset, fold, method)
+    p = layout.finetune_run(dataset, fold, method)
     for key in ("manifest", "aligned", "fold", "pairs"):
         if not p[key].exists():
             raise DatasetError(f"{p[key]} not found: run the upstream stages first (dvc repro finetune)")

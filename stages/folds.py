@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 #: the dataset's own label sets only (so another dataset's label-set edit does not re-run this one);
 #: ``folds.run`` is deliberately absent (it selects downstream folds only)
 DECLARED = ["folds.k", "folds.assignment", "folds.seed", "folds.datasets.{name}", "datasets.{name}.label_sets"]
-MANIFESTS = layout.MANIFESTS
 FOLDS = layout.FOLDS
 METRICS = layout.METRICS / "folds"
 
@@ -41,7 +40,7 @@ log = logging.getLogger("stages.folds")
 
 def paths(name: str) -> dict[str, Path]:
     """The stage's input and outputs for dataset ``name`` (the same paths as in dvc.yaml)."""
-    return {"manifest": MANIFESTS / f"{name}.parquet", "folds": FOLDS / name, "metrics": METRICS / f"{name}.json"}
+    return {"manifest": layout.manifest_file(name), "folds": FOLDS / name, "metrics": METRICS / f"{name}.json"}
 
 
 @dataclass
@@ -77,8 +76,9 @@ def command(
         metrics = _metrics(sp, name, manifest, result)
         with atomic_files(out["metrics"]) as (tmp_metrics,), atomic_dir(out["folds"]) as tmp:
             for fold, pairs in zip(result.folds, result.pair_sets, strict=True):
-                write_json(_fold_json(sp, name, fold, result), tmp / f"fold{fold.index}.json")
-                pairs.pairs.to_parquet(tmp / f"fold{fold.index}-pairs.parquet", index=False)
+                fold_json, pairs_file = layout.fold_files(name, fold.index)
+                write_json(_fold_json(sp, name, fold, result), tmp / fold_json.name)
+                pairs.pairs.to_parquet(tmp / pairs_file.name, index=False)
             write_json(metrics, tmp_metrics)
         for key, fold in metrics["per_fold"].items():
             per_fold = {f"fold_{k}": v for k, v in fold.items() if isinstance(v, int) and k != "fold"}

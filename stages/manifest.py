@@ -16,7 +16,6 @@ from stages.tracking import stage_run
 
 DECLARED = ["datasets.{name}.reader", "datasets.{name}.root", "datasets.{name}.options",
             "datasets.{name}.expected", "manifest"]
-MANIFESTS = layout.MANIFESTS
 METRICS = layout.METRICS / "manifest"
 
 log = logging.getLogger("stages.manifest")
@@ -25,8 +24,8 @@ log = logging.getLogger("stages.manifest")
 def paths(name: str) -> dict[str, Path]:
     """The stage's outputs for dataset ``name`` (the same paths as in dvc.yaml)."""
     return {
-        "manifest": MANIFESTS / f"{name}.parquet",
-        "skipped": MANIFESTS / f"{name}.skipped.tsv",
+        "manifest": layout.manifest_file(name),
+        "skipped": layout.MANIFESTS / f"{name}.skipped.tsv",
         "metrics": METRICS / f"{name}.json",
         "counts": METRICS / f"{name}.counts.json",
     }

@@ -36,21 +36,8 @@ from stages.tracking import run_item, stage_run
 METHOD = "pixel_pca"
 DECLARED = ["pixel_baseline", "finetune.common.task_set", "finetune.common.crop", "finetune.common.protocol",
             "finetune.common.seed", "task_sets.{task_set}", "datasets.{dataset}.label_sets"]
-MANIFESTS = layout.MANIFESTS
-ALIGNED = layout.ALIGNED
-FOLDS = layout.FOLDS
-OUT = layout.FINETUNE
-METRICS = layout.METRICS / "finetune"
 
 log = logging.getLogger("stages.pixel_baseline")
-
-
-def paths(dataset: str, fold: int) -> dict[str, Path]:
-    """The stage's inputs and outputs (as in dvc.yaml)."""
-    tag = f"fold{fold}-{METHOD}"
-    return {"manifest": MANIFESTS / f"{dataset}.parquet", "aligned": ALIGNED / dataset,
-            "fold": FOLDS / dataset / f"fold{fold}.json", "pairs": FOLDS / dataset / f"fold{fold}-pairs.parquet",
-            "out": OUT / dataset / tag, "metrics": METRICS / dataset / f"{tag}.json"}
 
 
 def run_fold(data: Any, tasks: Any, settings: Any, *, protocol: Any, seed: int
@@ -117,7 +104,7 @@ def command(
     cfg = sp.get("pixel_baseline")
     crop = sp.get("finetune.common.crop").size
     seed = sp.get("finetune.common.seed")
-    p = paths(dataset, fold)
+    p = layout.finetune_run(dataset, fold, METHOD)
     for key in ("manifest", "aligned", "fold", "pairs"):
         if not p[key].exists():
             raise DatasetError(f"{p[key]} not found: run the upstream stages first (dvc repro pixel_baseline)")

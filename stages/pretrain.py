@@ -44,9 +44,7 @@ from stages.training_runs import resolve_device, work_key
 DECLARED = ["pretrain.train", "datasets.{pretrain_dataset}.align_convention"]
 #: read but not tracked by DVC: they change only the speed
 RUNTIME = ["pretrain.runtime"]
-MANIFESTS = layout.MANIFESTS
 ALIGNED = layout.ALIGNED
-FOLDS = layout.FOLDS
 OUT = layout.PRETRAIN
 METRICS = layout.METRICS / "pretrain"
 WORK = layout.WORK / "pretrain"
@@ -56,9 +54,9 @@ log = logging.getLogger("stages.pretrain")
 
 def paths(dataset: str, verify: str, folds: list[int]) -> dict[str, Any]:
     """The stage's inputs and outputs (as in dvc.yaml)."""
-    return {"manifest": MANIFESTS / f"{dataset}.parquet", "aligned": ALIGNED / dataset,
-            "verify_aligned": ALIGNED / verify, "pairs": [FOLDS / verify / f"fold{k}-pairs.parquet" for k in folds],
-            "out": OUT / dataset, "metrics": METRICS / f"{dataset}.json"}
+    return {"manifest": layout.manifest_file(dataset), "aligned": ALIGNED / dataset, "verify_aligned": ALIGNED / verify,
+            "pairs": [layout.fold_files(verify, k)[1] for k in folds], "out": OUT / dataset,
+            "metrics": METRICS / f"{dataset}.json"}
 
 
 def resolve_init(init: str) -> str | None:

@@ -97,14 +97,15 @@ def _figures(s: Section, tasks: Any, curves_fold: int, curves_methods: list[str]
     dataset, results, labels = s.dataset, s.results, s.labels
     made = []
     if curves_methods:
-        curves = {m: _read_steps(FINETUNE / dataset / f"fold{curves_fold}-{m}" / "steps.csv") for m in curves_methods}
+        curves = {m: _read_steps(FINETUNE / dataset / layout.run_tag(curves_fold, m) / "steps.csv")
+                  for m in curves_methods}
         weights_losses_figure(curves, out / "weights_losses.png", labels=labels,
                               title=f"{dataset}, fold {curves_fold}: task weights (top) and task losses (bottom)")
         made.append(("Task weights and losses per step", f"{prefix}weights_losses.png"))
     methods = ordered_methods(results.methods, tasks)
     scores = {}
     for m in methods:
-        folds = [_read_scores(FINETUNE / dataset / f"fold{f}-{m}" / "scores.npz") for f in results.folds]
+        folds = [_read_scores(FINETUNE / dataset / layout.run_tag(f, m) / "scores.npz") for f in results.folds]
         if all(sc is not None for sc in folds):
             scores[m] = folds
     if scores:

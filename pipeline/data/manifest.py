@@ -96,8 +96,7 @@ def assign_identities(records: Iterable[ManifestRecord]) -> list[ManifestRecord]
     """Return the records with ``identity`` = index of ``subject`` in the sorted list of subjects.
 
     This is the original code's convention (docs/method.md §5.3): labels are global indices into the sorted subject
-    list,
-    train and test subjects alike.
+    list, train and test subjects alike.
     """
     records = list(records)
     index = {s: i for i, s in enumerate(sorted({r.subject for r in records}))}

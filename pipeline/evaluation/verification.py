@@ -26,8 +26,7 @@ Two modes (``mode=``):
     Every pair is used. Pairs are shuffled with ``seed`` before folding (``KFold(shuffle=True, random_state=seed)``),
     so a pair file sorted by class still gives mixed folds. VAL threshold = the largest grid threshold whose
     training FAR is <= the target, linearly interpolated towards the next grid point (the recommendation of
-    docs/method.md §6.2,
-    well defined when FAR values repeat).
+    docs/method.md §6.2, well defined when FAR values repeat).
 ``faithful``
     The original code's behaviour (docs/method.md §6.1–§6.2, §9.14). Only the first ``floor(2N / b) * b / 2`` pairs are
     used (the original embedded ``floor(N_images / 100) * 100`` images in batches of ``b = 100`` and dropped the

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import DatasetError
+from pipeline.paths import run_tag
 from pipeline.report.paper import paper_value
 from pipeline.settings import TaskSetSettings
 
@@ -131,7 +132,7 @@ def read_results(metrics_dir: Path, dataset: str, folds: Iterable[int], methods:
     missing: list[str] = []
     for method in methods:
         for fold in folds:
-            path = Path(metrics_dir) / f"fold{fold}-{method}.json"
+            path = Path(metrics_dir) / f"{run_tag(fold, method)}.json"
             if not path.is_file():
                 missing.append(path.name)
                 continue

@@ -4,9 +4,8 @@
 settings model of :mod:`pipeline.settings`), the method, and what the stage resolved (the checkpoint to start from,
 the classes of each task, the device); :func:`finetune_spec` is the one conversion from those to a spec.
 :func:`build_training` makes the model (random or from a checkpoint, docs/method.md §4.5 path A), the weighting
-strategy, the
-main optimiser (network + the strategy's main parameters), the strategy's own update, the center matrices and the
-:class:`~pipeline.training.step.TrainStep` binding them.
+strategy, the main optimiser (network + the strategy's main parameters), the strategy's own update, the center
+matrices and the :class:`~pipeline.training.step.TrainStep` binding them.
 """
 
 from __future__ import annotations

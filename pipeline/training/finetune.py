@@ -1,13 +1,12 @@
 """Multi-task fine-tuning of one (dataset, fold, method): the loop, per-epoch evaluation, model selection, resume.
 
 The loop (docs/method.md §4): for each 1-based epoch ``e``: the learning rate is ``schedule.at(e)``; ``epoch_size``
-batches of
-``batch_size`` come from the permutation stream; each batch is one :class:`~pipeline.training.step.TrainStep`; then
-the model is evaluated on the test fold (and on held-out training subjects with ``selection="val_subjects"``), the
-strategy sees each task's mean loss over the epoch's batches where the task was present, and the whole training
-state is written to ``work/state.pt`` (atomic). A run that finds ``state.pt`` resumes after its epoch with the same
-model, optimiser, centers, strategy, sampler and RNG states, so an interrupted run ends bit-identical to an
-uninterrupted one on CPU.
+batches of ``batch_size`` come from the permutation stream; each batch is one
+:class:`~pipeline.training.step.TrainStep`; then the model is evaluated on the test fold (and on held-out training
+subjects with ``selection="val_subjects"``), the strategy sees each task's mean loss over the epoch's batches where the
+task was present, and the whole training state is written to ``work/state.pt`` (atomic). A run that finds ``state.pt``
+resumes after its epoch with the same model, optimiser, centers, strategy, sampler and RNG states, so an interrupted run
+ends bit-identical to an uninterrupted one on CPU.
 
 Model selection (docs/method.md §6.4, §9.15), per criterion (:func:`pipeline.training.evaluate.criteria`:
 ``verification`` = pair accuracy, each classification task's accuracy, ``authentication`` = their product):

@@ -4,10 +4,9 @@ Inputs: the manifest (``data/manifests/<d>.parquet``), the aligned faces (``data
 (``data/folds/<d>/fold<k>.json``), its pairs (``fold<k>-pairs.parquet``), the task set and the dataset's label sets.
 
 - Labels per task (:func:`task_labels`): a manifest column (``identity``: the index in the sorted list of **all**
-  subjects, docs/method.md §5.3, so the classifier has N_train + N_test outputs; ``is_caricature``: 0/1), or a label
-  set of the
-  dataset applied to the frames (:func:`pipeline.data.label_sets.apply_label_set`; Oulu "Six" = the last 3 frames of
-  every sequence); ``-1`` = not labelled for that task.
+  subjects, docs/method.md §5.3, so the classifier has N_train + N_test outputs; ``is_caricature``: 0/1), or a label set
+  of the dataset applied to the frames (:func:`pipeline.data.label_sets.apply_label_set`; Oulu "Six" = the last 3 frames
+  of every sequence); ``-1`` = not labelled for that task.
 - Training images: the fold's training images that were aligned and are labelled for every task
   (``train_images: all``: FR+FER trains on the expression-labelled frames only) or for at least one
   (``train_images: any``: a task without a label is masked in the loss).

@@ -76,8 +76,7 @@ class PretrainSpec:
             ShardBatchSampler`).
         model: the network (one head: ``identity`` with one class per training identity).
         checkpoint: the checkpoint ``settings.init`` resolves to (None = random, docs/method.md §1.1 initialisation):
-            ours or
-            facenet-pytorch, to continue from.
+            ours or facenet-pytorch, to continue from.
         runtime: ``pretrain.runtime``: the device (resolved), loader ``workers``, ``decode`` (``worker``: OpenCV in
             the loader's worker processes; ``device``: the workers only read the bytes and torchvision decodes each
             batch on the training device, nvJPEG on CUDA; the same pixels on the CPU), ``compile`` (``torch.compile``

@@ -9,8 +9,7 @@ processes) instead of holding the set as ``uint8`` like fine-tuning does.
   It needs only numpy, OpenCV and torch (no pandas), so ``bench/pretrain.py`` runs it on a bare GPU box.
 - :class:`ShardBatchSampler`: the order. Every data epoch is a fresh seeded permutation (the original's
   uniform sampling, docs/method.md §4.2); ``window = k > 0`` instead shuffles shard order and mixes ``k`` shards at a
-  time
-  (shuffling across and within shards while each worker reads few files at once; for network file systems). The
+  time (shuffling across and within shards while each worker reads few files at once; for network file systems). The
   permutation of epoch ``e`` depends only on ``(seed, e)`` and global batch ``b`` takes positions
   ``[b·G, (b+1)·G)`` of it, so the data position of a run is its step counter: a resumed run restarts the sampler
   at its step and reads the same batches. Rank ``r`` of ``world`` takes slice ``r`` of each global batch, so the

@@ -7,9 +7,8 @@ This is the function the fine-tuning loop, the behaviour tests and ``bench/train
    samples that have a label for task ``t`` (label ``-1`` = none), plus ``λc · ½‖e − c_y‖²`` for a task with a
    center loss (``e``: the L2-normalised prelogits of the branch its ``center.embedding`` names; ``c``: the rows of
    the matrix its ``center.matrix`` names, before this step's update; docs/method.md §2.2); ``present[t]`` = the batch
-   has a
-   labelled sample of ``t`` (else ``L_t = 0``, docs/method.md §9.24, and the strategy drops the task: the presence
-mask);
+   has a labelled sample of ``t`` (else ``L_t = 0``, docs/method.md §9.24, and the strategy drops the task: the
+   presence mask);
 2. the weighting strategy turns ``L [T]``, ``present [T]`` and ``Mixed_7a`` into the total loss and its own loss;
 3. ``autograd.grad`` of the total loss over the network (+ the strategy's main parameters) and of the strategy's
    loss over its own parameters, from the same graph;

@@ -129,8 +129,7 @@ class NaiveDynamicWeighting(Weighting):
 
     L2-normalised ``z`` in, L2-normalised logits ÷2, softmax, batch mean (+ ``base``). Minimising ``total`` over
     the FC pushes weight onto the **easiest** task (docs/method.md §3, the paper's Fig. 3(b)). No auxiliary loss; the
-    FC is
-    in :meth:`main_parameters` (network LR).
+    FC is in :meth:`main_parameters` (network LR).
 
     Args:
         task_names: the ``T`` task names.

@@ -10,9 +10,8 @@ and options (defaults, and where each comes from, in brackets):
 - ``equal``: all weights 1; no options.
 - ``dynamic`` (the paper's unit): ``variant`` [``fer``, docs/method.md §9.6] ∈ {fer, cavi, webcari}; ``sigma`` [0.01,
   docs/method.md §3] > 0; ``detach_weights`` [false, as coded: docs/method.md §9.5]; ``lr_weights`` [the variant's,
-  docs/method.md §3: 0.1
-  for fer, null for cavi/webcari]: a constant LR of the unit's optimiser, or null = the network's LR ×
-  ``lr_weights_factor`` [the variant's: 1 for fer/cavi, 10 for webcari] (> 0); ``base`` [zeros, the original's
+  docs/method.md §3: 0.1 for fer, null for cavi/webcari]: a constant LR of the unit's optimiser, or null = the network's
+  LR × ``lr_weights_factor`` [the variant's: 1 for fer/cavi, 10 for webcari] (> 0); ``base`` [zeros, the original's
   ``loss_weight_base_t``]: ``T`` offsets.
 - ``naive_dynamic``: ``base`` [zeros]; the FC trains with the network.
 - ``uncertainty``: no options.
