@@ -29,7 +29,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	@start=$$(date +%s); \
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro && \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro || { status=$$?; echo; echo "demo FAILED (dvc repro exited $$status)"; exit $$status; }; \
 	end=$$(date +%s); \
 	echo; echo "demo finished in $$((end - start)) s (wall time of dvc repro)"; \
 	echo "  manifests:   data/manifests/   metrics: metrics/   (dvc metrics show)"; \
