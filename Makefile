@@ -1,4 +1,5 @@
-# Two commands for users: `make demo` (install + run the pipeline on the embedded demo) and `make test`.
+# Two commands for users: `make demo` (install + run the pipeline on the embedded demo) and `make test`;
+# `make run DATASET=.. FOLD=.. METHOD=..` re-runs one fine-tuning run fast (docs/training.md#one-run-fast).
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -9,10 +10,13 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install demo test lock clean-venv help
+.PHONY: install demo run test lock clean-venv help
 
 help:
 	@echo "make demo   install into .venv, then run the whole pipeline on the embedded demo data (dvc repro)"
+	@echo "make run DATASET=demo_oulu FOLD=0 METHOD=dynamic"
+	@echo "           one fine-tuning run: dvc repro of only its upstream (no pretraining unless finetune.common.init"
+	@echo "           is pretrain), then the run itself; prints its metrics file and last epoch"
 	@echo "make test   install into .venv, then run the test suite"
 	@echo "make lock   re-resolve requirements.lock from pyproject.toml (needs network to the package index)"
 
@@ -32,7 +36,7 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro || { status=$$?; echo; echo "demo FAILED (dvc repro exited $$status)"; exit $$status; }; \
 	end=$$(date +%s); \
 	echo; echo "demo finished in $$((end - start)) s (wall time of dvc repro)"; \
-	echo "  manifests:   data/manifests/   metrics: metrics/   (dvc metrics show)"; \
+	echo "  manifests:   data/manifests/   metrics: metrics/   (dvc metrics show: the table's means per method)"; \
 	echo "  aligned:     data/aligned/<dataset>/ (alignment.parquet + shards/*.tar)   folds: data/folds/<dataset>/"; \
 	echo "  pretraining: data/pretrain/<dataset>/ (model.pt, steps.csv, curves.png)   metrics/pretrain/<dataset>.json"; \
 	echo "  fine-tuning: data/finetune/<dataset>/fold<k>-<method>/ (model.pt, steps.csv, curves.png)   metrics/finetune/<dataset>/"; \
@@ -40,6 +44,36 @@ demo: $(STAMP)
 	echo "  MLflow runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db   (then open http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning)"; \
 	echo; echo "demo targets (reports/demo_check.txt):"; cat reports/demo_check.txt; \
 	echo; echo "results table: $(CURDIR)/reports/tables.md"
+
+# One fine-tuning run, fast (docs/training.md#one-run-fast). dvc repro of only what the run needs: align@ and folds@ of
+# its dataset, and pretrain when finetune.common.init is pretrain. Then the stage itself: `dvc repro finetune@...`
+# when init is pretrain and the run is a stage of the matrix (records dvc.lock), otherwise `python -m stages finetune`
+# (DVC cannot skip the declared model.pt dep; `dvc status` shows such a run as modified until dvc repro/commit).
+RUN_STAGE = finetune@$(DATASET)-$(FOLD)-$(METHOD)
+ifneq ($(filter run,$(MAKECMDGOALS)),)
+ifeq ($(and $(DATASET),$(FOLD),$(METHOD)),)
+$(error make run needs DATASET, FOLD and METHOD, e.g. make run DATASET=demo_oulu FOLD=0 METHOD=dynamic)
+endif
+endif
+
+run: $(STAMP)
+	@set -e; export PATH="$(CURDIR)/$(BIN):$$PATH"; start=$$(date +%s); \
+	fail() { status=$$?; echo; echo "run FAILED ($$1 exited $$status)"; exit $$status; }; \
+	cfg=$$($(BIN)/python -c 'import yaml; p = yaml.safe_load(open("params.yaml")); f = p["finetune"]; print(f["common"]["init"], "$(DATASET)" in f["datasets"] and "$(FOLD)" in map(str, p["folds"]["run"]) and "$(METHOD)" in f["run_methods"])') || fail "reading params.yaml"; \
+	init=$${cfg% *}; staged=$${cfg##* }; \
+	if [ "$$init" = pretrain ] && [ "$$staged" = True ]; then \
+		echo "finetune.common.init: pretrain -> dvc repro $(RUN_STAGE)"; \
+		$(BIN)/dvc repro $(RUN_STAGE) || fail "dvc repro $(RUN_STAGE)"; \
+	else \
+		upstream="align@$(DATASET) folds@$(DATASET)"; \
+		if [ "$$init" = pretrain ]; then upstream="$$upstream pretrain"; fi; \
+		echo "finetune.common.init: $$init -> dvc repro $$upstream, then the run outside DVC"; \
+		$(BIN)/dvc repro $$upstream || fail "dvc repro $$upstream"; \
+		$(BIN)/python -m stages finetune --dataset $(DATASET) --fold $(FOLD) --method $(METHOD) || fail "python -m stages finetune"; \
+	fi; \
+	m=metrics/finetune/$(DATASET)/fold$(FOLD)-$(METHOD).json; \
+	echo; echo "run finished in $$(($$(date +%s) - start)) s; metrics: $(CURDIR)/$$m (\"best\" is there too); its last epoch:"; \
+	$(BIN)/python -c 'import json, re, sys; s = json.dumps(json.load(open(sys.argv[1]))["last"], indent=1); print(re.sub(r"\[\s+([^][]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", s))' "$$m"
 
 # the suite on TEST_WORKERS processes (pytest-xdist); a test file runs whole on one worker (tests/conftest.py)
 TEST_WORKERS ?= 2

@@ -3,12 +3,15 @@
 Every output is first written to a temporary name beside its final path (``.<name>.tmp-<pid>``: hidden, in the same
 folder so the rename stays on one file system, tagged with the writer's process id so that two writers never share
 it), then renamed over the final path with :func:`os.replace`. A reader therefore sees the old file or the whole new
-one, never half of one; an error (or an interrupt) deletes the temporary instead of renaming it.
+one, never half of one; an error (or an interrupt) deletes the temporary instead of renaming it. A writer killed by
+SIGKILL deletes nothing: the next writer of the same path deletes the temporaries of dead processes first
+(:func:`remove_stale_temps`).
 
 - :func:`atomic_file`: one file, written by the caller to the yielded path;
 - :func:`atomic_files`: several files that appear together, renamed only once all of them are written;
 - :func:`atomic_dir`: a whole output folder, swapped in place of the previous one;
-- :func:`write_json`: a JSON document (indented, keys sorted) through :func:`atomic_file`.
+- :func:`write_json`: a JSON document (indented, keys sorted) through :func:`atomic_file`;
+- :func:`remove_stale_temps`: delete the temporaries of ``final`` that dead processes left.
 
 Import-light on purpose (standard library only): every package may use it.
 """
@@ -23,13 +26,40 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_dir", "atomic_file", "atomic_files", "temp_path", "write_json"]
+__all__ = ["atomic_dir", "atomic_file", "atomic_files", "remove_stale_temps", "temp_path", "write_json"]
+
+_KINDS = ("tmp", "old")
 
 
 def temp_path(final: str | os.PathLike, kind: str = "tmp") -> Path:
     """The temporary name of ``final`` for this process: ``<folder>/.<name>.<kind>-<pid>``."""
     final = Path(final)
     return final.with_name(f".{final.name}.{kind}-{os.getpid()}")
+
+
+def remove_stale_temps(final: str | os.PathLike) -> list[Path]:
+    """Delete ``.<name>.tmp-<pid>`` / ``.<name>.old-<pid>`` beside ``final`` whose process is gone; the deleted paths.
+
+    What a writer killed by SIGKILL leaves (files or folders). A temporary of a live process (another writer, or
+    this one) is kept; the process ids are those of this host. One listing of the parent folder.
+    """
+    final = Path(final)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(final.parent))
+    except OSError:  # no folder yet: nothing to remove
+        return removed
+    for entry in entries:
+        kind, _, pid = entry.name.removeprefix(f".{final.name}.").partition("-")
+        if (entry.name.startswith(f".{final.name}.") and kind in _KINDS and pid.isdigit()
+                and not _alive(int(pid))):
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager
@@ -45,6 +75,7 @@ def atomic_file(final: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pa
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(final)
     tmp = temp_path(final)
     try:
         yield tmp
@@ -68,6 +99,7 @@ def atomic_files(*finals: str | os.PathLike) -> Iterator[list[Path]]:
     tmps = [temp_path(f) for f in paths]
     for f in paths:
         f.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(f)
     try:
         yield tmps
         for tmp, final in zip(tmps, paths, strict=True):
@@ -82,10 +114,11 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``final``; on success it replaces ``final``, on error it is deleted.
 
     A stage therefore never leaves a half-written output folder. The previous ``final`` (if any) is moved aside,
-    the new folder renamed in, then the old one deleted.
+    the new folder renamed in, then the old one deleted. Temporary folders of dead writers are deleted first.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(final)
     tmp = temp_path(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -109,6 +142,17 @@ def write_json(obj: Any, path: str | os.PathLike) -> Path:
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync(path: Path) -> None:

@@ -37,6 +37,8 @@ WORK = Path("data/work")
 METRICS = Path("metrics")
 REPORTS = Path("reports")
 
+#: the ``check_params`` stage's output, on which every other stage depends (its content never changes)
+PARAMS_CHECKED = Path("data/params-valid.txt")
 #: folders whose contents DVC and the stages replace: user data there would be deleted
 GENERATED = (RAW, MANIFESTS, Path("data/cache"), FOLDS, METRICS)
 

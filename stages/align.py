@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +13,9 @@ import typer
 import pipeline.paths as layout
 from pipeline.atomic import atomic_dir, atomic_files, write_json
 from pipeline.errors import DatasetError, UserError
+from pipeline.processes import run_child
 from stages.common import load_stage_params, progress_bar, user_errors
+from stages.provenance import Input
 from stages.tracking import stage_run
 
 #: params DVC tracks: every setting that changes the crops
@@ -56,7 +57,7 @@ def _torchrun(job_file: Path, processes: int, work: Path) -> dict:
     for f in work.glob("error-rank*.txt"):
         f.unlink()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
-    code = subprocess.call(cmd, env=env)
+    code = run_child(cmd, env=env)  # ends with this process; SIGTERM to it on an interrupt
     errors = sorted(work.glob("error-rank*.txt"), key=lambda f: int(f.stem.removeprefix("error-rank")))
     if errors:  # the first rank's message; a rank that failed first makes the others fail at the barrier
         raise DatasetError(errors[0].read_text().strip())
@@ -64,6 +65,16 @@ def _torchrun(job_file: Path, processes: int, work: Path) -> dict:
         raise UserError(f"align: torchrun exited with code {code} (see the log above); finished chunks are kept in "
                         f"{work} and are not redone on the next run")
     return json.loads((work / "summary.json").read_text())
+
+
+def _clean_stale(name: str, keep: Path) -> None:
+    """Delete the work folders of ``name`` made with another manifest, settings or code: they can never resume."""
+    import re
+    import shutil
+
+    for d in WORK.glob(f"{name}-*"):
+        if d != keep and d.is_dir() and re.fullmatch(r"[0-9a-f]{16}", d.name.removeprefix(f"{name}-")):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 @user_errors
@@ -91,10 +102,12 @@ def command(
     cfg["thresholds"], cfg["nms"] = list(cfg["thresholds"]), list(cfg["nms"])
     settings = AlignSettings(convention=convention, **cfg)
     work = WORK / f"{name}-{work_key(manifest, settings)}"
+    _clean_stale(name, keep=work)
     work.mkdir(parents=True, exist_ok=True)
     n_images = manifest_rows(manifest)
     out = paths(name)
-    with (stage_run("align", sp, item=name, inputs=[str(manifest)]) as run,
+    with (stage_run("align", sp, item=name,
+                    inputs=[Input(str(manifest), dataset=name), Input(str(layout.RAW / name))]) as run,
           atomic_files(out["metrics"]) as (tmp_metrics,), atomic_dir(out["out"]) as tmp):
         job = AlignJob(dataset=name, manifest=str(manifest), root=str(root), work_dir=str(work), out_dir=str(tmp),
                        settings=settings)

@@ -10,7 +10,20 @@ from typing import Annotated
 
 import typer
 
-from stages import align, detect, download, embed, finetune, folds, manifest, pixel_baseline, pretrain, report, verify
+from stages import (
+    align,
+    check_params,
+    detect,
+    download,
+    embed,
+    finetune,
+    folds,
+    manifest,
+    pixel_baseline,
+    pretrain,
+    report,
+    verify,
+)
 
 app = typer.Typer(
     name="stages",
@@ -61,6 +74,7 @@ def main(
     ctx.obj = {"params_path": params}
 
 
+app.command("check_params", help=terminal_help(check_params.__doc__))(check_params.command)
 app.command("download", help=terminal_help(download.__doc__))(download.command)
 app.command("manifest", help=terminal_help(manifest.__doc__))(manifest.command)
 app.command("align", help=terminal_help(align.__doc__))(align.command)

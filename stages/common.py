@@ -1,9 +1,11 @@
-"""What every stage command shares: loading its declared params, clean user errors, a progress bar."""
+"""What every stage command shares: loading its declared params, clean user errors and interruptions, a progress
+bar."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -12,7 +14,7 @@ import typer
 from pipeline.config import StageParams, load_params
 from pipeline.errors import UserError
 
-__all__ = ["finetune_dataset", "load_stage_params", "progress_bar", "user_errors"]
+__all__ = ["Terminated", "finetune_dataset", "load_stage_params", "progress_bar", "user_errors"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,18 +47,59 @@ def finetune_dataset(params: Any, dataset: str | None) -> str:
     return dataset
 
 
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM (what ``kill``, ``timeout`` or a scheduler send) while a command runs.
+
+    A :class:`KeyboardInterrupt`, so that everything that cleans up after Ctrl-C (``finally`` blocks, context
+    managers, DataLoader workers, the MLflow run) does the same after SIGTERM.
+    """
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """Raise :class:`Terminated` once; a repeated SIGTERM while cleaning up is ignored (a second kill must not
+    leave half a cleanup)."""
+    signal.signal(signum, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While the body runs (in the main thread), SIGTERM raises :class:`Terminated`; the previous handler is put
+    back after."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def user_errors(fn: F) -> F:
-    """Turn a :class:`UserError` into one line on stderr and exit code 1 (no traceback)."""
+    """Turn a :class:`UserError` into one line on stderr and exit code 1 (no traceback); an interruption into
+    one line and the shell's codes: ``error: interrupted (SIGINT)``, exit 130 (Ctrl-C), or
+    ``error: terminated by SIGTERM``, exit 143. Outputs, temporary folders, workers and the MLflow run (ended
+    KILLED) are cleaned up first; resume state is kept for the next run."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _terminate_as_interrupt():
+                return fn(*args, **kwargs)
         except UserError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
+        except Terminated as exc:
+            typer.echo(f"error: terminated by {signal.Signals(exc.signum).name}", err=True)
+            raise typer.Exit(128 + exc.signum) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
+            typer.echo("error: interrupted (SIGINT)", err=True)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]

@@ -34,6 +34,7 @@ import pipeline.paths as layout
 from pipeline.atomic import atomic_dir, atomic_files, write_json
 from pipeline.errors import DatasetError, ParamsError, UserError
 from stages.common import finetune_dataset, load_stage_params, progress_bar, user_errors
+from stages.provenance import Input, fold_inputs
 from stages.tracking import run_item, stage_run
 from stages.training_runs import resolve_device, work_key
 
@@ -151,7 +152,8 @@ def command(
     s = spec.settings
     total = s.epochs * s.epoch_size * s.batch_size
     item = run_item(dataset, fold, method)
-    with stage_run("finetune", sp, item=item, inputs=[str(p["fold"]), str(p["aligned"])],
+    inputs = fold_inputs(p, dataset, fold) + [Input(f) for f in (spec.checkpoint, common.schedule.file) if f]
+    with stage_run("finetune", sp, item=item, inputs=inputs,
                    resume_file=work / "mlflow_run_id", group=(params, dataset)) as run:
         run.set_tags({"fold": str(fold), "method": method, "weighting": method_cfg.weighting, "dataset": dataset,
                       "task_set": task_set_name, "device": device})

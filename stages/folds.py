@@ -21,6 +21,7 @@ from pipeline.atomic import atomic_dir, atomic_files, write_json
 from pipeline.config import StageParams
 from pipeline.errors import DatasetError, UserError
 from stages.common import load_stage_params, user_errors
+from stages.provenance import Input
 from stages.tracking import stage_run
 
 if TYPE_CHECKING:
@@ -71,7 +72,8 @@ def command(
         raise DatasetError(f"manifest not found: {out['manifest']}; run the manifest stage first "
                            f"(`dvc repro manifest@{name}` or `python -m stages manifest {name}`)")
     manifest = read_manifest(out["manifest"])
-    with stage_run("folds", sp, item=name, inputs=[str(out["manifest"])]) as run:
+    with stage_run("folds", sp, item=name,
+                   inputs=[Input(str(out["manifest"]), dataset=name), Input("data/protocols")]) as run:
         result = _make(sp, name, manifest)
         metrics = _metrics(sp, name, manifest, result)
         with atomic_files(out["metrics"]) as (tmp_metrics,), atomic_dir(out["folds"]) as tmp:

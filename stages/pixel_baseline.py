@@ -31,6 +31,7 @@ import pipeline.paths as layout
 from pipeline.atomic import atomic_dir, atomic_files, write_json
 from pipeline.errors import DatasetError, UserError
 from stages.common import finetune_dataset, load_stage_params, user_errors
+from stages.provenance import fold_inputs
 from stages.tracking import run_item, stage_run
 
 METHOD = "pixel_pca"
@@ -118,7 +119,7 @@ def command(
     settings = PixelPCASettings(crop=crop, size=cfg.size, grey=cfg.grey, components=cfg.components,
                                 whiten=cfg.whiten, probe_c=cfg.probe_c, seed=seed)
     item = run_item(dataset, fold, METHOD)
-    with stage_run("pixel_baseline", sp, item=item, inputs=[str(p["fold"]), str(p["aligned"])],
+    with stage_run("pixel_baseline", sp, item=item, inputs=fold_inputs(p, dataset, fold),
                    group=(params, dataset)) as run:
         run.set_tags({"fold": str(fold), "method": METHOD, "dataset": dataset, "task_set": task_set_name})
         run.log_metrics({f"data_{k}": v for k, v in data.counts.items()})

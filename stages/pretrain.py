@@ -26,7 +26,7 @@ import dataclasses
 import logging
 import os
 import shutil
-import subprocess
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,9 @@ import typer
 import pipeline.paths as layout
 from pipeline.atomic import atomic_dir, atomic_files, write_json
 from pipeline.errors import DatasetError, UserError
+from pipeline.processes import die_with_parent, run_child
 from stages.common import load_stage_params, progress_bar, user_errors
+from stages.provenance import Input
 from stages.tracking import RunLogger, stage_run
 from stages.training_runs import resolve_device, work_key
 
@@ -59,6 +61,16 @@ def paths(dataset: str, verify: str, folds: list[int]) -> dict[str, Any]:
             "metrics": METRICS / f"{dataset}.json"}
 
 
+def _inputs(p: dict[str, Any], dataset: str, verify: str, checkpoint: str | None) -> list[Input]:
+    """What the run reads: the identity dataset (training), the verification pairs (evaluation), both datasets'
+    aligned faces, and the init checkpoint."""
+    pairs = [Input(str(f), dataset=f"{verify} {f.name.removesuffix('-pairs.parquet')} pairs", context="evaluation")
+             for f in p["pairs"]]
+    init = [Input(checkpoint)] if checkpoint is not None else []
+    aligned = [Input(str(p["aligned"]))] + ([Input(str(p["verify_aligned"]))] if verify != dataset else [])
+    return [Input(str(p["manifest"]), dataset=dataset, context="training"), *pairs, *aligned, *init]
+
+
 def resolve_init(init: str) -> str | None:
     """The checkpoint ``pretrain.train.init`` names (``random`` → None).
 
@@ -78,7 +90,7 @@ def _torchrun(ctx: typer.Context, processes: int) -> None:
            "-m", "stages", "--params", str(ctx.obj["params_path"]), "pretrain"]
     log.info("launching %s", " ".join(cmd))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
-    code = subprocess.call(cmd, env=env)
+    code = run_child(cmd, env=env)  # ends with this process; SIGTERM to it on an interrupt
     if code != 0:
         raise UserError(f"pretrain: torchrun exited with code {code} (the failing rank's message is above); the "
                         f"last checkpoint in {WORK} is resumed by the next run")
@@ -103,6 +115,8 @@ def command(ctx: typer.Context) -> None:
     if t.processes > 1 and not launched_by_torchrun():
         _torchrun(ctx, t.processes)
         return
+    if launched_by_torchrun():
+        die_with_parent(sig=signal.SIGTERM)  # a rank ends (cleanly: SIGTERM) with its torchrun
     runtime = sp.get("pretrain.runtime")
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
@@ -149,7 +163,8 @@ def _train(sp, t, dataset: str, p: dict[str, Any], dist) -> None:
                 shutil.rmtree(d, ignore_errors=True)
     dist.barrier()
     counts = {**ids.counts, **{f"verification_{k}": v for k, v in vcounts.items()}}
-    run_ctx = (stage_run("pretrain", sp, item=dataset, inputs=[str(p["aligned"])], resume_file=work / "mlflow_run_id")
+    read = _inputs(p, dataset, t.verification.dataset, spec.checkpoint)
+    run_ctx = (stage_run("pretrain", sp, item=dataset, inputs=read, resume_file=work / "mlflow_run_id")
                if dist.is_main else contextlib.nullcontext(RunLogger(None)))
     with run_ctx as run:
         run.set_tags({"dataset": dataset, "device": dist.device, "processes": str(dist.world)})
@@ -176,8 +191,7 @@ def _train(sp, t, dataset: str, p: dict[str, Any], dist) -> None:
                 result = run_pretrain(spec, ids.faces, work, dist, verify=verify, on_log=run.log_rows,
                                       on_eval=on_eval, on_resume=on_resume, progress=advance)
             except NonFiniteError as exc:
-                raise UserError(f"{exc}; training stopped, the last good state is checkpointed in {work}/state.pt "
-                                "(lower pretrain.train.lr)") from None
+                raise UserError(f"{exc}; training stopped, {_kept_state(work)} (lower pretrain.train.lr)") from None
         if not dist.is_main:
             return
         if result.resumed_from:
@@ -196,6 +210,19 @@ def _train(sp, t, dataset: str, p: dict[str, Any], dist) -> None:
     typer.echo(f"pretrain {dataset}: {t.steps} steps, last loss {result.metrics['last']['loss']:.4f}, "
                f"verification {acc if acc is None else f'{acc:.4f}'} ({result.images_per_second:.0f} img/s on "
                f"{dist.world} x {dist.device}, data wait {100 * result.data_wait_fraction:.1f} %) -> {p['out']}")
+
+
+def _kept_state(work: Path) -> str:
+    """What a stopped run leaves to resume from: the state file that exists and its step, or that there is none."""
+    from pipeline.training.state import FILE
+
+    state = work / FILE
+    if not state.is_file():
+        return "no checkpoint was written (none is kept)"
+    import torch
+
+    step = torch.load(state, map_location="cpu", weights_only=False).get("step")
+    return f"the state of step {step} is kept in {state}"
 
 
 def _write_outputs(p: dict[str, Any], result, metrics: dict, spec, ids, dataset: str) -> None:

@@ -14,7 +14,10 @@ removed from the params is not picked up from a stale file. The columns follow t
   on ``report.curves_fold``), ``roc.png``, ``confusion.png`` (``confusion_<task>.png`` with several classification
   tasks); with several datasets each dataset's figures are in ``reports/figures/<dataset>/``;
 - ``reports/demo_check.txt``: on demo data, PASS/FAIL per demo target (``make demo`` prints it);
-- ``metrics/report.json``: the means per method and variant and the demo checks (``dvc metrics diff``); with several
+- ``metrics/summary/<dataset>/<method>.json``: the table's means (percent) of the selected epoch (the best one,
+  or the last with ``finetune.common.selection: last``), one small file per row of the table: what ``dvc metrics
+  show`` and ``dvc metrics diff`` list (a few columns: one per task evaluation);
+- ``metrics/report.json``: the means per method and variant and the demo checks (a plain file); with several
   datasets one such record per dataset under ``datasets``.
 
 MLflow: a ``report`` run with the tables and figures as artifacts, tagged with the group key of each dataset's
@@ -36,6 +39,7 @@ import pipeline.paths as layout
 from pipeline.atomic import atomic_dir, atomic_files, write_json
 from pipeline.errors import DatasetError
 from stages.common import load_stage_params, user_errors
+from stages.provenance import Input
 from stages.tracking import run_item, stage_run
 
 #: ``datasets`` whole: the report reads every fine-tuning dataset's reader and source (DVC cannot template a list)
@@ -48,6 +52,8 @@ ALIGN_METRICS = layout.METRICS / "align"
 REPORTS = layout.REPORTS
 FIGURES = REPORTS / "figures"
 SUMMARY = layout.METRICS / "report.json"
+#: ``<dataset>/<method>.json``: the table's means of the selected epoch, the files ``dvc metrics show`` lists
+BY_METHOD = layout.METRICS / "summary"
 
 log = logging.getLogger("stages.report")
 
@@ -207,8 +213,10 @@ def command(ctx: typer.Context,
     several = len(sections) > 1
     check_text = _check_text(sections, several, format_checks)
     files = [REPORTS / n for n in ("tables.md", "tables.csv", "folds.csv", "differences.csv", "demo_check.txt")]
-    with stage_run("report", sp, item=",".join(datasets), group=(params, datasets)) as run:
-        with atomic_files(*files, SUMMARY) as tmps, atomic_dir(FIGURES) as fig_tmp:
+    read = [Input(str(layout.finetune_run(d, f, m)["metrics"])) for d in datasets for f in folds for m in methods]
+    with stage_run("report", sp, item=",".join(datasets), inputs=read, group=(params, datasets)) as run:
+        with (atomic_files(*files, SUMMARY) as tmps, atomic_dir(FIGURES) as fig_tmp,
+              atomic_dir(BY_METHOD) as by_method_tmp):
             md, tables_csv, folds_csv, diffs_csv, check_file, summary_json = tmps
             texts, figures = [], {}
             for s in sections:
@@ -228,6 +236,10 @@ def command(ctx: typer.Context,
             else:
                 record = records[datasets[0]]
             write_json(record, summary_json)
+            variant = "last" if sp.get("finetune.common.selection") == "last" else "best"
+            for dataset, r in records.items():
+                for method, by in r["methods"].items():
+                    write_json(by.get(variant) or {}, by_method_tmp / dataset / f"{method}.json")
         for dataset, r in records.items():
             prefix = f"{dataset}_" if several else ""
             run.log_metrics({f"{prefix}{m}_{v}_{c}": x for m, by in r["methods"].items() for v, cols in by.items()

@@ -5,7 +5,8 @@
   else the current folder. Both paths are git-ignored.
 - One experiment per pipeline (``$DMTL_EXPERIMENT``, default ``dynamic-mtl-face``), one run per stage invocation.
 - Each run logs the stage's declared params sections (flattened) and is tagged with the git commit and dirty flag,
-  the stage name, the DVC stage/experiment names and the md5 of every input found in ``dvc.lock``.
+  the stage name, the DVC stage/experiment names and the md5 of every input it reads, hashed from the files when it
+  starts (:mod:`stages.provenance`); its manifests and fold files are MLflow dataset inputs.
 - ``DMTL_MLFLOW=0`` turns tracking off (the stage still runs and writes its outputs).
 - Runs that make one results table share a ``group`` tag (:func:`group_key`): the ``finetune`` and
   ``pixel_baseline`` runs of every fold and the ``report`` run, which nests the others under itself
@@ -26,8 +27,9 @@ from typing import Any
 import yaml
 
 from pipeline.config import StageParams
+from stages.provenance import Input, input_tags, log_dataset_inputs
 
-__all__ = ["RunLogger", "git_state", "group_key", "input_hashes", "repo_root", "run_item", "stage_run", "tracking_uri"]
+__all__ = ["RunLogger", "git_state", "group_key", "lock_hashes", "repo_root", "run_item", "stage_run", "tracking_uri"]
 
 EXPERIMENT_DEFAULT = "dynamic-mtl-face"
 #: the experiment tag MLflow 3's UI reads to choose its layout: model training (runs first), not GenAI (traces)
@@ -62,10 +64,10 @@ def git_state(root: Path) -> dict[str, str]:
     return {"git.commit": sha, "mlflow.source.git.commit": sha, "git.dirty": str(bool(dirty)).lower()}
 
 
-def input_hashes(root: Path, inputs: Sequence[str]) -> dict[str, str]:
-    """Tags ``dvc.input.<path>.md5`` for each input path that an upstream stage's ``outs`` lists in ``dvc.lock``.
-
-    DVC rewrites ``dvc.lock`` after each stage, so upstream entries are current while a stage runs.
+def lock_hashes(root: Path, inputs: Sequence[str]) -> dict[str, str]:
+    """``dvc.input.<path>.md5`` (and ``.nfiles``) for each path that an upstream stage's ``outs`` lists in
+    ``dvc.lock``: what DVC last recorded, used only by :func:`group_key` (a run's provenance tags come from the files
+    themselves: :mod:`stages.provenance`).
     """
     lock = root / "dvc.lock"
     if not lock.is_file():
@@ -111,7 +113,7 @@ def group_key(params: Any, dataset: str, root: Path | None = None, commit: str |
     root = root or repo_root()
     folds = params.folds
     common = params.finetune.common
-    data = input_hashes(root, [f"data/aligned/{dataset}", f"data/folds/{dataset}"])
+    data = lock_hashes(root, [f"data/aligned/{dataset}", f"data/folds/{dataset}"])
     content = {
         "dataset": dataset,
         "finetune.common": plain(common),
@@ -249,14 +251,20 @@ class RunLogger:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str] = (), item: str | None = None,
+def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str | Input] = (), item: str | None = None,
               resume_file: Path | None = None, group: Any | None = None) -> Iterator[RunLogger]:
-    """Open one MLflow run for a stage invocation; it ends FAILED if the body raises.
+    """Open one MLflow run for a stage invocation; it ends FAILED if the body raises, KILLED if it is interrupted
+    (Ctrl-C, SIGTERM: a :class:`KeyboardInterrupt`).
+
+    The run is tagged with this ``host`` and ``pid``; before it starts, the RUNNING runs that dead processes of this
+    host left (a SIGKILL) are ended KILLED (:func:`mark_dead_runs_killed`).
 
     Args:
         stage: the command name (``download``, ``manifest``…).
         params: the stage's declared sections; logged flattened as run params.
-        inputs: repo-relative input paths whose DVC md5 (from ``dvc.lock``) become tags.
+        inputs: what the stage reads (:class:`stages.provenance.Input`, or a repo-relative path): each one's md5,
+            computed from the files now, becomes a tag ``input.<path>.md5``; those naming a dataset are logged as
+            MLflow dataset inputs.
         item: the foreach item (a dataset name), part of the run name.
         resume_file: a file holding the id of this job's run: when it names a run that exists, that run is
             reopened (a resumed job logs into its first run instead of a duplicate); the id of a new run is
@@ -280,7 +288,9 @@ def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str] = (), it
         mlflow.create_experiment(name, artifact_location=(root / "mlruns").as_uri())
     mlflow.set_experiment(name)
     mlflow.set_experiment_tag(*EXPERIMENT_KIND)  # also on an experiment an older version created
-    tags = {"stage": stage, **git_state(root), **input_hashes(root, inputs)}
+    read = [i if isinstance(i, Input) else Input(str(i)) for i in inputs]
+    input_tags_, digests, hash_seconds = input_tags(root, read)
+    tags = {"stage": stage, **git_state(root), **input_tags_}
     if item is not None:
         tags["item"] = item
     groups: dict[str, str] = {}
@@ -295,6 +305,8 @@ def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str] = (), it
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     run_name = os.environ.get("DVC_STAGE") or (f"{stage}@{item}" if item else stage)
+    tags.update(host=_host(), pid=str(os.getpid()))
+    mark_dead_runs_killed(mlflow.get_experiment_by_name(name).experiment_id)
     previous = _previous_run(mlflow, resume_file)
     start = {"run_id": previous} if previous else {"run_name": run_name}
     with mlflow.start_run(**start, tags=tags) as run:
@@ -305,7 +317,54 @@ def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str] = (), it
             mlflow.set_tag("resumed", "true")
         flat = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in params.as_flat_dict().items()}
         mlflow.log_params(flat)
-        yield RunLogger(mlflow, run.info.run_id, groups=groups)
+        log_dataset_inputs(mlflow, root, read, digests)
+        if read:
+            mlflow.log_metric("provenance_seconds", round(hash_seconds, 3))
+        try:
+            yield RunLogger(mlflow, run.info.run_id, groups=groups)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (stages.common.Terminated): KILLED, not FAILED
+            mlflow.end_run("KILLED")
+            raise
+
+
+def mark_dead_runs_killed(experiment_id: str) -> list[str]:
+    """End as KILLED the RUNNING runs of the experiment whose process (tags ``host`` and ``pid``) was on this host
+    and is gone: what a stage killed by SIGKILL leaves. Returns their ids.
+
+    One search of the experiment's RUNNING runs; a run of another host, or without those tags, is left alone (as is
+    one whose pid a new process has taken meanwhile: a later start ends it).
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    host, killed = _host(), []
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        if tags.get("host") == host and tags.get("pid", "").isdigit() and not _alive(int(tags["pid"])):
+            client.set_terminated(run.info.run_id, "KILLED")
+            killed.append(run.info.run_id)
+    return killed
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _previous_run(mlflow: Any, resume_file: Path | None) -> str | None:

@@ -202,3 +202,53 @@ def e2e_repo(tmp_path_factory) -> dict:
     from tests.e2e_repo import build
 
     return build(tmp_path_factory.mktemp("e2e"))
+
+
+def descendants(pid: int) -> list:
+    """The live child processes of ``pid``, recursively (``psutil.Process`` objects)."""
+    import psutil
+
+    return psutil.Process(pid).children(recursive=True)
+
+
+def sigkill_stage_when(proc, ready, what: str, timeout: float = 240.0) -> list:
+    """Wait until ``ready()`` is true while the stage subprocess ``proc`` (started with ``start_new_session``) runs,
+    then SIGKILL the stage only, not its process group, as ``kill -9 <pid>`` would, and reap it. Returns its child
+    processes at that moment (:func:`descendants`). Fails when the stage ends first or ``what`` does not happen
+    within ``timeout`` s; whatever happens, nothing of the group is left running."""
+    import os
+    import signal
+    import time
+
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert proc.poll() is None, f"the stage ended (rc {proc.returncode}) before {what}"
+            assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s"
+            time.sleep(0.02)
+        children = descendants(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return children
+
+
+def still_alive(procs: list, timeout: float = 10.0) -> list[str]:
+    """The processes of ``procs`` still alive after ``timeout`` seconds (a zombie, never reaped once its parent is
+    gone, counts as dead), as ``pid name`` strings: empty when every one ended."""
+    import time
+
+    import psutil
+
+    def alive(p) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [f"{p.pid} {p.name()}" for p in procs if alive(p)]

@@ -1,4 +1,5 @@
-"""The align stage on the tiny demo: outputs, failure threshold, resume after an interruption, torchrun on CPU."""
+"""The align stage on the tiny demo: outputs, failure threshold, resume after an interruption or a SIGKILL,
+torchrun on CPU."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pipeline.faces.shards import shard_name
 from pipeline.faces.source import FaceSource
 from pipeline.faces.table import read_alignment_table
 from stages.app import app
-from tests.conftest import REPO, tiny_params, write_params
+from tests.conftest import REPO, sigkill_stage_when, stage_env, still_alive, tiny_params, write_params
 
 runner = CliRunner()
 
@@ -225,11 +226,36 @@ def test_stage_launches_torchrun_when_processes_above_one(workdir, no_mlflow, re
     _same_output(workdir / "data/aligned/demo_oulu", Path(reference_run.out_dir))
 
 
-def test_decoding_workers_give_the_same_output(workdir, no_mlflow, reference_run):
-    """The default path: DataLoader worker processes decode, batches cross no chunk boundary."""
+def test_sigkill_leaves_no_worker_and_the_next_run_cleans_up_and_ends_like_an_uninterrupted_one(
+        workdir, mlflow_uri, reference_run):
+    """The stage process alone is killed (SIGKILL: no cleanup code runs) after its first chunk: its two decoding
+    workers die with it. The next run deletes the stale temporary output folder, ends the killed run KILLED, does not
+    redo the finished chunks, and writes the uninterrupted run's output. (Also the default path: DataLoader worker
+    processes decode, batches cross no chunk boundary.)"""
+    from mlflow.tracking import MlflowClient
+
     write_params(workdir / "params.yaml", tiny_params(**{**TINY_ALIGN, "align.workers": 2}))
-    assert _invoke("align", "demo_oulu").exit_code == 0
+    proc = subprocess.Popen([sys.executable, "-m", "stages", "--params", "params.yaml", "align", "demo_oulu"],
+                            cwd=workdir, env=stage_env(workdir, workdir / "mlruns.db"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    workers = sigkill_stage_when(proc, lambda: any((workdir / "data/work/align").glob("*/*.parquet")),
+                                 "its first chunk")
+    assert len(workers) == 2 and still_alive(workers) == []
+    assert [p.name for p in (workdir / "data/aligned").iterdir()] == [f".demo_oulu.tmp-{proc.pid}"]
+    (work,) = (p for p in (workdir / "data/work/align").iterdir() if p.is_dir())
+    done = len(list(work.glob("*.parquet")))
+    assert 1 <= done < 5
+
+    res = _invoke("align", "demo_oulu")
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in (workdir / "data/aligned").iterdir()] == ["demo_oulu"]  # the stale folder is gone
+    speed = json.loads((workdir / "data/work/align/demo_oulu.last-run.json").read_text())
+    assert speed["processed_this_run"] == N - 8 * done
     _same_output(workdir / "data/aligned/demo_oulu", Path(reference_run.out_dir))
+    client = MlflowClient(mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("dynamic-mtl-face").experiment_id])
+    assert sorted((r.data.tags["pid"], r.info.status) for r in runs) == sorted(
+        [(str(proc.pid), "KILLED"), (str(os.getpid()), "FINISHED")])
 
 
 def test_torchrun_failure_is_one_clear_line_without_outputs(workdir, no_mlflow, monkeypatch):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.atomic import atomic_dir, atomic_file, atomic_files, write_json
+from pipeline.atomic import atomic_dir, atomic_file, atomic_files, remove_stale_temps, write_json
 from pipeline.training.state import TrainingState, generator
 
 
@@ -52,6 +52,32 @@ def test_atomic_dir_swaps_the_whole_folder(tmp_path):
     with atomic_dir(out) as tmp:
         (tmp / "new.txt").write_text("new")
     assert _siblings(out) == ["new.txt"] and _siblings(tmp_path) == ["run"]
+
+
+def test_the_next_writer_removes_the_temporaries_of_dead_writers_only(tmp_path):
+    """A writer killed by SIGKILL leaves its temporaries; the next writer of the same path deletes those of dead
+    processes, and keeps a live writer's and other paths' ones."""
+    import os
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    dead, live = child.pid, os.getppid()
+    out = tmp_path / "run"
+    stale = [tmp_path / f".run.tmp-{dead}", tmp_path / f".run.old-{dead}"]
+    kept = [tmp_path / f".run.tmp-{live}", tmp_path / f".other.tmp-{dead}", tmp_path / ".run.tmp-x"]
+    for d in stale + kept:
+        d.mkdir()
+        (d / "half.bin").write_bytes(b"x")
+    (tmp_path / f".m.json.tmp-{dead}").write_text("{")
+    with atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("a")
+    assert _siblings(tmp_path) == sorted([".m.json.tmp-" + str(dead), "run", *(d.name for d in kept)])
+    write_json({}, tmp_path / "m.json")  # atomic_file: the same for a file
+    assert not (tmp_path / f".m.json.tmp-{dead}").exists()
+    assert remove_stale_temps(tmp_path / "other") == [tmp_path / f".other.tmp-{dead}"]
+    assert remove_stale_temps(tmp_path / "missing" / "x") == []
 
 
 def test_write_json_is_sorted_indented_and_newline_terminated(tmp_path):

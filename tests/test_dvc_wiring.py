@@ -52,9 +52,10 @@ def test_declared_params_match_stage_module(stage_name):
             assert (REPO / dep).exists(), f"{stage_name}: declared dep {dep} does not exist"
 
 
-#: modules that cannot change a stage's outputs (logging, the CLI shell that dispatches to the command), so they
-#: are not code deps; the CLI shell also imports every other command, which is not followed
-NOT_DEPS = {"stages/tracking.py", "pipeline/__init__.py", "pipeline/data/__init__.py"}
+#: modules that cannot change a stage's outputs (logging and the provenance it records, the CLI shell that
+#: dispatches to the command), so they are not code deps; the CLI shell also imports every other command, which is
+#: not followed
+NOT_DEPS = {"stages/tracking.py", "stages/provenance.py", "pipeline/__init__.py", "pipeline/data/__init__.py"}
 NOT_FOLLOWED = {"stages", "stages.app", "stages.__main__"}
 
 
@@ -161,6 +162,11 @@ def test_finetune_instance_tracks_its_declared_params(dvc_copy):
             assert values[f"finetune@{d}-0-{m}"][f"finetune.methods.{m}"] == PARAMS["finetune"]["methods"][m]
 
 
+#: the params check tracks every tracked param, so every edit that re-runs a stage re-runs it too (its output is
+#: constant: it makes no other stage stale)
+CHECK = {"check_params"}
+
+
 def _changed(before: dict, after: dict) -> set[str]:
     return {name for name in before if name in after and before[name] != after[name]}
 
@@ -171,11 +177,12 @@ def test_changing_one_method_block_changes_only_that_methods_stages(dvc_copy):
     before = dvc_copy(PARAMS)
     params = copy.deepcopy(PARAMS)
     params["finetune"]["methods"]["dynamic"]["lr_weights"] = 0.0123
-    assert _changed(before, dvc_copy(params)) == {f"finetune@{d}-{f}-dynamic" for d in PARAMS["finetune"]["datasets"]
-                                                  for f in PARAMS["folds"]["run"]}
+    assert _changed(before, dvc_copy(params)) == CHECK | {f"finetune@{d}-{f}-dynamic"
+                                                          for d in PARAMS["finetune"]["datasets"]
+                                                          for f in PARAMS["folds"]["run"]}
     params = copy.deepcopy(PARAMS)
     params["finetune"]["common"]["epochs"] += 1
-    assert _changed(before, dvc_copy(params)) == _finetune_instances()
+    assert _changed(before, dvc_copy(params)) == CHECK | _finetune_instances()
     params = copy.deepcopy(PARAMS)  # read for speed only: no stage is stale
     params["finetune"]["runtime"].update(device="cpu", eval_batch_size=7, threads=1, compile=True)
     assert _changed(before, dvc_copy(params)) == set()
@@ -189,10 +196,10 @@ def test_the_task_set_is_tracked_by_the_stages_that_train_evaluate_and_report_it
     task_set = params["finetune"]["common"]["task_set"]
     params["task_sets"][task_set]["tasks"]["expression"]["head"]["hidden"] = 64
     per_fold = {f"pixel_baseline@{d}-{f}" for d in PARAMS["finetune"]["datasets"] for f in PARAMS["folds"]["run"]}
-    assert _changed(before, dvc_copy(params)) == _finetune_instances() | per_fold | {"report"}
-    params = copy.deepcopy(PARAMS)  # another task set: nothing runs it
+    assert _changed(before, dvc_copy(params)) == CHECK | _finetune_instances() | per_fold | {"report"}
+    params = copy.deepcopy(PARAMS)  # another task set: nothing runs it (only the check reads it)
     params["task_sets"]["other"] = copy.deepcopy(params["task_sets"][task_set])
-    assert _changed(before, dvc_copy(params)) == set()
+    assert _changed(before, dvc_copy(params)) == CHECK
 
 
 def test_pretrain_tracks_its_training_settings_but_not_its_speed_settings(dvc_copy):
@@ -205,11 +212,11 @@ def test_pretrain_tracks_its_training_settings_but_not_its_speed_settings(dvc_co
     assert _changed(before, dvc_copy(params)) == set()
     params = copy.deepcopy(PARAMS)
     params["pretrain"]["train"]["steps"] += 1  # finetune re-runs through its dep on model.pt, not through params
-    assert _changed(before, dvc_copy(params)) == {"pretrain"}
+    assert _changed(before, dvc_copy(params)) == CHECK | {"pretrain"}
     params = copy.deepcopy(PARAMS)
     params["pretrain"]["train"]["dataset"] = "demo_oulu"  # finetune's init: pretrain names the pretrain dataset
     # (the report reads it too: the demo checks include the pretraining dataset's alignment)
-    assert _changed(before, dvc_copy(params)) == {"pretrain", "report"} | _finetune_instances()
+    assert _changed(before, dvc_copy(params)) == CHECK | {"pretrain", "report"} | _finetune_instances()
 
 
 def test_report_params_rerun_only_the_report(dvc_copy):
@@ -220,14 +227,14 @@ def test_report_params_rerun_only_the_report(dvc_copy):
                        ("val_far", 0.01)):
         params = copy.deepcopy(PARAMS)
         params["report"][key] = value
-        assert _changed(before, dvc_copy(params)) == {"report"}, key
+        assert _changed(before, dvc_copy(params)) == CHECK | {"report"}, key
     # the report lists the run's methods: dropping one changes the report, and no other stage's params
     params = copy.deepcopy(PARAMS)
     params["finetune"]["run_methods"] = [m for m in params["finetune"]["run_methods"] if m != "gradnorm"]
     after = dvc_copy(params)
     assert set(before) - set(after) == {f"finetune@{d}-{f}-gradnorm" for d in PARAMS["finetune"]["datasets"]
                                         for f in PARAMS["folds"]["run"]}
-    assert {name for name in after if before[name] != after[name]} == {"report"}
+    assert {name for name in after if before[name] != after[name]} == CHECK | {"report"}
 
 
 def test_a_dataset_label_set_edit_reaches_only_that_datasets_stages(dvc_copy):
@@ -245,5 +252,25 @@ def test_a_dataset_label_set_edit_reaches_only_that_datasets_stages(dvc_copy):
     edited = copy.deepcopy(params)
     edited["datasets"]["other_oulu"]["label_sets"]["expression"] = "oulu_seven"
     changed = _changed(before, dvc_copy(edited))
-    assert changed == ({"folds@other_oulu", "report"} | {s for s in _finetune_instances(params) if "other_oulu" in s}
+    assert changed == (CHECK | {"folds@other_oulu", "report"}
+                       | {s for s in _finetune_instances(params) if "other_oulu" in s}
                        | {f"pixel_baseline@other_oulu-{f}" for f in params["folds"]["run"]})
+
+
+def test_check_params_runs_first_and_tracks_every_tracked_param():
+    """Every stage depends on the params check's output, and the check tracks every param some stage tracks: an edit
+    that would re-run any stage re-runs the check first, so a bad value stops ``dvc repro`` before DVC deletes the
+    outputs of a stage."""
+    from stages import check_params
+
+    check = DVC["check_params"]
+    assert check["outs"] == [{"data/params-valid.txt": {"cache": False, "persist": True}}]
+    tracked = check["params"]
+    for name, stage in DVC.items():
+        if name == "check_params":
+            continue
+        body = stage.get("do", stage)
+        assert "data/params-valid.txt" in body["deps"], name
+        for param in body["params"]:
+            assert any(param == t or param.startswith(t + ".") for t in tracked), f"{name}: {param} is not checked"
+    assert check_params.CONTENT.endswith("\n") and "{" not in check_params.CONTENT  # constant, nothing formatted in

@@ -4,6 +4,7 @@ idempotency, and which params re-run which stages."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -30,8 +31,9 @@ def test_repro_writes_manifests_and_metrics(e2e_repo):
         assert len(df) == n
         metrics = json.loads((dst / f"metrics/manifest/{name}.json").read_text())
         assert metrics["images"] == n and metrics["skipped"] == 0
-    show = run(e2e_repo, "dvc", "metrics", "show", "--json").stdout
-    assert "metrics/manifest/oulu.json" in show
+    # a stage's own metrics are plain files, shown when named (`dvc metrics show` lists the report's summary)
+    show = run(e2e_repo, "dvc", "metrics", "show", "--json", "metrics/manifest/oulu.json").stdout
+    assert json.loads(show)[""]["data"]["metrics/manifest/oulu.json"]["data"]["images"] == IMAGES["oulu"]
     stages = run(e2e_repo, "dvc", "stage", "list").stdout
     assert "download@oulu" in stages and "manifest@demo_webface" in stages
 
@@ -58,11 +60,20 @@ def test_repro_logged_one_mlflow_run_per_stage(e2e_repo):
     manifest_run = first["manifest@oulu"]
     lock = yaml.safe_load((dst / "dvc.lock").read_text())["stages"]
     (raw_out,) = lock["download@oulu"]["outs"]
-    assert manifest_run.data.tags["dvc.input.data/raw/oulu.md5"] == raw_out["md5"]
-    (aligned_out,) = [o for o in lock["align@oulu"]["outs"] if o["path"] == "data/aligned/oulu"]
+    # hashed from the files when each stage ran, in DVC's format: unchanged inputs show dvc.lock's values
+    assert manifest_run.data.tags["input.data/raw/oulu.md5"] == raw_out["md5"]
+    outs = {o["path"]: o for stage in lock.values() for o in stage.get("outs", [])}
     for method in METHODS:
         r = first[f"finetune@oulu-0-{method}"]
-        assert r.data.tags["dvc.input.data/aligned/oulu.md5"] == aligned_out["md5"]
+        assert r.data.tags["input.data/aligned/oulu.md5"] == outs["data/aligned/oulu"]["md5"]
+        assert r.data.tags["input.data/manifests/oulu.parquet.md5"] == outs["data/manifests/oulu.parquet"]["md5"]
+        # the fold files and the checkpoint it started from
+        model = dst / "data/pretrain/demo_webface/model.pt"
+        model_md5 = hashlib.md5(model.read_bytes()).hexdigest()
+        assert r.data.tags["input.data/pretrain/demo_webface/model.pt.md5"] == model_md5
+        assert {(i.dataset.name, {t.key: t.value for t in i.tags}["mlflow.data.context"])
+                for i in r.inputs.dataset_inputs} == {("oulu", "source"), ("oulu fold0", "training"),
+                                                      ("oulu fold0 pairs", "evaluation")}
         assert r.data.tags["task_set"] == "fr_fer" and r.data.tags["dataset"] == "oulu"
         steps = client.get_metric_history(r.info.run_id, "weight_identity")
         assert sorted(m.step for m in steps) == [1, 2]  # one epoch of 2 steps
@@ -77,7 +88,7 @@ def test_second_repro_runs_nothing_and_params_hit_only_their_stage(e2e_repo):
     set_params(e2e_repo, **{"datasets.oulu.options.keep_last": 2})
     # and the report, which tracks the whole `datasets` section (each listed dataset's reader, source and label
     # sets: DVC cannot template a key per list item; re-running it costs seconds and gives the same bytes)
-    assert _status(e2e_repo) == {"manifest@oulu", "report"}
+    assert _status(e2e_repo) == {"check_params", "manifest@oulu", "report"}
     restore(e2e_repo)
 
 
@@ -105,12 +116,12 @@ def test_folds_params_rerun_only_folds_and_run_is_not_a_param(e2e_repo):
     # only the new fold's stages (never run) and the report that lists the folds; folds itself is not stale
     new = {f"finetune@{d}-1-{m}" for d in DATASETS for m in ("dynamic", "static")} | {"report"}
     assert new <= status
-    assert all("-1-" in name or name.endswith("-1") for name in status - {"report"}), status
+    assert all("-1-" in name or name.endswith("-1") for name in status - {"report", "check_params"}), status
     set_params(e2e_repo, **{"folds.seed": 1})
-    assert _status(e2e_repo) == {f"folds@{d}" for d in DATASETS}
-    res = run(e2e_repo, "dvc", "repro", "folds@oulu")  # not the finetune stages after it
+    assert _status(e2e_repo) == {"check_params"} | {f"folds@{d}" for d in DATASETS}
+    res = run(e2e_repo, "dvc", "repro", "folds@oulu")  # the params check, then folds: not the finetune stages after it
     assert [line for line in res.stdout.splitlines() if line.startswith("Running stage")] == [
-        "Running stage 'folds@oulu':"]
+        "Running stage 'check_params':", "Running stage 'folds@oulu':"]
     restore(e2e_repo)
     run(e2e_repo, "dvc", "repro")  # back to the built state: folds@oulu again, its outputs unchanged
     assert run(e2e_repo, "dvc", "status", "-q", check=False).returncode == 0
@@ -135,7 +146,7 @@ def test_align_params_rerun_only_align_and_runtime_params_do_not(e2e_repo):
     set_params(e2e_repo, **{"align.batch_size": 7, "align.workers": 0})
     assert run(e2e_repo, "dvc", "status", "-q", check=False).returncode == 0
     set_params(e2e_repo, **{"align.quality": 90})
-    assert _status(e2e_repo) == {f"align@{d}" for d in ALL_DATASETS}
+    assert _status(e2e_repo) == {"check_params"} | {f"align@{d}" for d in ALL_DATASETS}
     restore(e2e_repo)
 
 
@@ -166,7 +177,7 @@ def test_repro_finetunes_every_dataset_fold_and_method_after_folds(e2e_repo):
     pm = json.loads((dst / "metrics/pretrain/demo_webface.json").read_text())
     assert pm["steps"] == 4 and pm["verification"]["last"]["step"] == 4
     show = json.loads(run(e2e_repo, "dvc", "metrics", "show", "--json").stdout)
-    assert "metrics/finetune/ckplus/fold0-static.json" in json.dumps(show)
+    assert "metrics/summary/ckplus/static.json" in show[""]["data"]
     assert not any((dst / "data/work/finetune").iterdir())  # checkpoints cleared after each finished stage
 
 
@@ -192,8 +203,14 @@ def test_repro_ends_with_the_report_and_nests_the_fold_runs_under_it(e2e_repo):
     assert set(section["methods"]) == {"dynamic", "static", "pixel_pca"}
     # real data: no demo targets (their checks have their own tests, and make demo prints them)
     assert section["demo_checks"] == [] and report["demo_passed"] is None
-    show = json.loads(run(e2e_repo, "dvc", "metrics", "show", "--json").stdout)
-    assert "metrics/report.json" in json.dumps(show)
+    # `dvc metrics show`: the table's means, one short row per dataset and method, not every stage's details
+    show = run(e2e_repo, "dvc", "metrics", "show").stdout
+    rows = [line for line in show.splitlines() if line.startswith("metrics/")]
+    assert sorted(rows) == rows and len(rows) == len(DATASETS) * 3  # dynamic, static, pixel_pca
+    assert all(r.startswith("metrics/summary/") for r in rows)
+    assert max(len(line) for line in show.splitlines()) <= 120
+    dynamic = json.loads((dst / "metrics/summary/oulu/dynamic.json").read_text())
+    assert dynamic == section["methods"]["dynamic"]["best"]  # finetune.common.selection: test_fold
     client = MlflowClient(f"sqlite:///{dst / 'mlflow.db'}")
     exp = client.get_experiment_by_name("dynamic-mtl-face")
     summary = min(client.search_runs([exp.experiment_id], "tags.stage = 'report'"), key=lambda r: r.info.start_time)
@@ -213,7 +230,30 @@ def test_finetune_method_params_rerun_only_that_method_and_runtime_params_do_not
                             "pretrain.runtime.decode": "device", "pretrain.runtime.compile": True})
     assert run(e2e_repo, "dvc", "status", "-q", check=False).returncode == 0
     set_params(e2e_repo, **{"finetune.methods.dynamic.lr_weights": 0.0123})
-    assert _status(e2e_repo) == {f"finetune@{d}-0-dynamic" for d in DATASETS}
+    assert _status(e2e_repo) == {"check_params"} | {f"finetune@{d}-0-dynamic" for d in DATASETS}
     set_params(e2e_repo, **{"finetune.common.network.keep_prob": 0.8})
-    assert _status(e2e_repo) == set(FINETUNE)
+    assert _status(e2e_repo) == {"check_params", *FINETUNE}
     restore(e2e_repo)
+
+
+def test_a_params_typo_stops_repro_before_any_stage_loses_its_outputs(e2e_repo):
+    """DVC deletes a stage's outputs before its command runs: the params check runs first and fails, so no stage
+    starts and every output stays as it was."""
+    dst = e2e_repo["dst"]
+    outputs = {p: p.read_bytes() for folder in ("data", "metrics", "reports") for p in sorted((dst / folder).rglob("*"))
+               if p.is_file() and "work" not in p.relative_to(dst).parts}
+    params = dst / "params.yaml"
+    text = params.read_text()
+    assert text.count("max_skip_fraction:") == 1
+    params.write_text(text.replace("max_skip_fraction:", "max_skip_fracton:"))
+    try:
+        res = run(e2e_repo, "dvc", "repro", check=False)
+        assert res.returncode != 0
+        assert "manifest.max_skip_fracton: unknown key" in res.stderr + res.stdout
+        ran = [line for line in res.stdout.splitlines() if line.startswith("Running stage")]
+        assert ran == ["Running stage 'check_params':"]
+        after = {p: p.read_bytes() for p in outputs if p.is_file()}
+        assert after == outputs  # nothing deleted, nothing rewritten
+    finally:
+        params.write_text(text)
+    assert run(e2e_repo, "dvc", "status", "-q", check=False).returncode == 0

@@ -90,9 +90,9 @@ def test_a_ckplus_label_set_edit_reruns_only_the_ckplus_stages(e2e_repo):
     set_params(e2e_repo, **{"datasets.ckplus.label_sets.expression": seven})
     ckplus = {"folds@ckplus", "pixel_baseline@ckplus-0", *(f"finetune@ckplus-0-{m}" for m in METHODS)}
     status = set(json.loads(run(e2e_repo, "dvc", "status", "--json").stdout))
-    assert status == ckplus | {"report"}
+    assert status == ckplus | {"report", "check_params"}
     res = run(e2e_repo, "dvc", "repro")
     ran = {line.split("'")[1] for line in res.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == ckplus | {"report"}
+    assert ran == ckplus | {"report", "check_params"}
     metrics = json.loads((e2e_repo["dst"] / "metrics/finetune/ckplus/fold0-dynamic.json").read_text())
     assert metrics["last"]["expression"]["class_names"] == seven["classes"]

@@ -9,11 +9,9 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,15 @@ from typer.testing import CliRunner
 from pipeline.evaluation.verification import evaluate_distances
 from pipeline.models.checkpoint import load_model
 from stages.app import app
-from tests.conftest import REPO, run_upstream, stage_env, tiny_params, write_params
+from tests.conftest import (
+    REPO,
+    run_upstream,
+    sigkill_stage_when,
+    stage_env,
+    still_alive,
+    tiny_params,
+    write_params,
+)
 
 runner = CliRunner()
 EPOCHS, EPOCH_SIZE, BATCH = 3, 2, 4
@@ -233,25 +239,23 @@ def test_mlflow_run_has_per_step_weights_params_and_artifacts(reference):
 
 
 def test_sigkill_then_rerun_ends_like_an_uninterrupted_run_in_the_same_mlflow_run(reference, inputs, tmp_path):
+    """SIGKILL of the stage process alone (no cleanup code runs) after its first checkpoint: no child process
+    outlives it, its MLflow run is left RUNNING; the rerun resumes the same run (KILLED by the start, then RUNNING
+    again, then FINISHED) and ends bit-identical to the uninterrupted run, its resume state deleted."""
     from mlflow.tracking import MlflowClient
 
     work = _workdir(tmp_path / "repo", inputs, _params())
     db = tmp_path / "mlflow.db"
     proc = subprocess.Popen(_cmd(), cwd=work, env=_env(work, db), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not list((work / "data/work/finetune").glob("*/state.pt")):
-            assert proc.poll() is None, f"the stage ended (rc {proc.returncode}) before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    children = sigkill_stage_when(proc, lambda: any((work / "data/work/finetune").glob("*/state.pt")),
+                                  "its first checkpoint")
     assert proc.returncode == -signal.SIGKILL
+    assert still_alive(children) == []
     assert not (work / METRICS).exists() and not (work / OUT).exists()
+    client = MlflowClient(f"sqlite:///{db}")
+    (killed,) = client.search_runs([client.get_experiment_by_name("dynamic-mtl-face").experiment_id])
+    assert killed.info.status == "RUNNING" and killed.data.tags["pid"] == str(proc.pid)
     state = torch.load(next((work / "data/work/finetune").glob("*/state.pt")), weights_only=False)
     assert 1 <= state["epoch"] <= EPOCHS  # usually 1; a starved poller may see a later checkpoint first
 
@@ -265,8 +269,8 @@ def test_sigkill_then_rerun_ends_like_an_uninterrupted_run_in_the_same_mlflow_ru
     sa, sb = np.load(work / OUT / "scores.npz"), np.load(reference["dir"] / OUT / "scores.npz")
     assert sorted(sa.files) == sorted(sb.files) and all(np.array_equal(sa[k], sb[k]) for k in sa.files)
     assert not any((work / "data/work/finetune").iterdir())  # the checkpoint folder is cleared after success
+    assert not list((work / OUT.parent).glob(".*"))  # no temporary left
 
-    client = MlflowClient(f"sqlite:///{db}")
     runs = client.search_runs([client.get_experiment_by_name("dynamic-mtl-face").experiment_id])
     assert len(runs) == 1, [r.info.run_name for r in runs]  # reopened, not a duplicate
     run = runs[0]
@@ -376,6 +380,29 @@ def test_a_method_outside_run_methods_is_checked_when_it_is_run(errdir):
     assert "finetune.methods.naive_dynamic: weighting 'naive_dynamic': option 'base'" in line, line
 
 
+def test_a_non_finite_stop_names_the_state_file_it_keeps(errdir, monkeypatch):
+    """Epoch 2's evaluation diverges: the one-line error names epoch 1's state file, which exists."""
+    import re
+
+    import pipeline.training.finetune as loop
+    from pipeline.training.step import NonFiniteError
+
+    finite = loop._finite
+
+    def diverges(pred, epoch):
+        if epoch == 2:
+            raise NonFiniteError(f"non-finite model outputs when evaluating epoch {epoch}: its last steps diverged")
+        return finite(pred, epoch)
+
+    monkeypatch.setattr(loop, "_finite", diverges)
+    res = runner.invoke(app, ["--params", "params.yaml", "finetune", "--fold", "0", "--method", "dynamic"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    line = res.stderr.strip().splitlines()[-1]  # after the progress bar
+    assert line.startswith("error: non-finite model outputs when evaluating epoch 2"), line
+    named = Path(re.search(r"checkpointed in (\S+state\.pt)", line).group(1))
+    assert (errdir / named).is_file() and torch.load(errdir / named, weights_only=False)["epoch"] == 1
+
+
 def test_missing_fold_file_and_fold_out_of_range(errdir):
     line = _error(errdir, "--fold", "1", "--method", "dynamic")
     assert "fold1.json" in line and "not found" in line
@@ -441,7 +468,8 @@ THREE_TASKS = {
 
 def _three_task_params() -> dict:
     params = _params(**{"finetune.common.task_set": "three", "datasets.demo_oulu.label_sets.pair": PAIR,
-                        "finetune.run_methods": ["dynamic", "naive_dynamic", "gradnorm"]})
+                        "finetune.run_methods": ["dynamic", "naive_dynamic", "gradnorm"],
+                        "finetune.methods.dynamic.base": [0.0] * 3, "finetune.methods.naive_dynamic.base": [0.0] * 3})
     params["task_sets"]["three"] = THREE_TASKS
     return params
 

@@ -37,13 +37,13 @@ def test_every_pipeline_module_imports_without_mlflow_dvc_typer():
 #: the library's packages (and top-level modules), lowest first: each may import only those listed before it
 #: (docs/architecture.md explains the layers)
 ORDER = [
-    "pipeline.errors", "pipeline.constants", "pipeline.atomic", "pipeline.paths", "pipeline.faces",
-    "pipeline.settings", "pipeline.reader_options", "pipeline.models", "pipeline.weighting", "pipeline.losses",
-    "pipeline.evaluation", "pipeline.config", "pipeline.data", "pipeline.align", "pipeline.folds",
+    "pipeline.errors", "pipeline.constants", "pipeline.atomic", "pipeline.processes", "pipeline.paths",
+    "pipeline.faces", "pipeline.settings", "pipeline.reader_options", "pipeline.models", "pipeline.weighting",
+    "pipeline.losses", "pipeline.evaluation", "pipeline.config", "pipeline.data", "pipeline.align", "pipeline.folds",
     "pipeline.training", "pipeline.report",
 ]
 #: stage modules every command may use; a command never imports another command (only the CLI shell does)
-STAGE_HELPERS = {"stages.common", "stages.tracking", "stages.training_runs"}
+STAGE_HELPERS = {"stages.common", "stages.provenance", "stages.tracking", "stages.training_runs"}
 STAGE_SHELL = {"stages", "stages.app", "stages.__main__"}
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from pipeline.models.checkpoint import load_model
-from tests.conftest import REPO, run_upstream, stage_env, tiny_params, write_params
+from tests.conftest import REPO, descendants, run_upstream, stage_env, still_alive, tiny_params, write_params
 
 OUT = Path("data/pretrain/demo_webface")
 METRICS = Path("metrics/pretrain/demo_webface.json")
@@ -109,8 +109,8 @@ def test_mlflow_run_has_loss_and_verification_curves(reference):
 
 
 def test_sigkill_then_rerun_ends_as_the_uninterrupted_run(inputs, reference, tmp_path):
-    """Kill the stage (and its DataLoader worker) after its first checkpoint; the rerun resumes and ends with the
-    same weights, rows and metrics."""
+    """Kill the stage process alone after its first checkpoint: its DataLoader worker dies with it; the rerun
+    resumes and ends with the same weights, rows and metrics."""
     steps = 8
     params = _params(**{"pretrain.runtime.workers": 1, "pretrain.train.steps": steps})
     ref = _workdir(tmp_path / "ref", inputs, params)
@@ -123,10 +123,13 @@ def test_sigkill_then_rerun_ends_as_the_uninterrupted_run(inputs, reference, tmp
     while not list((work / "data/work/pretrain").glob("*/state.pt")) and proc.poll() is None:
         assert time.time() < deadline
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
+    workers = descendants(proc.pid) if proc.poll() is None else []
+    os.kill(proc.pid, signal.SIGKILL)  # the stage only, not its process group
     proc.wait()
+    assert still_alive(workers) == []
     states = list((work / "data/work/pretrain").glob("*/state.pt"))
     killed_at = torch.load(states[0], weights_only=False)["step"] if states else steps
+    assert len(workers) == 1 or killed_at == steps  # killed while its worker ran, unless it had already ended
     res = _run(work)
     if killed_at < steps:
         assert f"resumed after step {killed_at}" in res.stderr
@@ -136,6 +139,45 @@ def test_sigkill_then_rerun_ends_as_the_uninterrupted_run(inputs, reference, tmp
     assert (ref / OUT / "steps.csv").read_text() == (work / OUT / "steps.csv").read_text()
     ma, mb = (json.loads((d / METRICS).read_text()) for d in (ref, work))
     assert ma == mb
+
+
+@pytest.mark.parametrize(("at", "kept"), [(2, None), (4, 2)], ids=["before-a-checkpoint", "after-one"])
+def test_a_non_finite_stop_names_the_state_it_keeps_or_says_there_is_none(inputs, tmp_path, monkeypatch, no_mlflow,
+                                                                          at, kept):
+    """Verification diverges at step ``at`` (the evaluation of step 2 comes before its checkpoint): the one-line
+    error names the state file that exists, or says that none was written."""
+    from typer.testing import CliRunner
+
+    import pipeline.training.pretrain as loop
+    from pipeline.training.step import NonFiniteError
+    from stages.app import app
+
+    work = _workdir(tmp_path / "repo", inputs, _params())
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("DVC_ROOT", str(work))
+    evaluate = loop._evaluate
+
+    def diverges(spec, model, verify, images, step):
+        if step == at:
+            raise NonFiniteError(f"non-finite embeddings when evaluating step {step}: the last steps diverged")
+        return evaluate(spec, model, verify, images, step)
+
+    monkeypatch.setattr(loop, "_evaluate", diverges)
+    threads = torch.get_num_threads()
+    try:
+        res = CliRunner().invoke(app, ["--params", "params.yaml", "pretrain"])
+    finally:
+        torch.set_num_threads(threads)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: non-finite embeddings when evaluating step {at}"), line
+    (state,) = (work / "data/work/pretrain").glob("*/state.pt") if kept else [None]
+    if kept:
+        assert f"the state of step {kept} is kept in {state.relative_to(work)} " in line
+        assert torch.load(state, weights_only=False)["step"] == kept
+    else:
+        assert "no checkpoint was written (none is kept)" in line
+        assert not list((work / "data/work/pretrain").glob("*/state.pt"))
 
 
 def test_two_processes_run_under_torchrun(inputs, tmp_path):

@@ -276,6 +276,10 @@ def test_report_stage_writes_tables_figures_checks_and_metrics(tmp_path, monkeyp
     assert summary["methods"]["dynamic"]["last"]["verification"] == 92.0
     assert summary["methods"]["pretrained"]["last"]["expression"] is None
     assert summary["demo_passed"] is True
+    by_method = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "metrics/summary").rglob("*.json"))
+    assert by_method == sorted(f"metrics/summary/demo_oulu/{m}.json" for m in summary["methods"])
+    assert json.loads((tmp_path / "metrics/summary/demo_oulu/dynamic.json").read_text()) == \
+        summary["methods"]["dynamic"]["best"]
     checks = (tmp_path / "reports/demo_check.txt").read_text()
     assert checks.count("PASS") == 6 and "FAIL" not in checks
     first = {p: p.read_bytes() for p in sorted((tmp_path / "reports").rglob("*")) if p.is_file()}
@@ -307,6 +311,7 @@ def test_report_stage_errors_are_one_line_and_leave_no_partial_outputs(tmp_path,
     assert res.output.strip().splitlines() == [
         "error: metrics/finetune/demo_oulu: no metrics for fold1-static.json (run `dvc repro` to produce them)"]
     assert not (tmp_path / "reports").exists() and not (tmp_path / "metrics/report.json").exists()
+    assert not (tmp_path / "metrics/summary").exists()
     _stage_inputs(tmp_path / "again")
     monkeypatch.chdir(tmp_path / "again")
     (tmp_path / "again/data/finetune/demo_oulu/fold0-naive_dynamic/steps.csv").unlink()

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from pipeline.data.manifest import read_manifest
 from stages.app import app
-from tests.conftest import tiny_params, write_params
+from tests.conftest import descendants, stage_env, still_alive, tiny_params, write_params
 
 runner = CliRunner()
 
@@ -64,6 +64,39 @@ def test_download_then_manifest_demo(workdir, mlflow_uri):
     m = by_name["manifest@demo_oulu"]
     assert m.info.status == "FINISHED" and m.data.metrics["images"] == len(df)
     assert m.data.params["manifest.max_skip_fraction"] == "0.05"
+
+
+def test_sigterm_stops_a_stage_with_one_line_143_no_temporary_and_no_worker(tmp_path):
+    """What ``timeout`` or a scheduler sends: the stage (here the demo generator with its 2 pool workers) stops its
+    workers, deletes its temporary folder, prints one line and exits 143. (That SIGTERM ends the MLflow run KILLED is
+    checked in test_tracking.py, without the cost of a new store in a new process.)"""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    write_params(tmp_path / "params.yaml", tiny_params(**{"datasets.demo_oulu.source.n_subjects": 40,
+                                                          "demo.workers": 2}))
+    proc = subprocess.Popen([sys.executable, "-m", "stages", "--params", "params.yaml", "download", "demo_oulu"],
+                            cwd=tmp_path, env=stage_env(tmp_path, None), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (list((tmp_path / "data/raw").glob(".demo_oulu.tmp-*/images/*/*/*"))
+                   and len(children := descendants(proc.pid)) >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, "the stage did not start its workers"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "error: terminated by SIGTERM" and "Traceback" not in err, err
+    assert still_alive(children) == []
+    assert list((tmp_path / "data/raw").iterdir()) == []  # neither the temporary folder nor an output
 
 
 def test_second_download_replaces_output(workdir, no_mlflow):

@@ -167,6 +167,26 @@ def test_options_none_means_defaults() -> None:
     assert build_weighting("dwa", None, TASKS2, D).temperature == 2.0
 
 
+def test_weighting_options_lists_what_the_parser_reads() -> None:
+    from pipeline.weighting.options import parse_weighting, weighting_options
+
+    assert weighting_options("dynamic", TASKS2) == ["variant", "sigma", "detach_weights", "lr_weights",
+                                                    "lr_weights_factor", "base"]
+    assert weighting_options("naive_dynamic", TASKS2) == ["base"]
+    assert weighting_options("gradnorm", TASKS3) == ["alpha", "lr_weights", "update"]
+    assert weighting_options("single_caricature", TASKS3) == []
+    assert weighting_options("equal", TASKS2) == []
+    with pytest.raises(ValueError, match="unknown weighting 'single_caricature'"):
+        weighting_options("single_caricature", TASKS2)
+    for name in weighting_names(TASKS2):  # each listed option is accepted, each other one is not
+        options = weighting_options(name, TASKS2)
+        defaults = parse_weighting(name, None, TASKS2).arguments
+        if options:
+            assert parse_weighting(name, {k: defaults[k] for k in options}, TASKS2).arguments == defaults
+        with pytest.raises(ValueError, match=f"allowed options: {', '.join(options) or 'none'}$"):
+            parse_weighting(name, {"not_an_option": 1}, TASKS2)
+
+
 # ---------------------------------------------------------------- dynamic unit: bounds
 
 
@@ -627,3 +647,17 @@ def test_gradnorm_updates_its_weights_by_algorithm_1_or_by_the_weights_optimizer
         assert isinstance(optimizer, TF1RMSProp) and clip == 5.0
         assert optimizer.param_groups[0]["lr"] == 0.5 and optimizer.state  # RMSProp slots carried to the next step
     assert float(strategy.task_weights.detach().sum()) == pytest.approx(3.0)
+
+
+def test_an_empty_lr_weights_factor_is_the_variants():
+    """params.yaml writes ``lr_weights_factor:`` empty, so ``-S finetune.methods.dynamic.variant=webcari`` gets
+    webcari's factor 10 (docs/method.md §3) and fer keeps 1."""
+    from pipeline.weighting.options import parse_weighting
+
+    tasks = ["identity", "expression"]
+    for variant, factor in (("fer", 1.0), ("cavi", 1.0), ("webcari", 10.0)):
+        args = parse_weighting("dynamic", {"variant": variant, "lr_weights_factor": None}, tasks).arguments
+        assert args["lr_weights_factor"] == factor, variant
+    assert parse_weighting("dynamic", {"lr_weights_factor": 3}, tasks).arguments["lr_weights_factor"] == 3.0
+    with pytest.raises(ValueError, match="lr_weights_factor"):
+        parse_weighting("dynamic", {"lr_weights_factor": 0}, tasks)

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ from pipeline.align.weights import mtcnn_package_weights_dir
 from pipeline.errors import DatasetError, UserError
 from pipeline.faces.shards import ALIGNMENT_TABLE, SHARD_DIR, shard_name, write_shard
 from pipeline.faces.table import ALIGNED, write_alignment_table
+from pipeline.processes import die_with_parent, loader_worker_init
 
 log = logging.getLogger("pipeline.align")
 
@@ -202,24 +204,28 @@ def align_chunks(job: AlignJob, chunks: Sequence[int], *, local_rank: int = 0,
         index.extend(rows_k)
     sub = df.iloc[index]
     loader = DataLoader(_Images(Path(job.root), sub["path"].tolist()), batch_sampler=batches,
-                        num_workers=s.workers, collate_fn=_collate)
+                        num_workers=s.workers, collate_fn=_collate, worker_init_fn=loader_worker_init())
     ids = sub["image_id"].tolist()
     chunk_of = [index[i] // s.shard_size for i in range(len(index))]
     rows: list[dict] = []
     crops: list[np.ndarray] = []
     n = 0
-    for batch in loader:
-        positions = [i for i, _ in batch]
-        r, c, _ = align_images([im for _, im in batch], [ids[i] for i in positions], detector, s)
-        rows += r
-        crops += c
-        n += len(batch)
-        if progress:
-            progress(len(batch))
-        k = chunk_of[positions[-1]]
-        if positions[-1] + 1 == len(index) or chunk_of[positions[-1] + 1] != k:
-            _finish_chunk(work, k, rows, crops, s)
-            rows, crops = [], []
+    loaded = iter(loader)
+    try:
+        for batch in loaded:
+            positions = [i for i, _ in batch]
+            r, c, _ = align_images([im for _, im in batch], [ids[i] for i in positions], detector, s)
+            rows += r
+            crops += c
+            n += len(batch)
+            if progress:
+                progress(len(batch))
+            k = chunk_of[positions[-1]]
+            if positions[-1] + 1 == len(index) or chunk_of[positions[-1] + 1] != k:
+                _finish_chunk(work, k, rows, crops, s)
+                rows, crops = [], []
+    finally:
+        del loaded  # stops the decoding workers now, also on an error or an interrupt (the traceback keeps the frame)
     return n
 
 
@@ -328,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.align.run")
     parser.add_argument("job", help="job JSON written by the align stage")
     args = parser.parse_args(argv)
+    die_with_parent(sig=signal.SIGTERM)  # a rank ends with its torchrun
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     job = AlignJob.from_json(args.job)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -66,6 +67,7 @@ import cv2
 import numpy as np
 
 from pipeline.constants import DEMO_EXPRESSIONS
+from pipeline.processes import die_with_parent
 
 __all__ = [
     "EXPRESSIONS",
@@ -1088,7 +1090,9 @@ def _run_identity_task(task: _IdentityTask) -> int:
     return task.n_images
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
+    """A pool worker: one OpenCV thread, killed when ``parent`` (the stage) dies, even by SIGKILL."""
+    die_with_parent(parent)
     cv2.setNumThreads(1)
 
 
@@ -1099,7 +1103,7 @@ def _run_tasks(
     total = 0
     if workers > 1 and len(tasks) > 1:
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
+        with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init, initargs=(os.getpid(),)) as pool:
             for n in pool.imap_unordered(fn, tasks, chunksize=1):
                 total += n
                 if progress is not None:

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.errors import DatasetError
 from pipeline.faces.shards import ShardReader
+from pipeline.processes import loader_worker_init
 
 __all__ = ["DECODE_MODES", "EncodedBatch", "ShardBatchSampler", "ShardBytes", "ShardFaces", "check_decode",
            "make_loader", "next_batch"]
@@ -241,13 +242,15 @@ def make_loader(faces: ShardFaces, sampler: ShardBatchSampler, *, workers: int =
 
     ``decode="worker"``: ``(uint8 [B, 3, S, S], int64 [B])``, decoded in the workers (in pinned memory when
     ``pin_memory``); ``decode="device"``: :class:`EncodedBatch` values from :meth:`ShardFaces.encoded`, never pinned
-    (the device decoder copies the bytes itself). Workers stay alive between batches (``persistent_workers``).
+    (the device decoder copies the bytes itself). Workers stay alive between batches (``persistent_workers``) and die
+    with this process, even when it is killed (:func:`pipeline.processes.loader_worker_init`).
     """
     check_decode(decode)
     on_device = decode == "device"
     kw = {"prefetch_factor": prefetch, "persistent_workers": True} if workers > 0 else {}
     return DataLoader(faces.encoded() if on_device else faces, batch_sampler=sampler, num_workers=workers,
-                      collate_fn=_passthrough, pin_memory=pin_memory and not on_device, **kw)
+                      collate_fn=_passthrough, pin_memory=pin_memory and not on_device,
+                      worker_init_fn=loader_worker_init(), **kw)
 
 
 def next_batch(batches: Iterator[Batch]) -> Batch:

@@ -11,8 +11,8 @@ and options (defaults, and where each comes from, in brackets):
 - ``dynamic`` (the paper's unit): ``variant`` [``fer``, docs/method.md §9.6] ∈ {fer, cavi, webcari}; ``sigma`` [0.01,
   docs/method.md §3] > 0; ``detach_weights`` [false, as coded: docs/method.md §9.5]; ``lr_weights`` [the variant's,
   docs/method.md §3: 0.1 for fer, null for cavi/webcari]: a constant LR of the unit's optimiser, or null = the network's
-  LR × ``lr_weights_factor`` [the variant's: 1 for fer/cavi, 10 for webcari] (> 0); ``base`` [zeros, the original's
-  ``loss_weight_base_t``]: ``T`` offsets.
+  LR × ``lr_weights_factor`` [null = the variant's: 1 for fer/cavi, 10 for webcari] (> 0); ``base`` [zeros, the
+  original's ``loss_weight_base_t``]: ``T`` offsets.
 - ``naive_dynamic``: ``base`` [zeros]; the FC trains with the network.
 - ``uncertainty``: no options.
 - ``dwa``: ``temperature`` [2.0: Liu et al. 2019; LibMTL's ``--T`` default] > 0.
@@ -22,6 +22,9 @@ and options (defaults, and where each comes from, in brackets):
   ``Σ w = T``; ``weights_optimizer`` = step ``w`` with ``finetune.common.weights_optimizer`` (the dynamic unit's TF1
   RMSProp, momentum carried across the renormalisation, clipped to its ``clip_norm``: this project's behaviour
   before), then renormalise.
+
+:func:`weighting_options` lists the options a weighting reads (``params.yaml`` writes every one of them out in each
+method block, so ``dvc exp run -S`` can set any without ``+``; tests/test_params_file.py checks it).
 
 Every problem raises :class:`ValueError` with one line that names the method, the option and what is allowed, e.g.
 ``weighting 'dynamic': option 'variant' is 'foo'; choose one of: fer, cavi, webcari``.
@@ -37,7 +40,7 @@ from typing import Any
 from pipeline.weighting.variants import DYNAMIC_VARIANTS, VARIANTS
 
 __all__ = ["OWN_UPDATES", "SINGLE_PREFIX", "STRATEGIES", "OptionReader", "WeightingChoice", "parse_weighting",
-           "weighting_names"]
+           "weighting_names", "weighting_options"]
 
 #: prefix of the single-task names (``single_<task>``)
 SINGLE_PREFIX = "single_"
@@ -74,6 +77,11 @@ class OptionReader:
 
     def _fail(self, key: str, problem: str) -> ValueError:
         return ValueError(f"weighting {self.method!r}: option {key!r} {problem}")
+
+    @property
+    def read(self) -> list[str]:
+        """The option names asked for so far, in the order they were first asked for."""
+        return list(self._known)
 
     def has(self, key: str) -> bool:
         """Whether ``key`` was given at all (a given ``None`` counts)."""
@@ -181,8 +189,14 @@ def _dynamic(opts: OptionReader, tasks: list[str]) -> dict[str, Any]:
             "sigma": opts.number("sigma", 0.01, low=0.0, low_open=True),
             "detach_weights": opts.boolean("detach_weights", False),
             "lr_weights": opts.optional_number("lr_weights", row.lr_weights, low=0.0, low_open=True),
-            "lr_weights_factor": opts.number("lr_weights_factor", row.lr_weights_factor, low=0.0, low_open=True),
+            "lr_weights_factor": _or_default(opts.optional_number("lr_weights_factor", None, low=0.0, low_open=True),
+                                             row.lr_weights_factor),
             "base": opts.number_list("base", [0.0] * len(tasks), len(tasks))}
+
+
+def _or_default(value: float | None, default: float) -> float:
+    """``value``, or ``default`` when it is None (YAML empty: "the variant's")."""
+    return default if value is None else value
 
 
 def _naive(opts: OptionReader, tasks: list[str]) -> dict[str, Any]:
@@ -218,6 +232,26 @@ STRATEGIES: dict[str, Callable[[OptionReader, list[str]], dict[str, Any]]] = {
 def weighting_names(task_names: Sequence[str]) -> list[str]:
     """The concrete names valid for these tasks (``single_identity``, …, ``static``, …)."""
     return [f"{SINGLE_PREFIX}{t}" for t in task_names] + list(STRATEGIES)
+
+
+def weighting_options(name: str, task_names: Sequence[str]) -> list[str]:
+    """The options the weighting ``name`` reads for ``task_names``, in the order its parser reads them (``[]`` for
+    the single-task names and the strategies without options).
+
+    Every parser reads each of its options whatever the others' values, so the list does not depend on them.
+
+    Raises:
+        ValueError: ``name`` is not a weighting for these tasks.
+    """
+    tasks = list(task_names)
+    if name.startswith(SINGLE_PREFIX) and name[len(SINGLE_PREFIX):] in tasks:
+        return []
+    parser = STRATEGIES.get(name)
+    if parser is None:
+        raise ValueError(f"unknown weighting {name!r}; choose one of: {', '.join(weighting_names(tasks))}")
+    opts = OptionReader(name, None)
+    parser(opts, tasks)
+    return opts.read
 
 
 def parse_weighting(name: str, options: Mapping[str, Any] | None, task_names: Sequence[str]) -> WeightingChoice:
