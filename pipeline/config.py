@@ -218,7 +218,7 @@ class DatasetConfig(_Strict):
     CK+ stages (DVC cannot template ``label_sets.${datasets.${d}.label_set}``).
     """
 
-    reader: Literal["oulu_casia", "ckplus", "lfw", "casia_webface", "msceleb"]
+    reader: Literal["oulu_casia", "ckplus", "lfw", "casia_webface", "msceleb", "cavi", "webcaricature"]
     root: str
     role: Literal["finetune", "pretrain", "eval"]
     align_convention: Literal["paper_182_44", "facenet_160_32"] = "paper_182_44"

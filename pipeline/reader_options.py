@@ -14,8 +14,9 @@ from typing import Any, ClassVar, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
-    "CKPLUS_EMOTIONS", "OPTION_MODELS", "OULU_EXPRESSIONS", "CasiaWebFaceOptions", "CkPlusOptions", "FrameSelection",
-    "ImageExt", "LfwOptions", "MsCelebOptions", "OuluCasiaOptions", "ReaderOptions",
+    "CKPLUS_EMOTIONS", "OPTION_MODELS", "OULU_EXPRESSIONS", "CasiaWebFaceOptions", "CaviOptions", "CkPlusOptions",
+    "FrameSelection", "ImageExt", "LfwOptions", "MsCelebOptions", "OuluCasiaOptions", "ReaderOptions",
+    "WebCaricatureOptions",
 ]
 
 
@@ -46,7 +47,7 @@ def _one_line(cls: type[ReaderOptions], exc: ValidationError) -> str:
     err = exc.errors()[0]
     key = ".".join(str(p) for p in err["loc"]) or "<options>"
     if err["type"] == "extra_forbidden":
-        valid = ", ".join(sorted(cls.model_fields))
+        valid = ", ".join(sorted(cls.model_fields)) or "none: this reader takes no options"
         return f"unknown option {key!r} for reader {cls.reader!r} (valid: {valid})"
     return f"bad option {key!r} for reader {cls.reader!r}: {err['msg']}"
 
@@ -141,6 +142,18 @@ class MsCelebOptions(ReaderOptions):
     reader: ClassVar[str] = "msceleb"
 
 
+class CaviOptions(ReaderOptions):
+    """Options of :func:`read_cavi` (none: the layout is fixed; unknown keys are errors)."""
+
+    reader: ClassVar[str] = "cavi"
+
+
+class WebCaricatureOptions(ReaderOptions):
+    """Options of :func:`read_webcaricature` (none: the layout is fixed; unknown keys are errors)."""
+
+    reader: ClassVar[str] = "webcaricature"
+
+
 OULU_EXPRESSIONS: tuple[str, ...] = ("Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise")
 
 
@@ -170,4 +183,6 @@ OPTION_MODELS: dict[str, type[ReaderOptions]] = {
     "lfw": LfwOptions,
     "casia_webface": CasiaWebFaceOptions,
     "msceleb": MsCelebOptions,
+    "cavi": CaviOptions,
+    "webcaricature": WebCaricatureOptions,
 }

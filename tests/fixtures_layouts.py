@@ -197,3 +197,76 @@ def build_msceleb_tsv(path: Path, n_good: int = 23, mids: Sequence[str] = ("m.0a
     lines.insert(14, msceleb_row("m.0bad", 2, "FaceId-0", b"").rsplit("\t", 1)[0] + "\t!!not base64!!")  # line 15
     path.write_text("\n".join(lines) + "\n")
     return members
+
+
+# --------------------------------------------------------------------------------------------- CaVI
+
+CAVI_SIZE = (24, 30)
+# modality folder -> identity folder -> number of images; like the real CaVI: `Akhilesh_yadav` / `akhilesh_yadav`
+# are one identity spelt two ways, `Aravind_Kejriwal` / `arvind_kejriwal` two misspelt identities in both folders
+CAVI_DEFAULT: Mapping[str, Mapping[str, int]] = {
+    "Caricature": {"Aamir_Khan": 2, "Akhilesh_yadav": 2, "Aravind_Kejriwal": 1, "arvind_kejriwal": 2},
+    "Real": {"Aamir_Khan": 3, "akhilesh_yadav": 1, "Aravind_Kejriwal": 2, "arvind_kejriwal": 1},
+}
+
+
+def build_cavi(base: Path, folders: Mapping[str, Mapping[str, int]] = CAVI_DEFAULT) -> Path:
+    """``<base>/CaVI_Dataset/Caricature/Aamir_Khan/Aamir_Khan_c_0.jpg`` and ``…/Real/Aamir_Khan/Aamir_Khan_r_0.jpg``
+    (``folders[modality][identity]`` images numbered from 0), a ``Thumbs.db`` in every identity folder like the
+    real distribution; returns the ``CaVI_Dataset`` folder (the reader's root)."""
+    root = base / "CaVI_Dataset"
+    for m, (modality, identities) in enumerate(folders.items()):
+        letter = "c" if modality == "Caricature" else "r"
+        for s, (identity, n) in enumerate(identities.items()):
+            for i in range(n):
+                write_image(root / modality / identity / f"{identity}_{letter}_{i}.jpg", CAVI_SIZE,
+                            seed=m * 50 + s * 10 + i)
+            (root / modality / identity).mkdir(parents=True, exist_ok=True)
+            (root / modality / identity / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")
+    return root
+
+
+# --------------------------------------------------------------------------------------------- WebCaricature
+
+WEBCARI_SIZE = (40, 48)
+# identity folder (a person's name, with spaces) -> (caricatures, photos)
+WEBCARI_DEFAULT: Mapping[str, tuple[int, int]] = {
+    "Adele Laurie Blue Adkins": (2, 2),
+    "Jeff Bridges": (1, 2),
+}
+#: landmark files written with LF line ends (the others with CRLF): both occur in the real dataset
+WEBCARI_LF: tuple[str, ...] = ("Adele Laurie Blue Adkins/P00002",)
+
+
+def webcari_landmarks(seed: int = 0, newline: str = "\r\n") -> str:
+    """The text of a 17-point landmark file: one ``x y`` line per point inside :data:`WEBCARI_SIZE`, some in
+    scientific notation like the real files."""
+    w, h = WEBCARI_SIZE
+    lines = []
+    for k in range(17):
+        x, y = 5 + (k * 7 + seed) % (w - 10), 6 + (k * 5 + seed) % (h - 12)
+        lines.append(f"{x:.6e} {y}" if k % 4 == 0 else f"{x} {y}.5")
+    return newline.join(lines) + newline
+
+
+def build_webcaricature(base: Path, subjects: Mapping[str, tuple[int, int]] = WEBCARI_DEFAULT, *,
+                        lf: Sequence[str] = WEBCARI_LF) -> Path:
+    """``<base>/WebCaricature/OriginalImages/<name>/C00001.jpg`` (caricatures) and ``P00001.jpg`` (photos), numbered
+    from 1, each with ``FacialPoints/<name>/<C|P>nnnnn.txt`` (CRLF, or LF for the ``<name>/<stem>`` in ``lf``), and
+    an ``EvaluationProtocols`` folder with one restricted pair file; returns the ``WebCaricature`` folder."""
+    root = base / "WebCaricature"
+    for s, (name, (n_cari, n_photo)) in enumerate(subjects.items()):
+        for prefix, n in (("C", n_cari), ("P", n_photo)):
+            for i in range(1, n + 1):
+                stem = f"{prefix}{i:05d}"
+                write_image(root / "OriginalImages" / name / f"{stem}.jpg", WEBCARI_SIZE, seed=s * 10 + i)
+                points = root / "FacialPoints" / name / f"{stem}.txt"
+                points.parent.mkdir(parents=True, exist_ok=True)
+                newline = "\n" if f"{name}/{stem}" in lf else "\r\n"
+                points.write_bytes(webcari_landmarks(s + i, newline).encode())
+    protocol = root / "EvaluationProtocols" / "FaceVerification" / "Restricted" / "RestrictedView2.txt"
+    protocol.parent.mkdir(parents=True)
+    names = list(subjects)
+    protocol.write_bytes(f"1\r\n{names[0]}\tC00001\tP00001\r\n{names[0]}\tC00001\t{names[-1]}\tP00001\r\n".encode())
+    (root / "Filenames").mkdir()
+    return root

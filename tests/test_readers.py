@@ -39,10 +39,10 @@ def _reasons(result) -> dict[str, str]:
 
 
 def test_registry_names_and_models():
-    names = {"oulu_casia", "ckplus", "lfw", "casia_webface", "msceleb"}
+    names = {"oulu_casia", "ckplus", "lfw", "casia_webface", "msceleb", "cavi", "webcaricature"}
     assert set(READERS) == names == set(OPTION_MODELS)
     assert get_reader("lfw") is read_lfw
-    with pytest.raises(ValueError, match=r"unknown reader 'nope' \(valid: casia_webface, ckplus, lfw"):
+    with pytest.raises(ValueError, match=r"unknown reader 'nope' \(valid: casia_webface, cavi, ckplus, lfw"):
         get_reader("nope")
 
 

@@ -34,6 +34,15 @@ LICENSED: dict[str, LicensedInfo] = {
         "MS-Celeb-1M (cleaned, aligned TSV)",
         "it was withdrawn by Microsoft in 2019; use a copy your institution holds under its original terms",
         "the path of FaceImageCroppedWithAlignment.tsv (root is where its shards are extracted)"),
+    "cavi": LicensedInfo(
+        "CaVI (caricature and visual images, from CaVINet)",
+        "it is for research use only, distributed by the CaVINet authors: get it through the CaVINet project page "
+        "(https://lsaiml.github.io/CaVINet/), whose repository holds the CaVI_Dataset folder",
+        "the CaVI_Dataset folder itself (holding Caricature/ and Real/)"),
+    "webcaricature": LicensedInfo(
+        "WebCaricature",
+        "request it through its authors' page at Nanjing University (https://cs.nju.edu.cn/rl/WebCaricature.htm)",
+        "the unpacked WebCaricature folder (holding OriginalImages/, FacialPoints/ and EvaluationProtocols/)"),
     "lfw": LicensedInfo(
         "Labeled Faces in the Wild", "it is public: use source.kind: lfw to download it",
         "the folder holding Aaron_Eckhart/Aaron_Eckhart_0001.jpg"),

@@ -8,11 +8,13 @@ Columns
 -------
 image_id        str    unique id. Sequence datasets (Oulu-CASIA, CK+, demo):
                        ``<dataset>/<subject>/<sequence>/<frame:05d>``.
-                       Identity-only datasets (LFW, CASIA-WebFace, MS-Celeb-1M): ``<dataset>/<subject>/<stem>``
+                       Identity-only datasets (LFW, CASIA-WebFace, MS-Celeb-1M, CaVI, WebCaricature):
+                       ``<dataset>/<subject>/<stem>``
                        where ``stem`` is the file name without extension (MS-Celeb: ``<rank>-<face_id>``).
 path            str    path relative to the dataset root (MS-Celeb: relative to the shard folder, see its reader)
 dataset         str    the dataset's name in ``params.yaml`` (``datasets.<name>``)
-subject         str    subject / identity folder name as on disk (``P001``, ``S005``, ``Aaron_Eckhart``, ``m.0abc``)
+subject         str    subject / identity folder name as on disk (``P001``, ``S005``, ``Aaron_Eckhart``, ``m.0abc``);
+                       CaVI: upper-cased (``AKHILESH_YADAV``)
 identity        int32  index of ``subject`` in the sorted list of all subjects of the dataset
 expression      str?   the sequence's expression label name (the peak expression), null when the dataset or the
                        sequence has none. Frame-level labels (neutral first frame, peak frames) are derived

@@ -11,10 +11,12 @@ from typing import Protocol
 
 from pipeline.data.readers.base import Check, ReadResult
 from pipeline.data.readers.casia_webface import read_casia_webface
+from pipeline.data.readers.cavi import read_cavi
 from pipeline.data.readers.ckplus import read_ckplus
 from pipeline.data.readers.lfw import read_lfw
 from pipeline.data.readers.msceleb import read_msceleb
 from pipeline.data.readers.oulu_casia import read_oulu_casia
+from pipeline.data.readers.webcaricature import read_webcaricature
 from pipeline.reader_options import OPTION_MODELS
 
 __all__ = ["OPTION_MODELS", "READERS", "ReaderFn", "get_reader"]
@@ -32,6 +34,8 @@ READERS: dict[str, ReaderFn] = {
     "lfw": read_lfw,
     "casia_webface": read_casia_webface,
     "msceleb": read_msceleb,
+    "cavi": read_cavi,
+    "webcaricature": read_webcaricature,
 }
 
 

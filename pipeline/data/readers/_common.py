@@ -17,17 +17,28 @@ __all__ = [
     "for_each_subject_folder",
     "probe_or_skip",
     "add_sequence",
+    "add_image",
     "has_ext",
     "relpath",
     "require_records",
     "sequence_frames",
+    "user_entries",
     "visible_entries",
 ]
+
+#: files an operating system leaves in image folders (lower-cased names), ignored like hidden files: the CaVI
+#: distribution has a Windows thumbnail cache ``Thumbs.db`` in most identity folders
+SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini"})
 
 
 def visible_entries(folder: Path) -> list[Path]:
     """Entries of ``folder`` sorted by name, hidden ones (``.DS_Store``, ``._x``) left out."""
     return sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=lambda p: p.name)
+
+
+def user_entries(folder: Path) -> list[Path]:
+    """:func:`visible_entries` without the operating system's files (:data:`SYSTEM_FILES`)."""
+    return [p for p in visible_entries(folder) if p.name.lower() not in SYSTEM_FILES]
 
 
 def has_ext(path: Path, ext: str) -> bool:
@@ -47,6 +58,20 @@ def probe_or_skip(path: Path, root: Path, check: Check, result: ReadResult) -> t
     except ImageProblem as problem:
         result.skip(relpath(path, root), str(problem))
         return None
+
+
+def add_image(result: ReadResult, path: Path, root: Path, check: Check, *, dataset: str, subject: str, stem: str,
+              frame: int, is_caricature: bool = False) -> bool:
+    """Append the manifest record of one image of an identity-only dataset (no sequence: ``sequence`` "",
+    ``n_frames`` 1, image id ``<dataset>/<subject>/<stem>``) after probing it; an unreadable image is recorded as a
+    skip instead. Returns whether a record was added."""
+    size = probe_or_skip(path, root, check, result)
+    if size is None:
+        return False
+    result.records.append(ManifestRecord(
+        image_id=f"{dataset}/{subject}/{stem}", path=relpath(path, root), dataset=dataset, subject=subject,
+        sequence="", frame=frame, n_frames=1, width=size[0], height=size[1], is_caricature=is_caricature))
+    return True
 
 
 def for_each_subject_folder(root: Path, result: ReadResult, what: str, read_folder: Callable[[Path], None]) -> None:
