@@ -13,7 +13,7 @@ SIGKILL deletes nothing: the next writer of the same path deletes the temporarie
 - :func:`write_json`: a JSON document (indented, keys sorted) through :func:`atomic_file`;
 - :func:`remove_stale_temps`: delete the temporaries of ``final`` that dead processes left.
 
-Import-light on purpose (standard library only): every package may use it.
+Import-light on purpose (the standard library and :mod:`pipeline.processes`): every package may use it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from pipeline.processes import pid_alive
 
 __all__ = ["atomic_dir", "atomic_file", "atomic_files", "remove_stale_temps", "temp_path", "write_json"]
 
@@ -52,7 +54,7 @@ def remove_stale_temps(final: str | os.PathLike) -> list[Path]:
     for entry in entries:
         kind, _, pid = entry.name.removeprefix(f".{final.name}.").partition("-")
         if (entry.name.startswith(f".{final.name}.") and kind in _KINDS and pid.isdigit()
-                and not _alive(int(pid))):
+                and not pid_alive(int(pid))):
             path = Path(entry.path)
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(path, ignore_errors=True)
@@ -142,17 +144,6 @@ def write_json(obj: Any, path: str | os.PathLike) -> Path:
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     return path
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host (another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fsync(path: Path) -> None:

@@ -8,6 +8,8 @@ do nothing.
 - :func:`die_with_parent`: the call itself, for any child (a ``multiprocessing`` pool's ``initializer``);
 - :func:`loader_worker_init`: a DataLoader ``worker_init_fn`` that makes each worker die with the process that
   created the loader;
+- :func:`pid_alive`: whether a process of this host is still running (a zombie is not): how the next start
+  recognises what a killed process left (temporaries, MLflow runs);
 - :func:`run_child`: run a command (``torchrun``) that dies with this process, and that is stopped with SIGTERM
   (its own cleanup) rather than SIGKILL when this process is interrupted or terminated;
 - ``python -m pipeline.processes PARENT_PID MODULE ARGS...``: run ``python -m MODULE ARGS...`` in this interpreter
@@ -27,7 +29,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["die_with_parent", "loader_worker_init", "run_child"]
+__all__ = ["die_with_parent", "loader_worker_init", "pid_alive", "run_child"]
 
 _PR_SET_PDEATHSIG = 1
 _libc: ctypes.CDLL | None = None
@@ -60,6 +62,22 @@ def die_with_parent(parent: int | None = None, sig: int = signal.SIGKILL) -> boo
     if parent is not None and os.getppid() != parent:
         os.kill(os.getpid(), sig)
     return True
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host: it exists (another user's counts) and is no zombie (a child
+    that ended and was not reaped yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (not Linux): it exists
+        return True
 
 
 def _exit_quietly(signum: int, frame: object) -> None:

@@ -14,7 +14,7 @@ import pipeline.paths as layout
 from pipeline.atomic import atomic_dir, atomic_files, write_json
 from pipeline.errors import DatasetError, UserError
 from pipeline.processes import run_child
-from stages.common import load_stage_params, progress_bar, user_errors
+from stages.common import load_stage_params, progress_bar, remove_other_work, user_errors
 from stages.provenance import Input
 from stages.tracking import stage_run
 
@@ -67,16 +67,6 @@ def _torchrun(job_file: Path, processes: int, work: Path) -> dict:
     return json.loads((work / "summary.json").read_text())
 
 
-def _clean_stale(name: str, keep: Path) -> None:
-    """Delete the work folders of ``name`` made with another manifest, settings or code: they can never resume."""
-    import re
-    import shutil
-
-    for d in WORK.glob(f"{name}-*"):
-        if d != keep and d.is_dir() and re.fullmatch(r"[0-9a-f]{16}", d.name.removeprefix(f"{name}-")):
-            shutil.rmtree(d, ignore_errors=True)
-
-
 @user_errors
 def command(
     ctx: typer.Context,
@@ -102,7 +92,7 @@ def command(
     cfg["thresholds"], cfg["nms"] = list(cfg["thresholds"]), list(cfg["nms"])
     settings = AlignSettings(convention=convention, **cfg)
     work = WORK / f"{name}-{work_key(manifest, settings)}"
-    _clean_stale(name, keep=work)
+    remove_other_work(work)
     work.mkdir(parents=True, exist_ok=True)
     n_images = manifest_rows(manifest)
     out = paths(name)

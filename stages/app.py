@@ -74,15 +74,8 @@ def main(
     ctx.obj = {"params_path": params}
 
 
-app.command("check_params", help=terminal_help(check_params.__doc__))(check_params.command)
-app.command("download", help=terminal_help(download.__doc__))(download.command)
-app.command("manifest", help=terminal_help(manifest.__doc__))(manifest.command)
-app.command("align", help=terminal_help(align.__doc__))(align.command)
-app.command("folds", help=terminal_help(folds.__doc__))(folds.command)
-app.command("pretrain", help=terminal_help(pretrain.__doc__))(pretrain.command)
-app.command("finetune", help=terminal_help(finetune.__doc__))(finetune.command)
-app.command("pixel_baseline", help=terminal_help(pixel_baseline.__doc__))(pixel_baseline.command)
-app.command("detect", help=terminal_help(detect.__doc__))(detect.command)
-app.command("verify", help=terminal_help(verify.__doc__))(verify.command)
-app.command("embed", help=terminal_help(embed.__doc__))(embed.command)
-app.command("report", help=terminal_help(report.__doc__))(report.command)
+#: the commands in --help order: the DVC stages in pipeline order, the user tools, the report
+COMMANDS = [check_params, download, manifest, align, folds, pretrain, finetune, pixel_baseline, detect, verify, embed,
+            report]
+for _module in COMMANDS:
+    app.command(_module.__name__.rpartition(".")[2], help=terminal_help(_module.__doc__))(_module.command)

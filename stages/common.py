@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
+import shutil
 import signal
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -14,7 +17,7 @@ import typer
 from pipeline.config import StageParams, load_params
 from pipeline.errors import UserError
 
-__all__ = ["Terminated", "finetune_dataset", "load_stage_params", "progress_bar", "user_errors"]
+__all__ = ["Terminated", "finetune_dataset", "load_stage_params", "progress_bar", "remove_other_work", "user_errors"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,6 +48,16 @@ def finetune_dataset(params: Any, dataset: str | None) -> str:
     if dataset not in listed:
         raise UserError(f"--dataset {dataset}: not in finetune.datasets ({', '.join(listed) or 'empty'})")
     return dataset
+
+
+def remove_other_work(keep: Path) -> None:
+    """Delete the resume folders beside ``keep`` of the same job made with other params, inputs or code: they can
+    never resume. A job's folder is ``<job>-<key>`` (``key``: 16 hex digits of the stage's work key); only folders
+    of exactly that shape for the same ``<job>`` are deleted, never ``keep`` itself."""
+    job = keep.name.rpartition("-")[0]
+    for d in keep.parent.glob(f"{job}-*"):
+        if d != keep and d.is_dir() and re.fullmatch(r"[0-9a-f]{16}", d.name.removeprefix(f"{job}-")):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 class Terminated(KeyboardInterrupt):

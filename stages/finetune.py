@@ -33,7 +33,7 @@ import typer
 import pipeline.paths as layout
 from pipeline.atomic import atomic_dir, atomic_files, write_json
 from pipeline.errors import DatasetError, ParamsError, UserError
-from stages.common import finetune_dataset, load_stage_params, progress_bar, user_errors
+from stages.common import finetune_dataset, load_stage_params, progress_bar, remove_other_work, user_errors
 from stages.provenance import Input, fold_inputs
 from stages.tracking import run_item, stage_run
 from stages.training_runs import resolve_device, work_key
@@ -140,7 +140,7 @@ def command(
     settings = {k: v for k, v in sp.as_flat_dict().items() if not any(k.startswith(r) for r in RUNTIME)}
     key = work_key(settings, [p["fold"], p["pairs"], p["aligned"] / "alignment.parquet"])
     work = WORK / f"{dataset}-fold{fold}-{method}-{key}"
-    _clean_stale(dataset, fold, method, keep=work)
+    remove_other_work(work)
     if spec.checkpoint is not None:
         from pipeline.models.checkpoint import CheckpointError
         from pipeline.training.build import build_model
@@ -208,13 +208,6 @@ def _describe(m: dict[str, Any]) -> str:
     from pipeline.training.evaluate import describe_accuracies
 
     return describe_accuracies(m) or "no metrics"
-
-
-def _clean_stale(dataset: str, fold: int, method: str, keep: Path) -> None:
-    """Delete checkpoint folders of this (fold, method) made with other params/code (they can never resume)."""
-    for d in WORK.glob(f"{dataset}-fold{fold}-{method}-*"):
-        if d != keep and d.is_dir():
-            shutil.rmtree(d, ignore_errors=True)
 
 
 def _epoch_scalars(entry: dict) -> dict[str, float]:

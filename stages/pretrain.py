@@ -37,7 +37,7 @@ import pipeline.paths as layout
 from pipeline.atomic import atomic_dir, atomic_files, write_json
 from pipeline.errors import DatasetError, UserError
 from pipeline.processes import die_with_parent, run_child
-from stages.common import load_stage_params, progress_bar, user_errors
+from stages.common import load_stage_params, progress_bar, remove_other_work, user_errors
 from stages.provenance import Input
 from stages.tracking import RunLogger, stage_run
 from stages.training_runs import resolve_device, work_key
@@ -158,9 +158,7 @@ def _train(sp, t, dataset: str, p: dict[str, Any], dist) -> None:
     inputs = [p["aligned"] / "alignment.parquet", p["verify_aligned"] / "alignment.parquet", *p["pairs"]]
     work = WORK / f"{dataset}-{work_key(settings, inputs)}"
     if dist.is_main:
-        for d in WORK.glob(f"{dataset}-*"):  # states of other params/code can never resume
-            if d != work and d.is_dir():
-                shutil.rmtree(d, ignore_errors=True)
+        remove_other_work(work)
     dist.barrier()
     counts = {**ids.counts, **{f"verification_{k}": v for k, v in vcounts.items()}}
     read = _inputs(p, dataset, t.verification.dataset, spec.checkpoint)

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from pipeline.config import StageParams
+from pipeline.processes import pid_alive
 from stages.provenance import Input, input_tags, log_dataset_inputs
 
 __all__ = ["RunLogger", "git_state", "group_key", "lock_hashes", "repo_root", "run_item", "stage_run", "tracking_uri"]
@@ -340,7 +341,7 @@ def mark_dead_runs_killed(experiment_id: str) -> list[str]:
     host, killed = _host(), []
     for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
         tags = run.data.tags
-        if tags.get("host") == host and tags.get("pid", "").isdigit() and not _alive(int(tags["pid"])):
+        if tags.get("host") == host and tags.get("pid", "").isdigit() and not pid_alive(int(tags["pid"])):
             client.set_terminated(run.info.run_id, "KILLED")
             killed.append(run.info.run_id)
     return killed
@@ -350,21 +351,6 @@ def _host() -> str:
     import socket
 
     return socket.gethostname()
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process with this id exists on this host (a zombie counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _previous_run(mlflow: Any, resume_file: Path | None) -> str | None:

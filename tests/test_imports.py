@@ -37,7 +37,7 @@ def test_every_pipeline_module_imports_without_mlflow_dvc_typer():
 #: the library's packages (and top-level modules), lowest first: each may import only those listed before it
 #: (docs/architecture.md explains the layers)
 ORDER = [
-    "pipeline.errors", "pipeline.constants", "pipeline.atomic", "pipeline.processes", "pipeline.paths",
+    "pipeline.errors", "pipeline.constants", "pipeline.processes", "pipeline.atomic", "pipeline.paths",
     "pipeline.faces", "pipeline.settings", "pipeline.reader_options", "pipeline.models", "pipeline.weighting",
     "pipeline.losses", "pipeline.evaluation", "pipeline.config", "pipeline.data", "pipeline.align", "pipeline.folds",
     "pipeline.training", "pipeline.report",

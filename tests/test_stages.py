@@ -234,3 +234,17 @@ def test_msceleb_missing_tsv_is_one_clear_line(workdir, no_mlflow):
     err = res.stderr.strip()
     assert len(err.splitlines()) == 1
     assert "dataset 'ms' (MS-Celeb-1M" in err and "nope.tsv does not exist" in err and "datasets.ms.source.tsv" in err
+
+
+def test_remove_other_work_deletes_only_the_same_jobs_other_keys(tmp_path):
+    """A resume folder made with other params/code can never resume; another job's (a dataset whose name extends
+    this one's) and anything not shaped ``<job>-<16 hex>`` are left alone."""
+    from stages.common import remove_other_work
+
+    keep = tmp_path / "demo-fold0-dynamic-0123456789abcdef"
+    names = ["demo-fold0-dynamic-fedcba9876543210", "demo-fold0-dynamic-x", "demo-fold0-dynamic-extra-0123456789abcdef",
+             "demo-fold1-dynamic-fedcba9876543210"]
+    for name in [keep.name, *names]:
+        (tmp_path / name).mkdir()
+    remove_other_work(keep)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([keep.name, *names[1:]])
