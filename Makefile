@@ -43,6 +43,9 @@ demo: $(STAMP)
 	echo "  report:      reports/tables.md (the paper's table, ours beside the paper's numbers; figures in reports/figures/)"; \
 	echo "  MLflow runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db   (then open http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning)"; \
 	echo; echo "demo targets (reports/demo_check.txt):"; cat reports/demo_check.txt; \
+	if [ -s reports/cari_demo_check.txt ]; then \
+		echo; echo "caricature demo targets (reports/cari_demo_check.txt; tables: reports/cari_tables.md):"; \
+		cat reports/cari_demo_check.txt; fi; \
 	echo; echo "results table: $(CURDIR)/reports/tables.md"
 
 # One fine-tuning run, fast (docs/training.md#one-run-fast). dvc repro of only what the run needs: align@ and folds@ of

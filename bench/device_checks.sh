@@ -37,3 +37,19 @@ timeout 300 python3 -m bench.train --device cuda --batch-sizes 512 --precisions 
 status+=("bench.train: exit $?")
 
 printf '%s\n' "== exit statuses (124 = cut off by timeout)" "${status[@]}"
+
+# == 4. the caricature model's 3-task step beside the 2-task step (issue: 3-task dynamic >= 0.85x the 2-task dynamic
+# img/s at batch 256, bf16; bench/train.py --tasks 3). About 40 s expected, at most 90 s, which puts the whole script
+# at most ~610 s against a device call's 600: a session short of time runs this part alone, e.g. with the device
+# tool (carry [".venv/lib/python3.11/site-packages/facenet_pytorch"]):
+#   PYTHONPATH=. timeout 90 python3 -m bench.train --device cuda --tasks 3 --batch-sizes 256 --precisions bf16 \
+#     --depths reduced --methods dynamic single_identity --cari-methods dynamic single_verif \
+#     --facenet-path .venv/lib/python3.11/site-packages --peak-tflops 989 --max-seconds 60 \
+#     --commit "<commit> + uncommitted" --out "$OUT/train-cuda-tasks3.json"
+# Record the rows, the "3-task img/s ÷ 2-task img/s" table and the target's line in reports/benchmarks.md.
+echo "== 4. fine-tuning step: 3 tasks (cari) vs 2 tasks (fr_fer), batch 256 bf16"
+timeout 90 python3 -m bench.train --device cuda --tasks 3 --batch-sizes 256 --precisions bf16 --depths reduced \
+    --methods dynamic single_identity --cari-methods dynamic single_verif --facenet-path "$facenet" \
+    --peak-tflops 989 --max-seconds 60 --commit "$commit" --out "$out/train-cuda-tasks3.json" 2>&1 | tail -24
+status+=("bench.train --tasks 3: exit $?")
+printf '%s\n' "== exit statuses with part 4 (124 = cut off by timeout)" "${status[@]}"

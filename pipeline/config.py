@@ -16,11 +16,12 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import to_jsonable_python
 
-from pipeline.constants import DEMO_EXPRESSIONS, LABEL_COLUMNS
+from pipeline.constants import DEMO_EXPRESSIONS, LABEL_COLUMNS, MODALITY_LABELS
 from pipeline.errors import ParamsError
 from pipeline.paths import GENERATED
 from pipeline.reader_options import OPTION_MODELS
 from pipeline.settings import (
+    CariSettings,
     FinetuneSettings,
     PretrainRuntime,
     PretrainSettings,
@@ -31,7 +32,10 @@ from pipeline.settings import (
 )
 
 __all__ = [
+    "AUTO_VARIANTS",
+    "CariConfig",
     "DatasetConfig",
+    "DemoCaricatureSource",
     "DemoExpressionSource",
     "DemoIdentitySource",
     "LabelSetConfig",
@@ -40,6 +44,7 @@ __all__ = [
     "Params",
     "STANDARD_LABEL_SETS",
     "StageParams",
+    "cari_method_options",
     "load_params",
     "plain",
     "reader_options",
@@ -145,8 +150,58 @@ class LicensedSource(_Strict):
     fingerprint: Literal["content", "stat"] = "stat"
 
 
+class DemoCaricatureSource(_Strict):
+    """A demo caricature dataset (:mod:`pipeline.data.demo_caricature`): photos of its own identities from the demo
+    renderer plus caricatures of the same identities, written in CaVI's (``layout: cavi``) or WebCaricature's
+    (``layout: webcaricature``) on-disk layout together with that dataset's protocol files."""
+
+    kind: Literal["demo_caricature"]
+    layout: Literal["cavi", "webcaricature"]
+    first_identity: Annotated[int, Field(ge=0)] = 5000
+    n_identities: Annotated[int, Field(ge=2)] = 24
+    photos_per_identity: Annotated[int, Field(ge=2)] = 8
+    caricatures_per_identity: Annotated[int, Field(ge=2)] = 6
+    image_size: tuple[Annotated[int, Field(ge=64)], Annotated[int, Field(ge=64)]] = (200, 200)
+    #: how far each identity's factors are pushed from the population mean in its caricatures
+    exaggeration: tuple[Annotated[float, Field(ge=1.0)], Annotated[float, Field(ge=1.0)]] = (1.5, 2.5)
+    #: caricature "artists": each has its own palette, line weight and distortion style
+    artists: Annotated[int, Field(ge=1)] = 4
+    #: cavi: pairs kept after the protocol's down-sampling (the pair file holds pairs x downsample lines);
+    #: webcaricature: test pairs (as many training pairs; the identification files come on top)
+    pairs: Annotated[int, Field(ge=2)] = 120
+    #: cavi: the down-sampling the pair file is written for, the dataset's `protocol.downsample` (empty: 20, the
+    #: original's); webcaricature: 1 (no down-sampling; empty: 1)
+    downsample: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _ranges(self) -> DemoCaricatureSource:
+        if self.exaggeration[0] > self.exaggeration[1]:
+            raise ValueError(f"exaggeration: {list(self.exaggeration)} must be [low, high] with low <= high")
+        if self.pairs < self.n_identities:
+            raise ValueError(f"pairs: {self.pairs} pairs cannot cover the {self.n_identities} identities "
+                             "(pairs >= n_identities)")
+        if self.layout == "webcaricature":
+            if self.downsample not in (None, 1):
+                raise ValueError(f"downsample: {self.downsample}, but WebCaricature's pair files are not "
+                                 "down-sampled: 1 (or leave it empty)")
+            if not 3 <= self.n_identities <= 676:
+                raise ValueError(f"n_identities: {self.n_identities}; layout webcaricature needs 3..676 (training "
+                                 "and test identities, distinct names)")
+        return self
+
+    def pair_downsample(self) -> int:
+        """The down-sampling of the pair file: ``downsample``, else 20 for cavi (the original's) and 1 otherwise."""
+        if self.downsample is not None:
+            return self.downsample
+        return 20 if self.layout == "cavi" else 1
+
+    def identity_range(self) -> range:
+        return range(self.first_identity, self.first_identity + self.n_identities)
+
+
 Source = Annotated[
-    DemoExpressionSource | DemoIdentitySource | LfwSource | LicensedSource, Field(discriminator="kind")
+    DemoExpressionSource | DemoIdentitySource | DemoCaricatureSource | LfwSource | LicensedSource,
+    Field(discriminator="kind"),
 ]
 
 
@@ -208,6 +263,39 @@ def _label_set(value: Any) -> Any:
 LabelSet = Annotated[LabelSetConfig, BeforeValidator(_label_set)]
 
 
+class LandmarkBox(_Strict):
+    """``align.landmark_box``: the crop of ``align_convention: landmarks_box`` around the landmarks' bounding box
+    (docs/method.md §5.8): centred on it, ``width`` × its width and ``height`` × its height, clipped to the image."""
+
+    width: Annotated[float, Field(gt=0.0)]
+    height: Annotated[float, Field(gt=0.0)]
+
+
+class CaviProtocolConfig(_Strict):
+    """``datasets.<d>.protocol`` of a CaVI dataset: CaVINet's pair file (``testing_1.txt``) and the down-sampling.
+
+    ``pairs`` is relative to the dataset's ``root`` (or absolute)."""
+
+    kind: Literal["cavi"]
+    pairs: str
+    downsample: Annotated[int, Field(ge=1)]
+
+
+class WebCariProtocolConfig(_Strict):
+    """``datasets.<d>.protocol`` of a WebCaricature dataset: ``folder`` (``EvaluationProtocols``, relative to ``root``,
+    or absolute), and relative to it the training and test pair files and the folder of the ``FR_Probe_*`` /
+    ``FR_Gallery_*`` files (``<identification>/{C2P,P2C}/``)."""
+
+    kind: Literal["webcaricature"]
+    folder: str
+    train_pairs: str
+    test_pairs: str
+    identification: str
+
+
+CariProtocol = Annotated[CaviProtocolConfig | WebCariProtocolConfig, Field(discriminator="kind")]
+
+
 class DatasetConfig(_Strict):
     """One entry of ``datasets``: where a dataset lives, how to read it and what it is used for.
 
@@ -220,14 +308,19 @@ class DatasetConfig(_Strict):
 
     reader: Literal["oulu_casia", "ckplus", "lfw", "casia_webface", "msceleb", "cavi", "webcaricature"]
     root: str
-    role: Literal["finetune", "pretrain", "eval"]
-    align_convention: Literal["paper_182_44", "facenet_160_32"] = "paper_182_44"
+    role: Literal["finetune", "pretrain", "eval", "caricature"]
+    #: how faces are cut out (pipeline/align/crop.py CONVENTIONS): MTCNN at paper_182_44 / facenet_160_32, or without
+    #: detection: resize_only (the whole image resized: the original's CaVI), landmarks_box (a box around the
+    #: dataset's landmarks: the original's WebCaricature, factors in `align.landmark_box`)
+    align_convention: Literal["paper_182_44", "facenet_160_32", "resize_only", "landmarks_box"] = "paper_182_44"
     source: Source
     #: required (may be ``{}``): DVC tracks these keys, and a params key DVC tracks must exist in the file
     options: dict[str, Any]
     expected: ExpectedCounts
     #: required (may be ``{}``) for datasets with folds, whose stages DVC makes track it
     label_sets: dict[str, LabelSet] = {}
+    #: the caricature protocol files (stage cari_split): CaVINet's pair file or WebCaricature's EvaluationProtocols
+    protocol: CariProtocol | None = None
 
     @model_validator(mode="after")
     def _check_options(self) -> DatasetConfig:
@@ -235,6 +328,11 @@ class DatasetConfig(_Strict):
             reader_options(self.reader, self.options)
         except ValueError as exc:
             raise ValueError(f"options: {exc}") from None
+        if self.align_convention == "landmarks_box" and self.reader != "webcaricature":
+            raise ValueError(f"align_convention: landmarks_box needs a reader with landmark files (webcaricature), "
+                             f"not {self.reader}")
+        if self.protocol is not None and self.protocol.kind != self.reader:
+            raise ValueError(f"protocol.kind: {self.protocol.kind!r} does not fit reader {self.reader!r}")
         return self
 
 
@@ -269,6 +367,8 @@ class AlignConfig(_Strict):
     max_side: Annotated[int, Field(ge=64)] = 4096
     shard_size: Annotated[int, Field(ge=1)] = 4096
     format: Literal["jpeg", "png"] = "jpeg"
+    #: the box of ``align_convention: landmarks_box`` (the original WebCaricature's factors)
+    landmark_box: LandmarkBox = LandmarkBox(width=1.5, height=1.2)
     quality: Annotated[int, Field(ge=50, le=100)] = 95
     max_failure_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
 
@@ -431,6 +531,54 @@ class FinetuneConfig(_Strict):
         return self
 
 
+#: folders of data/cari/<dataset>/ that are not a method's run
+RESERVED_CARI_NAMES = ("split", "pixel_pca")
+
+#: ``cari.methods.<m>.variant: auto``: the dynamic unit's variant for a dataset's reader (docs/method.md §3)
+AUTO_VARIANTS = {"cavi": "cavi", "webcaricature": "webcari"}
+
+
+def cari_method_options(method: FinetuneMethod, reader: str) -> dict[str, Any]:
+    """A caricature method's weighting options for a dataset read by ``reader``: ``variant: auto`` becomes the
+    variant of the reader's original script (:data:`AUTO_VARIANTS`; ``fer`` for a reader without one)."""
+    options = method.options()
+    if options.get("variant") == "auto":
+        options["variant"] = AUTO_VARIANTS.get(reader, "fer")
+    return options
+
+
+class CariConfig(_Strict):
+    """``cari``: the caricature–visual runs ``cari_train@<dataset>-<method>`` (docs/caricature.md).
+
+    ``datasets``: datasets with a caricature ``protocol`` (one split each: stage ``cari_split@<dataset>``);
+    ``common`` (:class:`~pipeline.settings.CariSettings`): what every run shares; ``methods``: the weighting methods
+    (as ``finetune.methods``; a ``dynamic`` method's ``variant`` may be ``auto``); ``run_methods``: the methods run on
+    every dataset (DVC's matrix is a product). The runs compute with ``finetune.runtime``.
+    """
+
+    datasets: list[str]
+    common: CariSettings
+    methods: dict[str, FinetuneMethod]
+    run_methods: list[str]
+
+    @model_validator(mode="after")
+    def _methods(self) -> CariConfig:
+        for name in self.methods:
+            if not _METHOD_NAME.match(name):
+                raise ValueError(f"methods: name {name!r} must be lower-case letters, digits and '_' (it is part of "
+                                 "the DVC stage name cari_train@<dataset>-<method>)")
+            if name in RESERVED_CARI_NAMES:
+                raise ValueError(f"methods: {name!r} is reserved (data/cari/<dataset>/{name} holds another stage's "
+                                 "output): rename the method")
+        unknown = [m for m in self.run_methods if m not in self.methods]
+        if unknown:
+            raise ValueError(f"run_methods: unknown method(s) {unknown}; defined: {sorted(self.methods)}")
+        for key, values in (("run_methods", self.run_methods), ("datasets", self.datasets)):
+            if len(set(values)) != len(values):
+                raise ValueError(f"{key}: repeated entry in {values}")
+        return self
+
+
 class PixelBaselineConfig(_Strict):
     """``pixel_baseline``: the raw-pixel PCA baseline (stage ``pixel_baseline@<dataset>-<fold>``;
     pipeline/evaluation/pixel_pca).
@@ -482,6 +630,7 @@ class Params(_Strict):
     finetune: FinetuneConfig
     pixel_baseline: PixelBaselineConfig = PixelBaselineConfig()
     report: ReportConfig = ReportConfig()
+    cari: CariConfig | None = None
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Params:
@@ -495,7 +644,7 @@ class Params(_Strict):
                             f"datasets.{name}.{key} = {value!r} lies in a folder the pipeline writes and deletes "
                             f"({', '.join(map(str, GENERATED))}): keep licensed data elsewhere")
         demo = [(n, d.source.identity_range()) for n, d in self.datasets.items()
-                if isinstance(d.source, (DemoExpressionSource, DemoIdentitySource))]
+                if isinstance(d.source, (DemoExpressionSource, DemoIdentitySource, DemoCaricatureSource))]
         for i, (na, ra) in enumerate(demo):
             for nb, rb in demo[i + 1:]:
                 if ra.start < rb.stop and rb.start < ra.stop:
@@ -561,12 +710,7 @@ class Params(_Strict):
             if d not in self.folds.datasets:
                 raise ValueError(f"finetune.datasets: {d!r} has no fold settings (folds.datasets)")
             label_sets = self.datasets[d].label_sets
-            for task, spec in task_set.tasks.items():
-                if spec.label not in LABEL_COLUMNS and spec.label not in label_sets:
-                    raise ValueError(
-                        f"task_sets.{name}.tasks.{task}.label: {spec.label!r} is neither a manifest label column "
-                        f"({', '.join(LABEL_COLUMNS)}) nor a label set of dataset {d!r} "
-                        f"(datasets.{d}.label_sets: {', '.join(label_sets) or 'none'})")
+            _check_labels(name, task_set, d, label_sets)
         for method in ft.run_methods:  # a method that is not run need not fit this task set
             cfg = ft.methods[method]
             try:
@@ -574,6 +718,47 @@ class Params(_Strict):
             except ValueError as exc:
                 raise ValueError(f"finetune.methods.{method}: {exc} (task set {name!r}: "
                                  f"{', '.join(task_set.names)})") from None
+        return self
+
+    @model_validator(mode="after")
+    def _cari_cross_checks(self) -> Params:
+        """Caricature datasets have a protocol, the task set exists and fits the center policy, and every method run
+        serves the task set on every dataset."""
+        from pipeline.weighting.options import parse_weighting
+
+        ca = self.cari
+        if ca is None:
+            return self
+        name = ca.common.task_set
+        task_set = self.task_sets.get(name)
+        if task_set is None:
+            raise ValueError(f"cari.common.task_set: unknown task set {name!r}; task_sets defines "
+                             f"{', '.join(self.task_sets) or 'none'}")
+        for d in ca.datasets:
+            if d not in self.datasets:
+                raise ValueError(f"cari.datasets: unknown dataset {d!r} (not in datasets)")
+            if self.datasets[d].protocol is None:
+                raise ValueError(f"cari.datasets: dataset {d!r} has no caricature protocol (datasets.{d}.protocol)")
+            _check_labels(name, task_set, d, self.datasets[d].label_sets)
+        bad = [t for t in ca.common.centers.tasks if t not in task_set.tasks]
+        if bad:
+            raise ValueError(f"cari.common.centers.tasks: {bad} are not tasks of task set {name!r} "
+                             f"({', '.join(task_set.names)})")
+        first = task_set.names[0]
+        if task_set.tasks[first].center is None:
+            raise ValueError(f"task_sets.{name}.tasks.{first}.center: the center policy (cari.common.centers) takes "
+                             "factor and alpha from the first task's center block: write one")
+        if ca.common.centers.policy == "shared_b1" and first not in ca.common.centers.tasks:
+            raise ValueError(f"cari.common.centers.tasks: policy shared_b1 shares the matrix of {first!r}, which "
+                             "must be listed")
+        for method in ca.run_methods:
+            cfg = ca.methods[method]
+            for d in ca.datasets:
+                try:
+                    parse_weighting(cfg.weighting, cari_method_options(cfg, self.datasets[d].reader), task_set.names)
+                except ValueError as exc:
+                    raise ValueError(f"cari.methods.{method}: {exc} (task set {name!r}: "
+                                     f"{', '.join(task_set.names)})") from None
         return self
 
     @model_validator(mode="after")
@@ -595,6 +780,21 @@ class Params(_Strict):
         return self
 
 
+def _check_labels(name: str, task_set: TaskSetSettings, dataset: str, label_sets: dict[str, Any]) -> None:
+    """Every task's ``label`` is a manifest label column, an identity of one modality or a label set of ``dataset``.
+
+    Raises:
+        ValueError: naming the task's key.
+    """
+    for task, spec in task_set.tasks.items():
+        if spec.label not in LABEL_COLUMNS and spec.label not in MODALITY_LABELS and spec.label not in label_sets:
+            raise ValueError(
+                f"task_sets.{name}.tasks.{task}.label: {spec.label!r} is neither a manifest label column "
+                f"({', '.join(LABEL_COLUMNS)}), nor an identity of one modality ({', '.join(MODALITY_LABELS)}), "
+                f"nor a label set of dataset {dataset!r} (datasets.{dataset}.label_sets: "
+                f"{', '.join(label_sets) or 'none'})")
+
+
 def _inside_generated(path: str) -> bool:
     """Whether ``path`` (relative to the repo root, or absolute) is inside one of :data:`pipeline.paths.GENERATED`."""
     p = Path(path).expanduser()
@@ -609,7 +809,8 @@ def _format_error(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         parts = [str(p) for p in err["loc"]]
         # pydantic puts the discriminator value of `source` into the path (datasets.x.source.lfw.url): drop it
-        parts = [p for i, p in enumerate(parts) if not (i > 0 and parts[i - 1] == "source" and p in _UNION_TAGS)]
+        parts = [p for i, p in enumerate(parts)
+                 if not (i > 0 and parts[i - 1] in ("source", "protocol") and p in _UNION_TAGS)]
         loc = ".".join(parts)
         msg = err["msg"]
         if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
@@ -622,7 +823,7 @@ def _format_error(exc: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(lines)
 
 
-_UNION_TAGS = {"demo_expression", "demo_identity", "lfw", "licensed"}
+_UNION_TAGS = {"demo_expression", "demo_identity", "demo_caricature", "lfw", "licensed", "cavi", "webcaricature"}
 
 
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:

@@ -12,6 +12,8 @@ Layout::
     data/folds/<d>/fold<k>.json         fold k's subjects, and fold<k>-pairs.parquet its verification pairs
     data/pretrain/<d>/model.pt          the pretrained model fine-tuning can start from
     data/finetune/<d>/fold<k>-<method>/ one fine-tuning run (or fold<k>-pixel_pca, the pixel baseline)
+    data/cari/<d>/                      a caricature dataset's split (split.json, pairs.parquet,
+                                        identification.parquet) and its runs (<method>/, pixel_pca/)
     data/work/<stage>/                  resumable state of unfinished training runs (not a DVC output)
     metrics/<stage>/...                 each stage's metrics (JSON)
     reports/                            the report's tables and figures
@@ -22,8 +24,9 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = [
-    "ALIGNED", "DOWNLOAD_CACHE", "FINETUNE", "FOLDS", "GENERATED", "MANIFESTS", "METRICS", "PRETRAIN", "RAW",
-    "REPORTS", "WORK", "finetune_run", "fold_files", "manifest_file", "pretrained_model", "run_tag",
+    "ALIGNED", "CARI", "DOWNLOAD_CACHE", "FINETUNE", "FOLDS", "GENERATED", "MANIFESTS", "METRICS", "PRETRAIN", "RAW",
+    "REPORTS", "WORK", "cari_run", "cari_split_files", "finetune_run", "fold_files", "manifest_file",
+    "pretrained_model", "run_tag",
 ]
 
 RAW = Path("data/raw")
@@ -33,6 +36,7 @@ ALIGNED = Path("data/aligned")
 FOLDS = Path("data/folds")
 PRETRAIN = Path("data/pretrain")
 FINETUNE = Path("data/finetune")
+CARI = Path("data/cari")
 WORK = Path("data/work")
 METRICS = Path("metrics")
 REPORTS = Path("reports")
@@ -70,3 +74,22 @@ def finetune_run(dataset: str, fold: int, method: str) -> dict[str, Path]:
     tag = run_tag(fold, method)
     return {"manifest": manifest_file(dataset), "aligned": ALIGNED / dataset, "fold": fold_json, "pairs": pairs,
             "out": FINETUNE / dataset / tag, "metrics": METRICS / "finetune" / dataset / f"{tag}.json"}
+
+
+def cari_split_files(dataset: str) -> dict[str, Path]:
+    """The outputs of ``cari_split@<dataset>``: ``dir`` (``data/cari/<d>/split``), ``split`` (``split.json``: classes,
+    training images and labels, counts), ``pairs`` (``pairs.parquet``: the test pairs), ``identification``
+    (``identification.parquet``: the labelled test images and the probe/gallery sets) and ``metrics``."""
+    folder = CARI / dataset / "split"
+    return {"dir": folder, "split": folder / "split.json", "pairs": folder / "pairs.parquet",
+            "identification": folder / "identification.parquet", "metrics": METRICS / "cari" / dataset / "split.json"}
+
+
+def cari_run(dataset: str, method: str) -> dict[str, Path]:
+    """The inputs and outputs of one caricature run (``method = "pixel_pca"``: the pixel baseline): ``manifest``,
+    ``aligned``, the split's files (``split``, ``pairs``, ``identification``), ``out`` (``data/cari/<d>/<method>``)
+    and ``metrics`` (``metrics/cari/<d>/<method>.json``)."""
+    sp = cari_split_files(dataset)
+    return {"manifest": manifest_file(dataset), "aligned": ALIGNED / dataset, "split": sp["split"],
+            "pairs": sp["pairs"], "identification": sp["identification"], "out": CARI / dataset / method,
+            "metrics": METRICS / "cari" / dataset / f"{method}.json"}

@@ -39,7 +39,8 @@ from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
 __all__ = [
-    "CENTER_FORMS", "DEVICE_PATTERN", "EVALUATIONS", "OPTIMIZERS", "OWN", "Bound", "CenterLossSettings",
+    "CENTER_FORMS", "DEVICE_PATTERN", "EVALUATIONS", "OPTIMIZERS", "OWN", "Bound", "CariSettings",
+    "CenterLossSettings", "CenterPolicySettings",
     "CropSettings", "FinetuneSettings", "HeadSettings", "NetworkSettings", "OptimizerSettings", "PrecisionSettings",
     "PretrainCenterLossSettings", "PretrainRuntime", "PretrainSettings", "PretrainVerification", "ProtocolSettings",
     "RuntimeSettings", "ScheduleSettings", "TaskCenter", "TaskSetSettings", "TaskSettings", "TrainingSettings",
@@ -53,7 +54,7 @@ OPTIMIZERS: tuple[str, ...] = typing.get_args(OptimizerName)
 CenterLossForm = Literal["metrics_loss", "facenet"]
 CENTER_FORMS: tuple[str, ...] = typing.get_args(CenterLossForm)
 #: evaluation kinds a task can have (:mod:`pipeline.training.evaluate`)
-EvaluationKind = Literal["verification", "classification", "identification"]
+EvaluationKind = Literal["verification", "classification", "identification", "cross_modal"]
 EVALUATIONS: tuple[str, ...] = typing.get_args(EvaluationKind)
 #: in a task's ``center``: the task itself
 OWN = "own"
@@ -401,6 +402,30 @@ class FinetuneSettings(TrainingSettings):
     val_fraction: Annotated[float, Bound(gt=0.0, lt=1.0)]
 
 
+@settings
+class CenterPolicySettings:
+    """``cari.common.centers``: which tasks of a caricature task set carry a center term, and how their matrices
+    are shared (docs/method.md §2.2, §9.17, §9.18, §9.22). The policy rewrites the ``center`` blocks of the task set;
+    the first task's block gives ``factor`` and ``alpha`` to every listed task.
+
+    Attributes:
+        policy: ``per_branch`` (each listed task owns a matrix its own batch means move) | ``shared_b1`` (the
+            original: one matrix owned by the first task, moved only by its update; the other listed tasks pull
+            their own embeddings to it).
+        tasks: the tasks with a center term (the original code: all three; the paper: the verification task).
+        rows: ``labels`` (a row per class) | ``train_ids`` (the original WebCaricature: as many rows as training
+            identities; a label beyond them meets a zero center and moves nothing).
+    """
+
+    policy: Literal["per_branch", "shared_b1"]
+    tasks: list[str]
+    rows: Literal["labels", "train_ids"]
+
+    def __post_init__(self) -> None:
+        if not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks: a non-empty list without repeats, got {list(self.tasks)}")
+
+
 # ------------------------------------------------------------------------------------------- task sets
 @settings
 class HeadSettings:
@@ -533,6 +558,22 @@ class TaskSetSettings:
     def evaluated(self, kind: str) -> list[str]:
         """The tasks with evaluation ``kind``, in loss order."""
         return [n for n, t in self.tasks.items() if kind in t.evaluation]
+
+
+@settings
+class CariSettings(FinetuneSettings):
+    """``cari.common``: :class:`FinetuneSettings` for the caricature runs, plus the center policy.
+
+    Attributes:
+        centers: :class:`CenterPolicySettings`.
+    """
+
+    centers: CenterPolicySettings
+
+    def __post_init__(self) -> None:
+        if self.selection == "val_subjects":
+            raise ValueError("selection: val_subjects holds out training subjects, and CaVI's split is closed-set "
+                             "(every test identity trains): use test_fold (the original's) or last")
 
 
 # ------------------------------------------------------------------------------------------- plain construction

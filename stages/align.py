@@ -1,4 +1,8 @@
-"""Align a dataset's faces with MTCNN: crops (182 px, paper convention) in tar shards + the alignment table."""
+"""Align a dataset's faces: crops (182 px, paper convention) in tar shards + the alignment table.
+
+MTCNN finds the face (``paper_182_44``, ``facenet_160_32``), or, with no detector, the crop is the whole image
+(``resize_only``) or the box around WebCaricature's landmarks (``landmarks_box``, factors in
+``align.landmark_box``); docs/alignment.md."""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from stages.tracking import stage_run
 #: params DVC tracks: every setting that changes the crops
 DECLARED = ["datasets.{name}.root", "datasets.{name}.align_convention", "align.min_face", "align.thresholds",
             "align.factor", "align.nms", "align.resample", "align.max_side", "align.shard_size", "align.format",
-            "align.quality", "align.max_failure_fraction"]
+            "align.quality", "align.max_failure_fraction", "align.landmark_box"]
 #: params read but deliberately not tracked by DVC: they change only the speed (same crops on any device, batch
 #: size, number of decoding workers or processes), so changing them must not re-run the stage
 RUNTIME = ["align.device", "align.batch_size", "align.workers", "align.processes"]
@@ -86,6 +90,9 @@ def command(
     root = sp.get(f"datasets.{name}.root")
     convention = sp.get(f"datasets.{name}.align_convention")
     cfg = {key.split(".", 1)[1]: sp.get(key) for key in DECLARED + RUNTIME if key.startswith("align.")}
+    box = cfg.pop("landmark_box")
+    if convention == "landmarks_box":  # the factors matter (and key the resume folder) only there
+        cfg["landmark_box"] = [box.width, box.height]
     manifest = layout.manifest_file(name)
     if not manifest.is_file():
         raise DatasetError(f"align {name}: {manifest} not found; run `dvc repro manifest@{name}` first")

@@ -12,6 +12,10 @@ import typer
 
 from stages import (
     align,
+    cari_pixel,
+    cari_report,
+    cari_split,
+    cari_train,
     check_params,
     detect,
     download,
@@ -75,7 +79,7 @@ def main(
 
 
 #: the commands in --help order: the DVC stages in pipeline order, the user tools, the report
-COMMANDS = [check_params, download, manifest, align, folds, pretrain, finetune, pixel_baseline, detect, verify, embed,
-            report]
+COMMANDS = [check_params, download, manifest, align, folds, cari_split, pretrain, finetune, pixel_baseline, cari_train,
+            cari_pixel, detect, verify, embed, report, cari_report]
 for _module in COMMANDS:
     app.command(_module.__name__.rpartition(".")[2], help=terminal_help(_module.__doc__))(_module.command)

@@ -29,8 +29,9 @@ from stages.common import load_stage_params, user_errors
 #: like in every stage: they change only the speed
 DECLARED = ["base", "demo", "datasets", "manifest", "align.min_face", "align.thresholds", "align.factor", "align.nms",
             "align.resample", "align.max_side", "align.shard_size", "align.format", "align.quality",
-            "align.max_failure_fraction", "folds", "task_sets", "pretrain.train", "finetune.datasets",
-            "finetune.common", "finetune.methods", "finetune.run_methods", "pixel_baseline", "report"]
+            "align.max_failure_fraction", "align.landmark_box", "folds", "task_sets", "pretrain.train",
+            "finetune.datasets", "finetune.common", "finetune.methods", "finetune.run_methods", "pixel_baseline",
+            "report", "cari"]
 #: the output's content (constant, so that no stage downstream re-runs because of it)
 CONTENT = "params.yaml passed `python -m stages check_params` (this file never changes; every stage depends on it)\n"
 
@@ -40,11 +41,14 @@ def command(ctx: typer.Context) -> None:
     from pipeline.training.schedule import schedule_from
 
     sp = load_stage_params(ctx, DECLARED)  # the whole file is validated here (the methods run included)
-    common = sp.get("finetune.common")
-    try:
-        schedule_from(common.schedule)
-    except ValueError as exc:
-        raise ParamsError(f"finetune.common.schedule: {exc}") from None
+    sections = {"finetune.common": sp.get("finetune.common")}
+    if sp.get("cari") is not None:
+        sections["cari.common"] = sp.get("cari").common
+    for key, common in sections.items():
+        try:
+            schedule_from(common.schedule)
+        except ValueError as exc:
+            raise ParamsError(f"{key}.schedule: {exc}") from None
     out = layout.PARAMS_CHECKED
     if not out.is_file() or out.read_text() != CONTENT:
         with atomic_file(out) as tmp:

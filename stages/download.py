@@ -11,7 +11,13 @@ import typer
 
 import pipeline.paths as layout
 from pipeline.atomic import atomic_dir, write_json
-from pipeline.config import DemoExpressionSource, DemoIdentitySource, LfwSource, LicensedSource
+from pipeline.config import (
+    DemoCaricatureSource,
+    DemoExpressionSource,
+    DemoIdentitySource,
+    LfwSource,
+    LicensedSource,
+)
 from pipeline.errors import ParamsError
 from stages.common import load_stage_params, progress_bar, user_errors
 from stages.tracking import stage_run
@@ -42,6 +48,9 @@ def command(
         if isinstance(src, (DemoExpressionSource, DemoIdentitySource)):
             info.update(_generate_demo(name, root, src, demo, out, tmp))
             data_root, fingerprint = tmp / "images", "content"
+        elif isinstance(src, DemoCaricatureSource):
+            info.update(_generate_caricature_demo(name, root, src, demo, out, tmp))
+            data_root, fingerprint = tmp / info["root"], "content"
         elif isinstance(src, LfwSource):
             _expect_root(name, root, out / "lfw")
             info.update(_download_lfw(src, tmp))
@@ -86,6 +95,26 @@ def _generate_demo(name: str, root: str, src, demo, out: Path, tmp: Path) -> dic
                 quality=demo.quality, workers=demo.workers, progress=advance)
     d = summary.to_dict()
     return {"images": d["n_images"], "identities": d["subjects"], "demo_seed": demo.seed}
+
+
+def _generate_caricature_demo(name: str, root: str, src: DemoCaricatureSource, demo, out: Path, tmp: Path) -> dict:
+    """The caricature demo: the dataset root ``data/raw/<name>/CaVI_Dataset`` or ``…/WebCaricature`` and the
+    protocol files (CaVI's ``train-test-files/testing_1.txt`` beside the root, WebCaricature's inside it)."""
+    from pipeline.data import demo_caricature as gen
+
+    _expect_root(name, root, out / gen.ROOTS[src.layout])
+    total = src.n_identities * (src.photos_per_identity + src.caricatures_per_identity)
+    with progress_bar(f"generating {name}", total) as advance:
+        summary = gen.generate_caricature_dataset(
+            tmp, layout=src.layout, seed=demo.seed, first_identity=src.first_identity, n_identities=src.n_identities,
+            photos_per_identity=src.photos_per_identity, caricatures_per_identity=src.caricatures_per_identity,
+            image_size=tuple(src.image_size), exaggeration=tuple(src.exaggeration), artists=src.artists,
+            pairs=src.pairs, downsample=src.pair_downsample(), quality=demo.quality, workers=demo.workers,
+            progress=advance)
+    d = summary.to_dict()
+    return {"images": d["n_images"], "photos": d["n_photos"], "caricatures": d["n_caricatures"],
+            "identities": d["subjects"], "demo_seed": demo.seed, "layout": src.layout, "root": gen.ROOTS[src.layout],
+            "protocol_files": d["protocol_files"], "protocol": d["protocol"]}
 
 
 def _download_lfw(src: LfwSource, tmp: Path) -> dict:

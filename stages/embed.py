@@ -12,6 +12,8 @@ It writes D/embeddings_a.npy, embeddings_b.npy, same.npy and pairs.tsv; pairs wi
 
 IMAGE... --out E.npy: aligned square face crops (resized to the checkpoint's alignment size, 182 px).
 
+--branch NAME: another branch's embeddings (a caricature model's verif, visual or cari; default the first).
+
 With --detect, any photos: MTCNN-aligned first (the align stage's default settings); no face is an error.
 
 A user tool, not a DVC stage: it reads no params and logs nothing to MLflow. Example:
@@ -90,8 +92,9 @@ def resize_faces(faces: np.ndarray, size: int) -> np.ndarray:
 
 
 def embed_faces(model: torch.nn.Module, batches: Iterator[np.ndarray], *, crop: int, input_size: int, device: str,
-                progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Embeddings ``float32 [N, D]`` of ``uint8 [B, S, S, 3]`` face batches (evaluation pre-processing)."""
+                progress: Callable[[int], None] | None = None, branch: str | None = None) -> np.ndarray:
+    """Embeddings ``float32 [N, D]`` of ``uint8 [B, S, S, 3]`` face batches (evaluation pre-processing) from the
+    branch ``branch`` (default: the model's first)."""
     import torch
 
     from pipeline.training.data import preprocess
@@ -101,7 +104,7 @@ def embed_faces(model: torch.nn.Module, batches: Iterator[np.ndarray], *, crop: 
         for faces in batches:
             x = torch.from_numpy(np.ascontiguousarray(faces)).to(device).permute(0, 3, 1, 2)
             x = preprocess(x, crop=crop, input_size=input_size, train=False)
-            out.append(model.embed(x).float().cpu().numpy())
+            out.append(model.embed(x, branch).float().cpu().numpy())
             if progress is not None:
                 progress(len(faces))
     return np.concatenate(out)
@@ -230,6 +233,9 @@ def command(
         "--crop", min=1, help="Centre crop of the aligned faces", show_default="the checkpoint's (160 of 182)")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:<n>.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Faces per forward pass.")] = 100,
+    branch: Annotated[str | None, typer.Option(
+        "--branch", help="The branch (task) whose embeddings to write, e.g. verif, visual or cari of a caricature "
+                         "model.", show_default="the first: identity / verif")] = None,
 ) -> None:
     images = list(images or [])
     _check_mode(images, aligned, ids, pairs, out, out_dir, detect)
@@ -252,13 +258,16 @@ def command(
         row_ids = [str(p) for p in images]
 
     model, meta, conv = load_checkpoint(checkpoint, dev)
+    if branch is not None and branch not in model.task_names:
+        raise UserError(f"--branch {branch}: {checkpoint} has the branches {', '.join(model.task_names)}")
     size, input_size = conv.size, model.config.network.input_size
     crop = model.config.crop.size if crop is None else crop
     if crop > size:
         raise UserError(f"--crop {crop} is larger than the aligned faces ({size} px, {model.config.align_convention})")
-    kw = {"crop": crop, "input_size": input_size, "device": dev}
+    kw = {"crop": crop, "input_size": input_size, "device": dev, "branch": branch}
     what = (f"{checkpoint} ({model.config.align_convention}: crop {crop} of {size} px, input {input_size} px"
-            + (f", {meta['method']} fold {meta['fold']}" if "method" in meta and "fold" in meta else "") + f", {dev})")
+            + (f", {meta['method']} fold {meta['fold']}" if "method" in meta and "fold" in meta else "")
+            + (f", branch {branch}" if branch is not None else "") + f", {dev})")
 
     if aligned is not None:
         if source.crop_size != size:

@@ -22,19 +22,17 @@ Writes, in the finetune stage's formats:
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 import pipeline.paths as layout
-from pipeline.atomic import atomic_dir, atomic_files, write_json
 from pipeline.errors import DatasetError, UserError
 from stages.common import finetune_dataset, load_stage_params, user_errors
 from stages.provenance import fold_inputs
 from stages.tracking import run_item, stage_run
 
-METHOD = "pixel_pca"
+METHOD = "pixel_pca"  # = pipeline.evaluation.pixel_pca.METHOD, which the commands import lazily (a fast --help)
 DECLARED = ["pixel_baseline", "finetune.common.task_set", "finetune.common.crop", "finetune.common.protocol",
             "finetune.common.seed", "task_sets.{task_set}", "datasets.{dataset}.label_sets"]
 
@@ -50,23 +48,16 @@ def run_fold(data: Any, tasks: Any, settings: Any, *, protocol: Any, seed: int
         ``(M, scores, model)``: the metrics of :func:`pipeline.training.evaluate.evaluate`, its raw scores and the
         fitted :class:`~pipeline.evaluation.pixel_pca.PixelPCA`.
     """
-    import numpy as np
-
-    from pipeline.evaluation.pixel_pca import PixelPCA
+    from pipeline.evaluation.pixel_pca import fit_predict
     from pipeline.training.evaluate import Predictions, evaluate, evaluations_of
 
-    classified = tasks.evaluated("classification")
-    train_images = data.train.images.cpu().numpy()
-    labels = {t: (data.train.labels[t].cpu().numpy(), data.n_classes[t]) for t in classified}
+    labels = {t: (data.train.labels[t].cpu().numpy(), data.n_classes[t]) for t in tasks.evaluated("classification")}
     try:
-        model = PixelPCA(settings).fit(train_images, labels)
+        model, embedding, logits = fit_predict(settings, data.train.images.cpu().numpy(), labels,
+                                               data.test.images.cpu().numpy())
     except ValueError as exc:
         raise DatasetError(f"pixel baseline: {exc}") from None
-    test_images = np.asarray(data.test.images.cpu().numpy())
-    z = model.project(test_images)
-    embedding = model.embed(test_images)
-    pred = Predictions(embeddings={t: embedding for t in tasks.names},
-                       logits={t: model.scores(t, projections=z) for t in classified})
+    pred = Predictions(embeddings={t: embedding for t in tasks.names}, logits=logits)
     m, scores = evaluate(pred, data.test, evaluations_of(tasks), protocol=protocol, seed=seed)
     return m, scores, model
 
@@ -74,12 +65,9 @@ def run_fold(data: Any, tasks: Any, settings: Any, *, protocol: Any, seed: int
 def metrics_record(dataset: str, fold: int, counts: dict[str, int], m: dict[str, Any], criteria: list[str]
                    ) -> dict[str, Any]:
     """The metrics file, in the finetune stage's shape (no training: epoch 0 everywhere, nothing selected)."""
-    row = {"epoch": 0, **m}
-    best: dict[str, Any] = {"selected_on": "none"}
-    for crit in criteria:
-        best[crit] = dict(row)
-    return {"dataset": dataset, "fold": fold, "method": METHOD, "weighting": None, "selection": "none",
-            "data": dict(counts), "epochs": 0, "last": dict(row), "best": best}
+    from pipeline.evaluation.pixel_pca import baseline_record
+
+    return baseline_record(m, criteria, counts, dataset=dataset, fold=fold)
 
 
 @user_errors
@@ -91,7 +79,7 @@ def command(
 ) -> None:
     from pipeline.config import load_params
     from pipeline.data.manifest import read_manifest
-    from pipeline.evaluation.pixel_pca import PixelPCASettings
+    from pipeline.evaluation.pixel_pca import PixelPCASettings, write_baseline_outputs
     from pipeline.training.evaluate import criteria, describe_accuracies, headline
     from pipeline.training.fold_data import load_fold_data
 
@@ -126,21 +114,10 @@ def command(
         m, scores, model = run_fold(data, tasks, settings, protocol=sp.get("finetune.common.protocol"), seed=seed)
         metrics = metrics_record(dataset, fold, data.counts, m, list(criteria(tasks)))
         summary = model.summary()
-        _write_outputs(p, metrics, scores, data.test_ids, summary)
+        write_baseline_outputs(p["out"], p["metrics"], metrics, scores, data.test_ids, summary)
         run.log_metrics(headline(m))
         run.log_metrics({"pca_components": summary["components"], "explained_variance": summary["explained_variance"]})
         run.log_dict(metrics, "metrics.json")
         run.log_dict(summary, "pca.json")
     typer.echo(f"{item}: {describe_accuracies(m)} ({summary['components']} components, "
                f"{summary['explained_variance']:.1%} of the variance) -> {p['out']}, {p['metrics']}")
-
-
-def _write_outputs(p: dict[str, Path], metrics: dict, scores: dict, test_ids: list[str], summary: dict) -> None:
-    import numpy as np
-
-    with atomic_files(p["metrics"]) as (tmp_metrics,), atomic_dir(p["out"]) as tmp:
-        arrays = {f"last_{k}": np.asarray(v) for k, v in scores.items()}
-        arrays["test_image_ids"] = np.asarray(test_ids, dtype=str)
-        np.savez_compressed(tmp / "scores.npz", **arrays)
-        write_json(summary, tmp / "pca.json")
-        write_json(metrics, tmp_metrics)

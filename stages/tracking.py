@@ -92,7 +92,8 @@ def run_item(dataset: str, fold: int, method: str) -> str:
     return f"{dataset}/fold{fold}/{method}"
 
 
-def group_key(params: Any, dataset: str, root: Path | None = None, commit: str | None = None) -> str:
+def group_key(params: Any, dataset: str, root: Path | None = None, commit: str | None = None,
+              family: str = "finetune") -> str:
     """The key shared by the runs of one results table (one dataset's section): a hash of the configuration, the
     commit and the data.
 
@@ -112,6 +113,8 @@ def group_key(params: Any, dataset: str, root: Path | None = None, commit: str |
     from pipeline.config import plain
 
     root = root or repo_root()
+    if family == "cari":
+        return _cari_group_key(params, dataset, root, commit)
     folds = params.folds
     common = params.finetune.common
     data = lock_hashes(root, [f"data/aligned/{dataset}", f"data/folds/{dataset}"])
@@ -122,6 +125,30 @@ def group_key(params: Any, dataset: str, root: Path | None = None, commit: str |
         "label_sets": plain(params.datasets[dataset].label_sets) if dataset in params.datasets else None,
         "folds": {"k": folds.k, "assignment": folds.assignment, "seed": folds.seed,
                   "dataset": folds.datasets[dataset].model_dump(mode="json") if dataset in folds.datasets else None},
+        "pretrain.train": plain(params.pretrain.train),
+        "pixel_baseline": params.pixel_baseline.model_dump(mode="json"),
+        "commit": commit if commit is not None else git_state(root).get("git.commit", ""),
+        "data": {k: v for k, v in data.items() if k.endswith(".md5")},
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cari_group_key(params: Any, dataset: str, root: Path, commit: str | None) -> str:
+    """:func:`group_key` of a caricature table: ``cari.common``, its task set, the dataset's protocol, reader and crop
+    convention, ``pretrain.train``, ``pixel_baseline``, the commit and the ``dvc.lock`` md5 of the dataset's aligned
+    faces and split."""
+    import hashlib
+
+    from pipeline.config import plain
+
+    common = params.cari.common
+    ds = params.datasets.get(dataset)
+    data = lock_hashes(root, [f"data/aligned/{dataset}", f"data/cari/{dataset}/split"])
+    content = {
+        "family": "cari", "dataset": dataset, "cari.common": plain(common),
+        "task_set": plain(params.task_sets.get(common.task_set)),
+        "dataset_config": None if ds is None else {k: plain(getattr(ds, k))
+                                                   for k in ("reader", "protocol", "align_convention", "landmark_box")},
         "pretrain.train": plain(params.pretrain.train),
         "pixel_baseline": params.pixel_baseline.model_dump(mode="json"),
         "commit": commit if commit is not None else git_state(root).get("git.commit", ""),
@@ -273,7 +300,8 @@ def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str | Input] 
         group: ``(params, dataset)`` of a run that belongs to a results table (the validated
             :class:`pipeline.config.Params` and the table's dataset): its :func:`group_key` becomes the ``group``
             tag; ``(params, [dataset, ...])`` for a run over several tables (the report): one ``group.<dataset>``
-            tag each (one dataset: the ``group`` tag).
+            tag each (one dataset: the ``group`` tag); a third element names the table family (``cari``: the
+            caricature tables; default ``finetune``).
     """
     if os.environ.get("DMTL_MLFLOW", "1").lower() in {"0", "false", "no", "off"}:
         yield RunLogger(None)
@@ -296,9 +324,10 @@ def stage_run(stage: str, params: StageParams, *, inputs: Sequence[str | Input] 
         tags["item"] = item
     groups: dict[str, str] = {}
     if group is not None:
-        group_params, datasets = group
+        group_params, datasets, *family = group
         for dataset in [datasets] if isinstance(datasets, str) else datasets:
-            groups[dataset] = group_key(group_params, dataset, root, commit=tags.get("git.commit", ""))
+            groups[dataset] = group_key(group_params, dataset, root, commit=tags.get("git.commit", ""),
+                                        family=family[0] if family else "finetune")
         tags.update({"group": next(iter(groups.values()))} if len(groups) == 1 else
                     {f"group.{d}": key for d, key in groups.items()})
     dvc_env = (("DVC_STAGE", "dvc.stage"), ("DVC_EXP_NAME", "dvc.exp"), ("DVC_EXP_BASELINE_REV", "dvc.exp.baseline"))

@@ -270,3 +270,57 @@ def build_webcaricature(base: Path, subjects: Mapping[str, tuple[int, int]] = WE
     protocol.write_bytes(f"1\r\n{names[0]}\tC00001\tP00001\r\n{names[0]}\tC00001\t{names[-1]}\tP00001\r\n".encode())
     (root / "Filenames").mkdir()
     return root
+
+
+# --------------------------------------------------------------------------------------------- caricature protocols
+
+#: one CaVI image of a pair line: (the id column, the identity folder as the line writes it, the file name)
+CaviRef = tuple[str, str, str]
+
+
+def cavi_pair_line(cari: CaviRef, photo: CaviRef, label: int) -> str:
+    """One line of CaVINet's ``testing_1.txt``: ``id_c Caricature/<folder>\\<file> id_r Real/<folder>\\<file> label``
+    (a backslash between folder and file, as in the real file)."""
+    (cid, cfolder, cfile), (rid, rfolder, rfile) = cari, photo
+    return f"{cid} Caricature/{cfolder}\\{cfile} {rid} Real/{rfolder}\\{rfile} {label}"
+
+
+def write_cavi_pair_file(path: Path, kept: Sequence[str], filler: Sequence[str], *, downsample: int = 20) -> Path:
+    """A CaVINet pair file of ``len(kept) * downsample`` lines (CRLF, like the real one): ``kept[i]`` at 0-based line
+    ``i * downsample`` (the lines the protocol keeps), ``filler`` cycled over every other line."""
+    lines = [kept[i // downsample] if i % downsample == 0 else filler[i % len(filler)]
+             for i in range(len(kept) * downsample)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    return path
+
+
+#: a WebCaricature verification pair: ``(id, cari, photo)`` (same identity) or ``(id_c, cari, id_p, photo)``
+WebRow = tuple[str, ...]
+#: a probe or gallery entry: ``(id, image name without .jpg)``
+WebEntry = tuple[str, str]
+
+WEBCARI_RESTRICTED = "EvaluationProtocols/FaceVerification/Restricted"
+WEBCARI_IDENTIFICATION = "EvaluationProtocols/FaceIdentification"
+
+
+def write_webcari_protocol(root: Path, train: Sequence[WebRow], test: Sequence[WebRow],
+                           identification: Mapping[str, tuple[Sequence[WebEntry], Sequence[WebEntry]]]) -> Path:
+    """WebCaricature's protocol files under ``root`` (the ``WebCaricature`` folder), CRLF and tab-separated like the
+    real ones: ``RestrictedView1_DevTrain.txt`` / ``RestrictedView1_DevTest.txt`` (a count line, then the rows) and
+    ``FaceIdentification/<D>/FR_Probe_<D><k>.txt`` / ``FR_Gallery_<D><k>.txt`` for D in C2P, P2C and k in 1..10
+    (a header line, then ``id<TAB>img`` rows; ``identification[D]`` = (probe, gallery), the same for every k).
+    Returns ``root``."""
+    restricted = root / WEBCARI_RESTRICTED
+    restricted.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("RestrictedView1_DevTrain.txt", train), ("RestrictedView1_DevTest.txt", test)):
+        text = "".join(f"{line}\r\n" for line in [str(len(rows)), *("\t".join(r) for r in rows)])
+        (restricted / name).write_bytes(text.encode())
+    for direction, (probe, gallery) in identification.items():
+        folder = root / WEBCARI_IDENTIFICATION / direction
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(1, 11):
+            for role, entries in (("Probe", probe), ("Gallery", gallery)):
+                lines = ["id\timg", *(f"{i}\t{img}" for i, img in entries)]
+                (folder / f"FR_{role}_{direction}{k}.txt").write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    return root

@@ -7,8 +7,8 @@ from typer.testing import CliRunner
 
 from stages.app import app, terminal_help
 
-COMMANDS = ["download", "manifest", "align", "folds", "pretrain", "finetune", "pixel_baseline", "detect", "verify",
-            "embed", "report"]
+COMMANDS = ["download", "manifest", "align", "folds", "cari_split", "pretrain", "finetune", "pixel_baseline",
+            "cari_train", "cari_pixel", "detect", "verify", "embed", "report", "cari_report"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -63,7 +63,8 @@ CENTER = {"factor": 0.1, "alpha": 0.5, "embedding": "own", "matrix": "own", "upd
         ("task_sets.fr_fer.tasks.expression.center", {**CENTER, "embedding": "pose"},
          "tasks.expression.center.embedding: 'pose' is neither 'own' nor a task"),
         ("task_sets.fr_fer.tasks.identity.evaluation", ["retrieval"],
-         "task_sets.fr_fer.tasks.identity.evaluation.0: Input should be 'verification', 'classification' or"),
+         "task_sets.fr_fer.tasks.identity.evaluation.0: Input should be 'verification', 'classification', "
+         "'identification' or 'cross_modal'"),
         ("task_sets.fr_fer.tasks.expression.evaluation", ["verification"],
          "verification is the evaluation of one task at most"),
         ("task_sets.fr_fer.copy_branches", [["identity", "pose"]], "copy_branches.0: ['identity', 'pose'] must name"),
@@ -74,7 +75,7 @@ CENTER = {"factor": 0.1, "alpha": 0.5, "embedding": "own", "matrix": "own", "upd
          "finetune.methods.single_expression: unknown weighting 'single_pose'"),
         ("finetune.datasets", ["demo_oulu", "demo_oulu"], "finetune: datasets: 'demo_oulu' is listed twice"),
         ("finetune.datasets", ["demo_webface"], "finetune.datasets: 'demo_webface' has no fold settings"),
-        ("finetune.common.task_set", "cari", "finetune.common.task_set: unknown task set 'cari'"),
+        ("finetune.common.task_set", "cari3", "finetune.common.task_set: unknown task set 'cari3'"),
         ("task_sets.fr_fer.tasks", {}, "task_sets.fr_fer: tasks: a task set needs at least one task"),
     ],
 )

@@ -24,10 +24,11 @@ def _command(stage: dict) -> str:
     return m.group(1)
 
 
-#: placeholders of the stage modules' DECLARED lists → their dvc.yaml spelling (foreach key, matrix items)
+#: placeholders of the stage modules' DECLARED lists → their dvc.yaml spelling (foreach key or list item, matrix items)
 PLACEHOLDERS = {"{name}": "${key}", "{method}": "${item.method}", "{fold}": "${item.fold}",
                 "{dataset}": "${item.dataset}", "{task_set}": "${finetune.common.task_set}",
-                "{pretrain_dataset}": "${pretrain.train.dataset}"}
+                "{pretrain_dataset}": "${pretrain.train.dataset}", "{item}": "${item}",
+                "{cari_task_set}": "${cari.common.task_set}"}
 
 
 def _dvc_spelling(section: str) -> str:
@@ -113,6 +114,10 @@ PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 def _finetune_instances(params: dict = PARAMS) -> set[str]:
     return {f"finetune@{d}-{f}-{m}" for d in params["finetune"]["datasets"] for f in params["folds"]["run"]
             for m in params["finetune"]["run_methods"]}
+
+
+def _cari_train_instances(params: dict = PARAMS) -> set[str]:
+    return {f"cari_train@{d}-{m}" for d in params["cari"]["datasets"] for m in params["cari"]["run_methods"]}
 
 
 def test_dvc_stage_list_has_one_finetune_stage_per_dataset_fold_and_method():
@@ -216,7 +221,9 @@ def test_pretrain_tracks_its_training_settings_but_not_its_speed_settings(dvc_co
     params = copy.deepcopy(PARAMS)
     params["pretrain"]["train"]["dataset"] = "demo_oulu"  # finetune's init: pretrain names the pretrain dataset
     # (the report reads it too: the demo checks include the pretraining dataset's alignment)
-    assert _changed(before, dvc_copy(params)) == CHECK | {"pretrain", "report"} | _finetune_instances()
+    # (the caricature runs start from the same model)
+    assert _changed(before, dvc_copy(params)) == (CHECK | {"pretrain", "report"} | _finetune_instances()
+                                                  | _cari_train_instances())
 
 
 def test_report_params_rerun_only_the_report(dvc_copy):
@@ -252,7 +259,7 @@ def test_a_dataset_label_set_edit_reaches_only_that_datasets_stages(dvc_copy):
     edited = copy.deepcopy(params)
     edited["datasets"]["other_oulu"]["label_sets"]["expression"] = "oulu_seven"
     changed = _changed(before, dvc_copy(edited))
-    assert changed == (CHECK | {"folds@other_oulu", "report"}
+    assert changed == (CHECK | {"folds@other_oulu", "report", "cari_report"}
                        | {s for s in _finetune_instances(params) if "other_oulu" in s}
                        | {f"pixel_baseline@other_oulu-{f}" for f in params["folds"]["run"]})
 

@@ -43,7 +43,8 @@ ORDER = [
     "pipeline.training", "pipeline.report",
 ]
 #: stage modules every command may use; a command never imports another command (only the CLI shell does)
-STAGE_HELPERS = {"stages.common", "stages.provenance", "stages.tracking", "stages.training_runs"}
+STAGE_HELPERS = {"stages.common", "stages.multitask_run", "stages.provenance", "stages.tracking",
+                 "stages.training_runs"}
 STAGE_SHELL = {"stages", "stages.app", "stages.__main__"}
 
 

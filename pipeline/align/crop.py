@@ -10,6 +10,13 @@ Conventions (``datasets.<d>.align_convention``):
 - ``paper_182_44``: align at 182 px with margin 44; training random-crops 160, evaluation centre-crops 160
   (the original's ``*_mtcnnpy_182_160`` folders; docs/method.md §9.31).
 - ``facenet_160_32``: facenet's LFW convention, 160 px with margin 32, used as is.
+
+Without a detector (:mod:`pipeline.align.nodetect`; ``detect`` is False, ``margin`` unused), stored at 182 px like
+``paper_182_44`` so that training and evaluation crop 160 of them as for every other dataset:
+
+- ``resize_only``: the whole image resized (the original's CaVI, which resized straight to 160; docs/method.md §5.7);
+- ``landmarks_box``: the box around WebCaricature's 17 landmarks (``get_faces_webcari.py``, docs/method.md §5.8),
+  resized.
 """
 
 from __future__ import annotations
@@ -26,16 +33,20 @@ __all__ = ["CONVENTIONS", "Convention", "choose_face", "crop_box", "crop_face"]
 
 @dataclass(frozen=True)
 class Convention:
-    """Alignment size and margin (source pixels) and the size networks see after cropping."""
+    """Alignment size and margin (source pixels), the size networks see after cropping, and whether MTCNN finds
+    the face (False: the crop box comes from the image or its landmarks, :mod:`pipeline.align.nodetect`)."""
 
     size: int
     margin: int
     train_size: int
+    detect: bool = True
 
 
 CONVENTIONS: dict[str, Convention] = {
     "paper_182_44": Convention(size=182, margin=44, train_size=160),
     "facenet_160_32": Convention(size=160, margin=32, train_size=160),
+    "resize_only": Convention(size=182, margin=0, train_size=160, detect=False),
+    "landmarks_box": Convention(size=182, margin=0, train_size=160, detect=False),
 }
 
 

@@ -1,7 +1,9 @@
 """Decode any image a dataset may hold into H×W×3 uint8 RGB for the detector.
 
 Handled: grayscale (replicated to 3 channels), RGBA / grayscale+alpha (alpha dropped), 16-bit (scaled to 8 bit),
-palette PNG (expanded by OpenCV). EXIF orientation is ignored, as in the original (``scipy.misc.imread``).
+palette PNG (expanded by OpenCV). EXIF orientation is ignored, as in the original (``scipy.misc.imread``), except
+with ``exif_orientation=True``: then the bytes are decoded as ``cv2.imread`` reads a file (orientation applied,
+always 8-bit colour), which is how the original's WebCaricature crop (``get_faces_webcari.py``) read its images.
 Problems (empty file, undecodable bytes, unsupported pixel format) raise :class:`ImageProblem` with a short reason.
 """
 
@@ -17,12 +19,13 @@ from pipeline.errors import ImageProblem
 __all__ = ["ImageProblem", "decode_rgb", "read_image_bytes"]
 
 
-def decode_rgb(data: bytes) -> np.ndarray:
-    """Encoded image bytes → H×W×3 uint8 RGB."""
+def decode_rgb(data: bytes, *, exif_orientation: bool = False) -> np.ndarray:
+    """Encoded image bytes → H×W×3 uint8 RGB; ``exif_orientation``: as ``cv2.imread`` (module docstring)."""
     if not data:
         raise ImageProblem("empty file")
+    flags = cv2.IMREAD_COLOR if exif_orientation else cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
     try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as exc:  # e.g. a header declaring more pixels than OpenCV accepts
         detail = str(exc).strip().splitlines()[-1].split("error: ")[-1]
         raise ImageProblem(f"not decodable: {detail[:120]}") from exc

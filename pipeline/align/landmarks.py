@@ -1,6 +1,9 @@
 """The face box the original cuts around WebCaricature's landmarks (``get_faces_webcari.py``, docs/method.md §5.8).
 
-The landmark files are read by :mod:`pipeline.data.landmarks` (CRLF and LF alike; re-exported here).
+The landmark files are read by :mod:`pipeline.data.landmarks` (CRLF and LF alike; re-exported here). The file of
+a manifest image is :func:`pipeline.data.landmarks.landmark_path` of its path (``OriginalImages/<id>/C00001.jpg`` →
+``FacialPoints/<id>/C00001.txt``), the rule of the reader's ``landmark_path``
+(:mod:`pipeline.data.readers.webcaricature`), repeated here so that the align stage does not import every reader.
 
 The box (:func:`landmark_box`), as the original computes it:
 
@@ -22,15 +25,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.data.landmarks import N_LANDMARKS, parse_landmarks, read_landmarks
+from pipeline.data.landmarks import (
+    IMAGES_DIR,
+    LANDMARKS_DIR,
+    N_LANDMARKS,
+    landmark_path,
+    parse_landmarks,
+    read_landmarks,
+)
 
-__all__ = ["HEIGHT_FACTOR", "N_LANDMARKS", "WIDTH_FACTOR", "landmark_box", "parse_landmarks", "read_landmarks"]
+__all__ = ["HEIGHT_FACTOR", "IMAGES_DIR", "LANDMARKS_DIR", "N_LANDMARKS", "WIDTH_FACTOR", "landmark_box",
+           "landmark_path", "parse_landmarks", "read_landmarks"]
 
 #: ``bb_scale_horizontal`` and ``bb_scale_vertical`` of ``get_faces_webcari.py``
 WIDTH_FACTOR = 1.5
 HEIGHT_FACTOR = 1.2
-
-
 def landmark_box(points: np.ndarray, image_size: tuple[int, int], width_factor: float = WIDTH_FACTOR,
                  height_factor: float = HEIGHT_FACTOR, *, source: str = "<landmarks>") -> tuple[int, int, int, int]:
     """``(x0, y0, x1, y1)``: the original's face box around ``points`` (rule in the module docstring).

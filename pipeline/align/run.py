@@ -1,5 +1,9 @@
 """Align a whole dataset: manifest → MTCNN → chosen face → crops in shards + the alignment table.
 
+Conventions without a detector (``resize_only``: the whole image; ``landmarks_box``: the box around WebCaricature's
+landmarks; :mod:`pipeline.align.nodetect`) run the same way and write the same outputs, with no detector loaded
+(the MTCNN weights are neither read nor needed).
+
 The manifest's rows are cut into fixed chunks (``shard_size`` rows); chunk ``k`` becomes ``shard-k.tar`` plus a
 small per-chunk table, written into a *work folder* keyed by the manifest's content and every setting that changes
 the result (:func:`work_key`). A finished chunk is never redone: after an interruption (Ctrl-C, SIGKILL, a lost
@@ -12,7 +16,8 @@ rank 0 alone checks the failure share and assembles the output. Results do not d
 each chunk is computed the same way wherever it runs.
 
 Statuses: ``aligned``; ``no_face`` (nothing above the O-Net threshold — never a whole-image fallback);
-``too_small`` (shorter side < ``min_face``: MTCNN cannot look at it); ``unreadable`` (empty or undecodable file).
+``too_small`` (shorter side < ``min_face``: MTCNN cannot look at it); ``unreadable`` (empty or undecodable file);
+``landmarks_box`` only: ``missing_landmarks`` and ``bad_landmarks`` (:mod:`pipeline.align.nodetect`).
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.align.batch import align_images
+from pipeline.align.crop import CONVENTIONS
 from pipeline.align.detector import MTCNN
 from pipeline.align.images import ImageProblem, decode_rgb, read_image_bytes
+from pipeline.align.nodetect import LandmarkProblem, Landmarks, read_image_landmarks
 from pipeline.align.weights import mtcnn_package_weights_dir
 from pipeline.errors import DatasetError, UserError
 from pipeline.faces.shards import ALIGNMENT_TABLE, SHARD_DIR, shard_name, write_shard
@@ -54,7 +61,8 @@ _NOT_IN_KEY = ("device", "batch_size", "workers", "processes", "max_failure_frac
 
 @dataclass
 class AlignSettings:
-    """Detector, crop and storage settings (``align`` in params.yaml, plus the dataset's convention)."""
+    """Detector, crop and storage settings (``align`` in params.yaml, plus the dataset's convention and, for
+    ``landmarks_box``, its ``[width, height]`` box factors ``landmark_box``)."""
 
     convention: str = "paper_182_44"
     device: str = "auto"
@@ -71,6 +79,12 @@ class AlignSettings:
     format: str = "jpeg"
     quality: int = 95
     max_failure_fraction: float = 0.05
+    landmark_box: list[float] | None = None
+
+    @property
+    def detects(self) -> bool:
+        """Whether the convention runs MTCNN (False: ``resize_only``, ``landmarks_box``)."""
+        return CONVENTIONS[self.convention].detect
 
     def detector(self, device: str | None = None, weights: str | Path | None = None) -> MTCNN:
         return MTCNN(weights, device=device or self.device, min_face=self.min_face, thresholds=self.thresholds,
@@ -99,11 +113,14 @@ class AlignJob:
         Path(path).write_text(json.dumps(asdict(self), indent=1))
 
 
-def _code_and_weights_digest(weights: str | Path | None) -> bytes:
-    """The alignment code and the detector weights: a resumed run must not mix crops of two versions."""
+def _code_and_weights_digest(weights: str | Path | None, detects: bool = True) -> bytes:
+    """The alignment code and the detector weights (when the convention uses the detector): a resumed run must
+    not mix crops of two versions."""
     h = hashlib.sha256()
     for f in sorted(Path(__file__).parent.glob("*.py")):
         h.update(f.name.encode() + f.read_bytes())
+    if not detects:
+        return h.digest()
     wpath = Path(weights) if weights is not None else mtcnn_package_weights_dir()
     for f in sorted(wpath.glob("*.lz4")) if wpath.is_dir() else [wpath]:
         h.update(f.read_bytes())
@@ -112,11 +129,11 @@ def _code_and_weights_digest(weights: str | Path | None) -> bytes:
 
 def work_key(manifest: Path, settings: AlignSettings, weights: str | Path | None = None) -> str:
     """Hash of the manifest's bytes, every setting that changes the crops (not device/batch/workers), the
-    alignment code and the weights."""
+    alignment code and the weights (not read for a convention without detector)."""
     h = hashlib.sha256(Path(manifest).read_bytes())
     relevant = {k: v for k, v in asdict(settings).items() if k not in _NOT_IN_KEY}
     h.update(json.dumps(relevant, sort_keys=True).encode())
-    h.update(_code_and_weights_digest(weights))
+    h.update(_code_and_weights_digest(weights, settings.detects))
     return h.hexdigest()[:16]
 
 
@@ -143,19 +160,25 @@ def chunk_done(work_dir: Path, k: int) -> bool:
 
 # ---------------------------------------------------------------- decoding (DataLoader worker processes)
 class _Images(Dataset):
-    """Decodes manifest rows into RGB arrays; a problem becomes a reason string instead of an exception."""
+    """Decodes manifest rows into RGB arrays; a problem becomes a reason string instead of an exception.
 
-    def __init__(self, root: Path, paths: Sequence[str]) -> None:
+    ``convention`` ``landmarks_box``: each item also carries the image's landmarks (or what is wrong with them), and
+    the image is decoded as the original's ``cv2.imread`` (EXIF orientation applied, :func:`decode_rgb`), so that it
+    is oriented as its landmarks."""
+
+    def __init__(self, root: Path, paths: Sequence[str], convention: str = "paper_182_44") -> None:
         self.root, self.paths = Path(root), list(paths)
+        self.landmarks = convention == "landmarks_box"
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray | str]:
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | str, Landmarks | LandmarkProblem | None]:
         try:
-            return i, decode_rgb(read_image_bytes(self.root, self.paths[i]))
+            image = decode_rgb(read_image_bytes(self.root, self.paths[i]), exif_orientation=self.landmarks)
         except ImageProblem as exc:
-            return i, str(exc)
+            return i, str(exc), None
+        return i, image, read_image_landmarks(self.root, self.paths[i]) if self.landmarks else None
 
 
 def _collate(items: list) -> list:
@@ -193,7 +216,7 @@ def align_chunks(job: AlignJob, chunks: Sequence[int], *, local_rank: int = 0,
     pending = [k for k in chunks if not chunk_done(work, k)]
     if not pending:
         return 0
-    detector = s.detector(_device_for_rank(s.device, local_rank), job.weights)
+    detector = s.detector(_device_for_rank(s.device, local_rank), job.weights) if s.detects else None
     index: list[int] = []
     batches: list[list[int]] = []
     for k in pending:  # batches never cross a chunk, so each chunk's shard is written as soon as it is done
@@ -203,7 +226,7 @@ def align_chunks(job: AlignJob, chunks: Sequence[int], *, local_rank: int = 0,
                     for b in range(0, len(rows_k), s.batch_size)]
         index.extend(rows_k)
     sub = df.iloc[index]
-    loader = DataLoader(_Images(Path(job.root), sub["path"].tolist()), batch_sampler=batches,
+    loader = DataLoader(_Images(Path(job.root), sub["path"].tolist(), s.convention), batch_sampler=batches,
                         num_workers=s.workers, collate_fn=_collate, worker_init_fn=loader_worker_init())
     ids = sub["image_id"].tolist()
     chunk_of = [index[i] // s.shard_size for i in range(len(index))]
@@ -213,8 +236,9 @@ def align_chunks(job: AlignJob, chunks: Sequence[int], *, local_rank: int = 0,
     loaded = iter(loader)
     try:
         for batch in loaded:
-            positions = [i for i, _ in batch]
-            r, c, _ = align_images([im for _, im in batch], [ids[i] for i in positions], detector, s)
+            positions = [i for i, _, _ in batch]
+            r, c, _ = align_images([im for _, im, _ in batch], [ids[i] for i in positions], detector, s,
+                                   [marks for _, _, marks in batch])
             rows += r
             crops += c
             n += len(batch)
@@ -235,6 +259,7 @@ def summarize(table: pd.DataFrame) -> dict:
     n = len(table)
     failed = status != ALIGNED
     aligned = table[~failed]
+    scores = aligned["score"].dropna()  # null for every face of a convention without detector
     return {
         "images": n,
         "aligned": int((~failed).sum()),
@@ -242,7 +267,7 @@ def summarize(table: pd.DataFrame) -> dict:
         "aligned_fraction": round(float((~failed).mean()) if n else 0.0, 6),
         "failures_by_reason": {k: int(v) for k, v in status[failed].value_counts().sort_index().items()},
         "several_faces": int((aligned["n_faces"] > 1).sum()),
-        "mean_score": round(float(aligned["score"].mean()), 6) if len(aligned) else None,
+        "mean_score": round(float(scores.mean()), 6) if len(scores) else None,
         "shards": int(aligned["shard"].nunique()) if len(aligned) else 0,
         "bytes": int(aligned["length"].sum()),
     }

@@ -10,13 +10,30 @@ with any white space between the two numbers; blank lines and a UTF-8 byte-order
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-__all__ = ["N_LANDMARKS", "parse_landmarks", "read_landmarks"]
+__all__ = ["IMAGES_DIR", "LANDMARKS_DIR", "N_LANDMARKS", "landmark_path", "parse_landmarks", "read_landmarks"]
 
 N_LANDMARKS = 17
+#: WebCaricature's image and landmark folders under the dataset root
+IMAGES_DIR = "OriginalImages"
+LANDMARKS_DIR = "FacialPoints"
+
+
+def landmark_path(image_path: str) -> str:
+    """The landmark file of a WebCaricature image, both relative to the dataset root (``/`` separators).
+
+    ``OriginalImages/<id>/C00001.jpg`` → ``FacialPoints/<id>/C00001.txt``.
+
+    Raises:
+        ValueError: ``image_path`` is not ``OriginalImages/<id>/<file>``.
+    """
+    parts = PurePosixPath(image_path).parts
+    if len(parts) != 3 or parts[0] != IMAGES_DIR:
+        raise ValueError(f"not a WebCaricature image path: {image_path!r} (expected {IMAGES_DIR}/<id>/<file>)")
+    return f"{LANDMARKS_DIR}/{parts[1]}/{PurePosixPath(parts[2]).stem}.txt"
 
 
 def parse_landmarks(text: str, source: str = "<landmarks>", n_points: int = N_LANDMARKS) -> np.ndarray:

@@ -15,17 +15,30 @@ The same images the network sees, without any learning beyond PCA and a logistic
 
 Plain NumPy, Pillow and scikit-learn: no torch. Images are ``uint8 [N, 3, S, S]`` (the layout of
 :class:`pipeline.training.data.LabelledImages`), as NumPy arrays.
+
+What the baseline stages share (``pixel_baseline@<dataset>-<fold>`` on a fold, ``cari_pixel@<dataset>`` on a
+caricature split): :func:`fit_predict` (fit on the training images, the test images' embeddings and decision values),
+:func:`baseline_record` (the metrics file, in the training stages' shape) and :func:`write_baseline_outputs`
+(``scores.npz``, ``pca.json`` and the metrics file, written together).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["PixelPCA", "PixelPCASettings", "center_crop", "pixel_features"]
+from pipeline.atomic import atomic_dir, atomic_files, write_json
+
+__all__ = ["METHOD", "PixelPCA", "PixelPCASettings", "baseline_record", "center_crop", "fit_predict",
+           "pixel_features", "write_baseline_outputs"]
+
+#: the baseline's method name: its rows in the tables, its metrics and output names
+METHOD = "pixel_pca"
 
 #: BT.601 luma weights (Pillow's ``convert("L")``)
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -208,3 +221,51 @@ class PixelPCA:
     def _check_fitted(self) -> None:
         if self.pca is None:
             raise RuntimeError("PixelPCA is not fitted: call fit() first")
+
+
+# ------------------------------------------------------------------------------------------- the baseline stages
+def fit_predict(settings: PixelPCASettings, train_images: np.ndarray,
+                train_labels: Mapping[str, tuple[np.ndarray, int]], test_images: np.ndarray
+                ) -> tuple[PixelPCA, np.ndarray, dict[str, np.ndarray]]:
+    """Fit the baseline on the training images (a probe per task of ``train_labels``: ``(y [N], n_classes)``,
+    ``y < 0`` = unlabelled for that task) and score the test images.
+
+    Returns:
+        ``(model, embedding, logits)``: the fitted model, the test images' L2-normalised projections ``float32
+        [N, k]`` (every verification/identification task's embedding) and per task of ``train_labels`` its
+        decision values ``float32 [N, C]`` (:meth:`PixelPCA.scores`).
+
+    Raises:
+        ValueError: as :meth:`PixelPCA.fit`.
+    """
+    model = PixelPCA(settings).fit(train_images, dict(train_labels))
+    z = model.project(test_images)
+    embedding = _unit(z).astype(np.float32)
+    return model, embedding, {t: model.scores(t, projections=z) for t in train_labels}
+
+
+def baseline_record(m: Mapping[str, Any], criteria: Sequence[str], counts: Mapping[str, int], **identity: Any
+                    ) -> dict[str, Any]:
+    """The baseline's metrics file in the training stages' shape: ``{**identity, method, weighting: null,
+    selection: "none", data, epochs: 0, last: M, best: {selected_on: "none", <criterion>: M...}}``; there is no
+    training loop, so every "epoch" is 0 and every criterion's block is ``M``. ``identity``: the keys naming the
+    run (``dataset``, and ``fold`` for a fold's run)."""
+    row = {"epoch": 0, **m}
+    best: dict[str, Any] = {"selected_on": "none"}
+    for crit in criteria:
+        best[crit] = dict(row)
+    return {**identity, "method": METHOD, "weighting": None, "selection": "none", "data": dict(counts), "epochs": 0,
+            "last": dict(row), "best": best}
+
+
+def write_baseline_outputs(out: Path, metrics_file: Path, metrics: Mapping[str, Any],
+                           scores: Mapping[str, np.ndarray], test_ids: Sequence[str], summary: Mapping[str, Any]
+                           ) -> None:
+    """Write a baseline run, all or nothing: ``out/scores.npz`` (each score as ``last_<key>``, and
+    ``test_image_ids``), ``out/pca.json`` (``summary``) and the metrics file."""
+    with atomic_files(metrics_file) as (tmp_metrics,), atomic_dir(out) as tmp:
+        arrays = {f"last_{k}": np.asarray(v) for k, v in scores.items()}
+        arrays["test_image_ids"] = np.asarray(test_ids, dtype=str)
+        np.savez_compressed(tmp / "scores.npz", **arrays)
+        write_json(dict(summary), tmp / "pca.json")
+        write_json(dict(metrics), tmp_metrics)

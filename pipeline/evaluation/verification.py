@@ -41,6 +41,17 @@ Two modes (``mode=``):
     divides by zero on a test fold without same (different) pairs; here that fold's VAL (FAR) is NaN and left out
     of the means. Checked against facenet 1.0.5 itself by ``tests/fixtures/evaluation/facenet_reference.json``.
 
+**VAL on the training folds** (``train_fold_val=True``, either mode): the caricature code's ``calculate_val``
+(``src/facenet_ext.py`` of the caricature repository, docs/method.md §6.2 "CARI bug", §9.19) chooses the threshold
+on the training folds as above and then measures VAL on those same training folds instead of the test fold
+(facenet's test-fold line is commented out; it returns that VAL's mean and std and no FAR, which the scripts print
+as the target). Each :class:`ValAtFar` then also holds ``fold_val_train`` (per fold: ``TA / N_same`` over the fold's
+training folds at the fold's threshold) and its mean and std over the folds where it is defined, ``val_train_folds``
+and ``val_train_folds_std`` (None when the target is not measurable, like ``val``). The original returns 0 where the
+training folds hold no same-identity pair; here that fold is NaN and left out. Off by default, and then
+:meth:`ValAtFar.to_dict` has exactly the keys it had before. Checked against the caricature code's own
+``calculate_val`` (with genuine scipy 1.8.1) by ``tests/fixtures/evaluation/cari_val_train_folds_reference.json``.
+
 Everything is vectorised over thresholds and folds: each pair's distance is binned once against the threshold grid
 (``searchsorted``); cumulative per-fold, per-class histograms give every count the protocol needs.
 """
@@ -109,12 +120,22 @@ class ValAtFar:
     fold_val: np.ndarray = field(repr=False)
     fold_far: np.ndarray = field(repr=False)
     fold_threshold: np.ndarray = field(repr=False)
+    #: mean VAL on the training folds at each fold's threshold (the caricature code's number; ``train_fold_val``)
+    val_train_folds: float | None = None
+    val_train_folds_std: float | None = None
+    #: Array[k], VAL on each fold's training folds; None unless computed (``train_fold_val=True``)
+    fold_val_train: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"val": self.val, "val_std": self.val_std, "far": self.far, "threshold": self.threshold,
-                "measurable": self.measurable, "far_floor": _num(self.far_floor),
-                "fold_val": _nums(self.fold_val), "fold_far": _nums(self.fold_far),
-                "fold_threshold": _nums(self.fold_threshold)}
+        """Plain JSON-able values; the training-fold VAL keys only when they were computed."""
+        out = {"val": self.val, "val_std": self.val_std, "far": self.far, "threshold": self.threshold,
+               "measurable": self.measurable, "far_floor": _num(self.far_floor),
+               "fold_val": _nums(self.fold_val), "fold_far": _nums(self.fold_far),
+               "fold_threshold": _nums(self.fold_threshold)}
+        if self.fold_val_train is not None:
+            out.update(val_train_folds=self.val_train_folds, val_train_folds_std=self.val_train_folds_std,
+                       fold_val_train=_nums(self.fold_val_train))
+        return out
 
 
 @dataclass(frozen=True)
@@ -218,6 +239,7 @@ def evaluate_verification(
     shuffle: bool | None = None,
     normalize: bool = True,
     batch_images: int = 100,
+    train_fold_val: bool = False,
 ) -> VerificationResult:
     """Evaluate verification pairs given as two embedding arrays.
 
@@ -233,10 +255,12 @@ def evaluate_verification(
             clean mode for pair lists whose order defines the folds (LFW's official 10 folds).
         normalize: L2-normalise the embeddings first (see :func:`squared_distances`).
         batch_images: faithful mode's embedding batch size, which sets how many trailing pairs are dropped.
+        train_fold_val: also compute VAL on the training folds, the caricature code's VAL (module docstring):
+            ``val_train_folds``, ``val_train_folds_std`` and ``fold_val_train`` in every :class:`ValAtFar`.
     """
     dist = squared_distances(emb_a, emb_b, normalize=normalize)
     return evaluate_distances(dist, same, n_folds=n_folds, far_targets=far_targets, mode=mode, seed=seed,
-                              shuffle=shuffle, batch_images=batch_images)
+                              shuffle=shuffle, batch_images=batch_images, train_fold_val=train_fold_val)
 
 
 def evaluate_distances(
@@ -249,6 +273,7 @@ def evaluate_distances(
     seed: int = 0,
     shuffle: bool | None = None,
     batch_images: int = 100,
+    train_fold_val: bool = False,
 ) -> VerificationResult:
     """Evaluate verification pairs given as distances ``Array[N]`` (squared Euclidean, smaller = more similar).
 
@@ -282,7 +307,7 @@ def evaluate_distances(
     n_fc = np.bincount(fold * 2 + cls, minlength=2 * n_folds).reshape(n_folds, 2)
     n_train = n_fc.sum(axis=0) - n_fc  # (F, 2)
     acc = _accuracy(dist, cls, fold, n_fc, n_train)
-    vals = {far_key(t): _val_at_far(t, dist, cls, fold, n_fc, n_train, mode) for t in targets}
+    vals = {far_key(t): _val_at_far(t, dist, cls, fold, n_fc, n_train, mode, train_fold_val) for t in targets}
     auc, eer = auc_eer(dist, same)
     fold_auc = np.array([auc_eer(dist[fold == f], same[fold == f])[0] for f in range(n_folds)])
     defined = np.isfinite(fold_auc)
@@ -339,7 +364,7 @@ def _accuracy(dist: np.ndarray, cls: np.ndarray, fold: np.ndarray, n_fc: np.ndar
 
 
 def _val_at_far(target: float, dist: np.ndarray, cls: np.ndarray, fold: np.ndarray, n_fc: np.ndarray,
-                n_train: np.ndarray, mode: str) -> ValAtFar:
+                n_train: np.ndarray, mode: str, train_fold_val: bool = False) -> ValAtFar:
     grid = VAL_THRESHOLDS
     n_folds = len(n_fc)
     fa_test = _accepted(dist, cls, fold, n_folds, grid)[:, 0]  # (F, T) accepted different pairs
@@ -363,13 +388,25 @@ def _val_at_far(target: float, dist: np.ndarray, cls: np.ndarray, fold: np.ndarr
     floor = 1.0 / min_neg if min_neg else float("inf")
     measurable = bool(target >= floor)
     ok_val, ok_far, ok_thr = np.isfinite(fold_val), np.isfinite(fold_far), np.isfinite(thr)
+    train: dict[str, Any] = {}
+    if train_fold_val:
+        # same pairs accepted on fold f's training folds = all same pairs with d < thr[f], less fold f's own
+        same_sorted = np.sort(dist[cls == 1])
+        ta_all = np.searchsorted(same_sorted, np.where(ok_thr, thr, -np.inf), side="left")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fold_val_train = np.where(ok_thr & (n_train[:, 1] > 0), (ta_all - ta) / n_train[:, 1], np.nan)
+        ok_train = np.isfinite(fold_val_train)
+        use = measurable and ok_train.any()
+        train = {"fold_val_train": fold_val_train,
+                 "val_train_folds": float(np.mean(fold_val_train[ok_train])) if use else None,
+                 "val_train_folds_std": float(np.std(fold_val_train[ok_train])) if use else None}
     return ValAtFar(
         target=target, measurable=measurable, far_floor=floor,
         val=float(np.mean(fold_val[ok_val])) if measurable and ok_val.any() else None,
         val_std=float(np.std(fold_val[ok_val])) if measurable and ok_val.any() else None,
         far=float(np.mean(fold_far[ok_far])) if measurable and ok_far.any() else None,
         threshold=float(np.mean(thr[ok_thr])) if measurable and ok_thr.any() else None,
-        fold_val=fold_val, fold_far=fold_far, fold_threshold=thr,
+        fold_val=fold_val, fold_far=fold_far, fold_threshold=thr, **train,
     )
 
 

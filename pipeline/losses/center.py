@@ -63,6 +63,9 @@ class CenterLoss(torch.nn.Module):
         check_labels: ``True`` = always check that labels lie in ``[0, K)`` (copies min/max to the host on an
             accelerator), ``False`` = never, ``None`` (default) = only when the labels are on the CPU, where it is
             free; an out-of-range label on an accelerator then fails inside the indexing kernel instead.
+        beyond: what a label ``>= K`` means: ``error`` (default) | ``zero``: its center is the zero vector and it
+            moves no center (the caricature original's WebCaricature matrix, sized by the training identities while
+            the labels index a larger set: TensorFlow's GPU gather returns zeros there; docs/method.md §9.18).
 
     Buffers:
         centers (Tensor[K, D]): saved in ``state_dict`` and moved by ``.to()``; never requires grad.
@@ -79,6 +82,7 @@ class CenterLoss(torch.nn.Module):
         form: str = "metrics_loss",
         dtype: torch.dtype = torch.float32,
         check_labels: bool | None = None,
+        beyond: str = "error",
     ) -> None:
         super().__init__()
         if num_classes < 1 or dim < 1:
@@ -91,7 +95,10 @@ class CenterLoss(torch.nn.Module):
         self.dim = int(dim)
         self.alpha = float(alpha)
         self.form = form
+        if beyond not in ("error", "zero"):
+            raise ValueError(f"beyond must be 'error' or 'zero', got {beyond!r}")
         self.check_labels = check_labels
+        self.beyond = beyond
         self.register_buffer("centers", torch.zeros(num_classes, dim, dtype=dtype))
 
     @property
@@ -101,7 +108,8 @@ class CenterLoss(torch.nn.Module):
         return self.form == "metrics_loss"
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, dim={self.dim}, alpha={self.alpha}, form={self.form}"
+        return (f"num_classes={self.num_classes}, dim={self.dim}, alpha={self.alpha}, form={self.form}"
+                + (f", beyond={self.beyond}" if self.beyond != "error" else ""))
 
     def _validate(self, emb: torch.Tensor, labels: torch.Tensor) -> None:
         """Shape/dtype checks (metadata only) and the label range check (see ``check_labels``)."""
@@ -114,7 +122,7 @@ class CenterLoss(torch.nn.Module):
         check = labels.device.type == "cpu" if self.check_labels is None else self.check_labels
         if check and labels.numel() > 0:
             lo, hi = int(labels.min()), int(labels.max())
-            if lo < 0 or hi >= self.num_classes:
+            if lo < 0 or (hi >= self.num_classes and self.beyond == "error"):
                 bad = lo if lo < 0 else hi
                 raise ValueError(f"center loss label {bad} out of range [0, {self.num_classes})")
 
@@ -131,7 +139,13 @@ class CenterLoss(torch.nn.Module):
             Tensor[B]: in ``emb``'s dtype; differentiable w.r.t. ``emb`` only.
         """
         self._validate(emb, labels)
-        batch_centers = self.centers.index_select(0, labels.long()).to(emb.dtype)
+        labels = labels.long()
+        if self.beyond == "zero":
+            inside = (labels < self.num_classes).unsqueeze(1)
+            batch_centers = self.centers.index_select(0, labels.clamp(max=self.num_classes - 1)).to(emb.dtype)
+            batch_centers = torch.where(inside, batch_centers, torch.zeros_like(batch_centers))
+        else:
+            batch_centers = self.centers.index_select(0, labels).to(emb.dtype)
         if self.form == "facenet":
             return (emb - batch_centers).pow(2).mean(dim=1)
         return 0.5 * (emb - batch_centers).pow(2).sum(dim=1)
@@ -151,6 +165,9 @@ class CenterLoss(torch.nn.Module):
         self._validate(emb, labels)
         idx = labels.to(device=self.centers.device, dtype=torch.long)
         values = emb.detach().to(device=self.centers.device, dtype=self.centers.dtype)
+        if self.beyond == "zero":
+            inside = idx < self.num_classes
+            idx, values = idx[inside], values[inside]
         sums = torch.zeros_like(self.centers).index_add_(0, idx, values)
         counts = self.centers.new_zeros(self.num_classes).index_add_(0, idx, self.centers.new_ones(idx.shape[0]))
         return sums, counts

@@ -254,10 +254,17 @@ class MultiTaskInceptionResNetV1(nn.Module):
         first = outs[self.task_names[0]]
         return ModelOutput(features=features, branches=outs, embeddings=l2_normalize(first.prelogits.float()))
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Identity embeddings only (no other branch is run): ``[B, 3, S, S] → [B, 1792]``."""
-        branch = self.branches[self.task_names[0]]
-        return l2_normalize(branch(self.trunk(x)).prelogits.float())
+    def embed(self, x: torch.Tensor, branch: str | None = None) -> torch.Tensor:
+        """L2-normalised embeddings of one branch (no other branch is run; default: the first, the identity or
+        verification branch): ``[B, 3, S, S] → [B, 1792]``.
+
+        Raises:
+            KeyError: ``branch`` is not a task of the model (the message lists them).
+        """
+        name = self.task_names[0] if branch is None else branch
+        if name not in self.branches:
+            raise KeyError(f"no branch {name!r}: the model's branches are {', '.join(self.task_names)}")
+        return l2_normalize(self.branches[name](self.trunk(x)).prelogits.float())
 
     def copy_branch(self, source: str, target: str) -> None:
         """Copy the residual blocks of branch ``source`` into branch ``target`` (weights, β, BN statistics, up-conv

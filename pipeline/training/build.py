@@ -56,6 +56,9 @@ class FinetuneSpec:
     model: ModelConfig
     checkpoint: str | None
     runtime: RuntimeSettings
+    #: rows of each center matrix by owner task where fewer than its classes (``cari.common.centers.rows:
+    #: train_ids``); a label beyond them meets a zero center and moves nothing
+    center_rows: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     @functools.cached_property
     def schedule(self) -> LrSchedule:
@@ -70,7 +73,8 @@ class FinetuneSpec:
 
 def finetune_spec(settings: FinetuneSettings, tasks: TaskSetSettings, *, strategy: WeightingChoice,
                   epochs: int | None, n_classes: Mapping[str, int], class_names: Mapping[str, Sequence[str]],
-                  align_convention: str, checkpoint: str | None, runtime: RuntimeSettings) -> FinetuneSpec:
+                  align_convention: str, checkpoint: str | None, runtime: RuntimeSettings,
+                  center_rows: Mapping[str, int] | None = None) -> FinetuneSpec:
     """The spec of one run from its settings: the method's weighting (parsed for ``tasks`` by
     :func:`~pipeline.weighting.options.parse_weighting`) and ``epochs`` (the method's or None; overrides
     ``settings.epochs``); ``n_classes`` (every task) and ``class_names`` (the tasks labelled by a label set) come from
@@ -89,8 +93,9 @@ def finetune_spec(settings: FinetuneSettings, tasks: TaskSetSettings, *, strateg
     heads = tuple(HeadSpec(name, int(n_classes[name]), task.head) for name, task in tasks.tasks.items())
     model = ModelConfig(heads=heads, network=settings.network, align_convention=align_convention,
                         crop=settings.crop, class_names={k: list(v) for k, v in class_names.items()})
+    rows = {k: int(v) for k, v in (center_rows or {}).items() if int(v) < n_classes[k]}
     return FinetuneSpec(settings=settings, tasks=tasks, strategy=strategy, model=model, checkpoint=checkpoint,
-                        runtime=runtime)
+                        runtime=runtime, center_rows=rows)
 
 
 @dataclass
@@ -125,7 +130,7 @@ def build_model(spec: FinetuneSpec, device: torch.device) -> MultiTaskInceptionR
 
 def _centers(spec: FinetuneSpec) -> nn.ModuleDict | None:
     """One center matrix per task that owns one (``center.matrix: own``), sized by that task's classes (the tasks
-    sharing it have as many: :func:`finetune_spec` checks)."""
+    sharing it have as many: :func:`finetune_spec` checks), or by ``spec.center_rows``."""
     tasks = spec.tasks
     n_classes = {h.name: h.n_classes for h in spec.model.heads}
     owners: dict[str, CenterLoss] = {}
@@ -134,7 +139,9 @@ def _centers(spec: FinetuneSpec) -> nn.ModuleDict | None:
             continue
         owner = tasks.matrix_owner(name)
         if owner not in owners:
-            owners[owner] = CenterLoss(n_classes[owner], FEATURES, alpha=tasks.tasks[owner].center.alpha)
+            rows = spec.center_rows.get(owner)
+            owners[owner] = CenterLoss(rows or n_classes[owner], FEATURES, alpha=tasks.tasks[owner].center.alpha,
+                                       beyond="zero" if rows else "error")
     return nn.ModuleDict(owners) if owners else None
 
 

@@ -7,8 +7,14 @@ Uses the evaluation library (:mod:`pipeline.evaluation`), so the numbers are the
   protocol's mode (``M["verification"]``, ``M["verification_accuracy"]``; scores ``distances``, ``same``);
 - ``classification``: argmax of the task's head over the images labelled for it: accuracy, per-class accuracy,
   confusion (``M[<task>]``, ``M["<task>_accuracy"]``; scores ``<task>_logits``, ``<task>_labels``);
-- ``identification``: Rank-1 and Rank-10 of the task's embeddings, each labelled image a probe against all the
-  others (``M["identification"]``, ``M["identification_rank1"]``).
+- ``identification``: Rank-1 and Rank-10 of the task's embeddings (``M["identification"]``,
+  ``M["identification_rank1"]``): against the data's probe/gallery splits where it has them (WebCaricature's C2P and
+  P2C splits, :class:`ProbeGallery`: per direction, the mean and std over its splits, ours and the original code's
+  strided Rank-n; ``identification_rank1`` = the mean of the directions' Rank-1), else each labelled image a probe
+  against all the others (leave-one-out);
+- ``cross_modal``: the task's head on the images of the other modality: the images not labelled for the task whose
+  identity is known (``EvalData.identity``): ``M["<task>_cross_accuracy"]`` (the caricature paper's c2v: the visual
+  head on caricatures; v2c: the caricature head on photos).
 
 ``M["authentication"]`` (docs/method.md §6.4: verification × expression) is the product of the verification accuracy and
 every classification accuracy, when both kinds are measured.
@@ -25,13 +31,18 @@ import numpy as np
 import torch
 
 from pipeline.evaluation.classification import evaluate_classification
-from pipeline.evaluation.identification import IdentificationResult, leave_one_out_ranks, rank_k_accuracy
+from pipeline.evaluation.identification import (
+    IdentificationResult,
+    evaluate_identification,
+    leave_one_out_ranks,
+    rank_k_accuracy,
+)
 from pipeline.evaluation.verification import evaluate_distances, squared_distances
 from pipeline.settings import ProtocolSettings, TaskSetSettings
 from pipeline.training.data import preprocess
 
-__all__ = ["IDENTIFICATION_RANKS", "EvalData", "Evaluation", "Predictions", "criteria", "describe_accuracies",
-           "evaluate", "evaluations_of", "headline", "predict"]
+__all__ = ["IDENTIFICATION_RANKS", "EvalData", "Evaluation", "Predictions", "ProbeGallery", "criteria",
+           "describe_accuracies", "evaluate", "evaluations_of", "headline", "predict"]
 
 #: the ranks identification reports (the caricature paper's Rank-1 and Rank-10, docs/method.md §6.6)
 IDENTIFICATION_RANKS = (1, 10)
@@ -46,6 +57,25 @@ class Predictions:
     logits: dict[str, np.ndarray]
 
 
+@dataclass(frozen=True)
+class ProbeGallery:
+    """One identification split: row indices into the evaluated images and labels in the split's own label space.
+
+    Attributes:
+        group: the split's name (``C2P1``…).
+        direction: the splits averaged together (``C2P`` | ``P2C``).
+        probe, gallery: ``int64 [P]``, ``int64 [G]`` rows of ``EvalData.images``.
+        probe_labels, gallery_labels: ``int64 [P]``, ``int64 [G]``.
+    """
+
+    group: str
+    direction: str
+    probe: np.ndarray
+    probe_labels: np.ndarray
+    gallery: np.ndarray
+    gallery_labels: np.ndarray
+
+
 @dataclass
 class EvalData:
     """What one evaluation needs.
@@ -56,6 +86,11 @@ class EvalData:
         same: ``bool [P]``.
         labels: per task, ``int64 [N]`` labels (``-1`` = not labelled, excluded from its metrics).
         class_names: per task labelled by a label set, its class names.
+        identity: ``int64 [N]`` each image's identity in the heads' label space (``-1`` = none), for
+            ``cross_modal``; None = not known.
+        identification: the probe/gallery splits of ``identification``; None = leave-one-out over the labelled
+            images; empty = the data has none (not measured).
+        train_fold_val: also report VAL on the training folds (the caricature original's value, docs/method.md §6.2).
     """
 
     images: torch.Tensor
@@ -64,6 +99,9 @@ class EvalData:
     same: np.ndarray
     labels: dict[str, np.ndarray]
     class_names: dict[str, list[str]]
+    identity: np.ndarray | None = None
+    identification: list[ProbeGallery] | None = None
+    train_fold_val: bool = False
 
 
 #: one evaluation: (task, kind)
@@ -141,6 +179,18 @@ def _identification(embeddings: np.ndarray, labels: np.ndarray) -> Identificatio
                                 std={k: 0.0 for k in IDENTIFICATION_RANKS})
 
 
+def _probe_gallery(embeddings: np.ndarray, data: EvalData, task: str) -> tuple[dict[str, Any], float]:
+    """Rank-k per direction over its probe/gallery splits (``M["identification"]``) and the mean Rank-1 of the
+    directions."""
+    by_direction: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = {}
+    for split in data.identification or ():
+        by_direction.setdefault(split.direction, []).append(
+            (embeddings[split.probe], split.probe_labels, embeddings[split.gallery], split.gallery_labels))
+    results = {d: evaluate_identification(splits, IDENTIFICATION_RANKS) for d, splits in by_direction.items()}
+    out = {"task": task, "directions": {d: r.to_dict() for d, r in results.items()}}
+    return out, float(np.mean([r.mean[1] for r in results.values()]))
+
+
 def evaluate(pred: Predictions, data: EvalData, evaluations: Sequence[Evaluation], *, protocol: ProtocolSettings,
              seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Metrics ``M`` and raw scores of one evaluation (see the module docstring for the keys).
@@ -154,8 +204,10 @@ def evaluate(pred: Predictions, data: EvalData, evaluations: Sequence[Evaluation
         if kind == "verification" and len(data.same):
             emb = pred.embeddings[task]
             dist = squared_distances(emb[data.pair_a], emb[data.pair_b], normalize=False)
+            extra = {"train_fold_val": True} if data.train_fold_val else {}
             result = evaluate_distances(dist, data.same, n_folds=protocol.n_folds,
-                                        far_targets=tuple(protocol.far_targets), mode=protocol.mode, seed=seed)
+                                        far_targets=tuple(protocol.far_targets), mode=protocol.mode, seed=seed,
+                                        **extra)
             m["verification"] = result.to_dict()
             m["verification_accuracy"] = result.accuracy
             scores["distances"] = dist
@@ -172,11 +224,19 @@ def evaluate(pred: Predictions, data: EvalData, evaluations: Sequence[Evaluation
             accuracies.append(result.accuracy)
             scores[f"{task}_logits"] = logits
             scores[f"{task}_labels"] = labels
-        elif kind == "identification":
+        elif kind == "identification" and data.identification is None:
             found = _identification(pred.embeddings[task], data.labels[task])
             if found is not None:
                 m["identification"] = {"task": task, **found.to_dict()}
                 m["identification_rank1"] = found.mean[1]
+        elif kind == "identification" and data.identification:
+            m["identification"], m["identification_rank1"] = _probe_gallery(pred.embeddings[task], data, task)
+        elif kind == "cross_modal" and task in pred.logits and data.identity is not None:
+            other = (data.labels[task] < 0) & (data.identity >= 0)
+            if other.any():
+                hits = pred.logits[task][other].argmax(axis=1) == data.identity[other]
+                m[f"{task}_cross"] = {"accuracy": float(hits.mean()), "n": int(other.sum())}
+                m[f"{task}_cross_accuracy"] = float(hits.mean())
     if "verification_accuracy" in m and accuracies:
         m["authentication"] = math.prod([m["verification_accuracy"], *accuracies])
     return m, scores

@@ -227,7 +227,8 @@ def _evaluate_epoch(spec: FinetuneSpec, model: MultiTaskInceptionResNetV1, test:
     (an untrained head's accuracy would be noise)."""
     s = spec.settings
     evaluations = evaluations_of(spec.tasks, first)
-    embed = sorted({t for t, kind in evaluations if kind != "classification"}, key=spec.task_names.index)
+    embed = sorted({t for t, kind in evaluations if kind in ("verification", "identification")},
+                   key=spec.task_names.index)
     kw = {"crop": s.crop.size, "input_size": s.network.input_size, "batch_size": spec.runtime.eval_batch_size,
           "amp": s.precision.amp, "channels_last": s.precision.channels_last and test_images.device.type == "cuda",
           "embed": embed}

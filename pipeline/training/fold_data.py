@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from pipeline.config import LabelSetConfig
+from pipeline.constants import MODALITY_LABELS
 from pipeline.data.label_sets import apply_label_set
 from pipeline.data.manifest import LABEL_COLUMNS
 from pipeline.errors import DatasetError
@@ -77,9 +78,15 @@ def task_labels(manifest: pd.DataFrame, task_set: TaskSetSettings, label_sets: M
             of = {i: v for i, v in zip(ids, values, strict=True) if v >= 0}
             n = int(values.max()) + 1 if task.label == "identity" else 2
             out[name] = TaskLabels(of, n, None)
+        elif task.label in MODALITY_LABELS:
+            values = manifest["identity"].astype(int)
+            keep = manifest["is_caricature"].astype(int) == MODALITY_LABELS[task.label]
+            of = {i: v for i, v, k in zip(ids, values, keep, strict=True) if v >= 0 and k}
+            out[name] = TaskLabels(of, int(values.max()) + 1, None)
         else:
             raise DatasetError(f"task {name!r}: label {task.label!r} is neither a manifest label column "
-                               f"({', '.join(LABEL_COLUMNS)}) nor a label set of the dataset "
+                               f"({', '.join(LABEL_COLUMNS)}), nor an identity of one modality "
+                               f"({', '.join(MODALITY_LABELS)}), nor a label set of the dataset "
                                f"({', '.join(label_sets) or 'none'})")
     return out
 

@@ -29,9 +29,9 @@ Hidden files and Windows' ``Thumbs.db`` are ignored.
 from __future__ import annotations
 
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from pipeline.data.landmarks import N_LANDMARKS, read_landmarks
+from pipeline.data.landmarks import IMAGES_DIR, LANDMARKS_DIR, N_LANDMARKS, landmark_path, read_landmarks
 from pipeline.data.readers._common import add_image, relpath, require_records, user_entries
 from pipeline.data.readers.base import Check, ReadResult, require_dir
 from pipeline.errors import DatasetError
@@ -42,23 +42,7 @@ __all__ = [
     "read_webcaricature",
 ]
 
-IMAGES_DIR = "OriginalImages"
-LANDMARKS_DIR = "FacialPoints"
 IMAGE_NAME = re.compile(r"^([CP])\d+\.(?i:jpg)$")
-
-
-def landmark_path(image_path: str) -> str:
-    """The landmark file of an image, both relative to the dataset root (``/`` separators).
-
-    ``OriginalImages/<id>/C00001.jpg`` → ``FacialPoints/<id>/C00001.txt``.
-
-    Raises:
-        ValueError: ``image_path`` is not ``OriginalImages/<id>/<file>``.
-    """
-    parts = PurePosixPath(image_path).parts
-    if len(parts) != 3 or parts[0] != IMAGES_DIR:
-        raise ValueError(f"not a WebCaricature image path: {image_path!r} (expected {IMAGES_DIR}/<id>/<file>)")
-    return f"{LANDMARKS_DIR}/{parts[1]}/{PurePosixPath(parts[2]).stem}.txt"
 
 
 def read_webcaricature(root: Path, dataset: str, *, options: dict | None = None,
