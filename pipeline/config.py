@@ -333,6 +333,15 @@ class DatasetConfig(_Strict):
                              f"not {self.reader}")
         if self.protocol is not None and self.protocol.kind != self.reader:
             raise ValueError(f"protocol.kind: {self.protocol.kind!r} does not fit reader {self.reader!r}")
+        if isinstance(self.source, DemoCaricatureSource):
+            layout = {"cavi": "cavi", "webcaricature": "webcaricature"}.get(self.reader)
+            if self.source.layout != layout:
+                raise ValueError(f"source.layout: {self.source.layout!r} is not the layout reader {self.reader!r} "
+                                 "reads")
+            if isinstance(self.protocol, CaviProtocolConfig) and self.protocol.downsample != \
+                    self.source.pair_downsample():
+                raise ValueError(f"protocol.downsample: {self.protocol.downsample}, but the demo's pair file is "
+                                 f"written for source.downsample {self.source.pair_downsample()}: make them equal")
         return self
 
 

@@ -179,7 +179,12 @@ def _detect_faces(images: list[np.ndarray], paths: list[Path], convention: str, 
                   batch_size: int) -> list[np.ndarray]:
     """MTCNN-align each photo (the align stage's choice of face and crop); a photo without a face is an error."""
     from pipeline.align.batch import ALIGNED, align_images
+    from pipeline.align.crop import CONVENTIONS
     from pipeline.align.run import AlignSettings
+
+    if not CONVENTIONS[convention].detect:
+        raise UserError(f"--detect: the checkpoint's faces were cut without detection ({convention}); give face "
+                        "crops made the same way (an align-stage folder with --aligned, or crops as image files)")
 
     settings = AlignSettings(convention=convention, device=device)
     try:

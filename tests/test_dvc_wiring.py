@@ -193,6 +193,20 @@ def test_changing_one_method_block_changes_only_that_methods_stages(dvc_copy):
     assert _changed(before, dvc_copy(params)) == set()
 
 
+def test_changing_one_caricature_method_changes_only_its_caricature_runs(dvc_copy):
+    """``dvc exp run -S cari.methods.dynamic.lr_weights=0.05`` re-runs the dynamic caricature runs (and, through
+    their outputs, the caricature report), nothing of the FR+FER tables."""
+    import copy
+
+    before = dvc_copy(PARAMS)
+    params = copy.deepcopy(PARAMS)
+    params["cari"]["methods"]["dynamic"]["lr_weights"] = 0.05
+    assert _changed(before, dvc_copy(params)) == CHECK | {f"cari_train@{d}-dynamic" for d in PARAMS["cari"]["datasets"]}
+    params = copy.deepcopy(PARAMS)
+    params["cari"]["common"]["centers"]["policy"] = "shared_b1"
+    assert _changed(before, dvc_copy(params)) == CHECK | _cari_train_instances()
+
+
 def test_the_task_set_is_tracked_by_the_stages_that_train_evaluate_and_report_it(dvc_copy):
     import copy
 

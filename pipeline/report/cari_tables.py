@@ -214,7 +214,8 @@ def identification(record: Mapping[str, Any], direction: str, rank: int, variant
 # ------------------------------------------------------------------------------------------------------ tables
 @dataclass
 class TableRow:
-    """One row: ``kind`` ``literature`` (the paper's quote, not reproduced), ``pixel`` or ``run`` (a run method);
+    """One row: ``kind`` ``literature`` (the paper's quote, not reproduced), ``pixel``, ``run`` (a run method) or
+    ``not_run`` (a method the paper reports that ``cari.run_methods`` leaves out: its paper numbers only);
     ``ours`` and ``original`` (the original code's way of computing, where the table has that group) by column, and
     the paper's numbers."""
 
@@ -261,6 +262,10 @@ def _runs(records: Mapping[str, Mapping[str, Any]], methods: Sequence[str], tabl
         paper = table.runs.get(method)
         rows.append(TableRow(method, method_label(method, table), "pixel" if method == PIXEL_METHOD else "run", ours,
                              original, dict(paper.values) if paper else {}, paper.label if paper else None))
+    for method, paper in table.runs.items():  # every paper number stays in the table, also of a method not run
+        if method not in methods:
+            rows.append(TableRow(method, f"{method_label(method, table)} (not run here)", "not_run",
+                                 paper=dict(paper.values), paper_label=paper.label))
     return rows
 
 
@@ -473,11 +478,11 @@ def render_table(t: CariTable) -> list[str]:
         head += [f"Δ {title}, original code" for _, title in t.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in t.rows:
-        quoted = r.kind == "literature"
+        absent = {"literature": "not reproduced", "not_run": "not run"}.get(r.kind)
         cells = [r.label]
-        cells += ["not reproduced" if quoted else format_value(r.ours.get(c, NONE)) for c, _ in t.columns]
+        cells += [absent or format_value(r.ours.get(c, NONE)) for c, _ in t.columns]
         if t.original_title:
-            cells += ["–" if quoted else format_value(r.original.get(c, NONE)) for c, _ in t.columns]
+            cells += ["–" if absent else format_value(r.original.get(c, NONE)) for c, _ in t.columns]
         for c, _ in t.columns:
             cells += [format_paper(r.paper.get(c)), format_delta(r.delta(c))]
         if t.original_title:
@@ -555,7 +560,7 @@ def table_record(t: CariTable) -> dict[str, Any]:
     rows = []
     for r in t.rows:
         row: dict[str, Any] = {"method": r.key, "label": r.label, "kind": r.kind}
-        if r.kind != "literature":
+        if r.kind not in ("literature", "not_run"):
             row["ours"] = {c: _plain(r.ours.get(c, NONE)) for c, _ in t.columns}
             if t.original_title:
                 row["original"] = {c: _plain(r.original.get(c, NONE)) for c, _ in t.columns}
