@@ -135,8 +135,8 @@ def group_key(params: Any, dataset: str, root: Path | None = None, commit: str |
 
 def _cari_group_key(params: Any, dataset: str, root: Path, commit: str | None) -> str:
     """:func:`group_key` of a caricature table: ``cari.common``, its task set, the dataset's protocol, reader and crop
-    convention, ``pretrain.train``, ``pixel_baseline``, the commit and the ``dvc.lock`` md5 of the dataset's aligned
-    faces and split."""
+    convention, ``align.landmark_box``, ``pretrain.train``, ``pixel_baseline``, the commit and the ``dvc.lock`` md5 of
+    the dataset's aligned faces and split."""
     import hashlib
 
     from pipeline.config import plain
@@ -148,7 +148,8 @@ def _cari_group_key(params: Any, dataset: str, root: Path, commit: str | None) -
         "family": "cari", "dataset": dataset, "cari.common": plain(common),
         "task_set": plain(params.task_sets.get(common.task_set)),
         "dataset_config": None if ds is None else {k: plain(getattr(ds, k))
-                                                   for k in ("reader", "protocol", "align_convention", "landmark_box")},
+                                                   for k in ("reader", "protocol", "align_convention")},
+        "landmark_box": plain(params.align.landmark_box),
         "pretrain.train": plain(params.pretrain.train),
         "pixel_baseline": params.pixel_baseline.model_dump(mode="json"),
         "commit": commit if commit is not None else git_state(root).get("git.commit", ""),

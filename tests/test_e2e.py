@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from pipeline.data.manifest import read_manifest
-from tests.e2e_repo import ALL_DATASETS, DATASETS, FINETUNE, METHODS, PER_FOLD, restore, run, set_params
+from tests.e2e_repo import ALL_DATASETS, CARI, DATASETS, FINETUNE, METHODS, PER_FOLD, restore, run, set_params
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +50,7 @@ def test_repro_logged_one_mlflow_run_per_stage(e2e_repo):
     for r in sorted(runs, key=lambda r: r.info.start_time):  # the first repro's run of each stage
         first.setdefault(r.info.run_name, r)
     expected = [f"{stage}@{d}" for stage in ("download", "manifest", "align") for d in ALL_DATASETS]
-    expected += [f"folds@{d}" for d in DATASETS] + ["pretrain", *FINETUNE, *PER_FOLD, "report"]
+    expected += [f"folds@{d}" for d in DATASETS] + ["pretrain", *FINETUNE, *PER_FOLD, "report", *CARI]
     assert sorted(first) == sorted(expected)
     sha = run(e2e_repo, "git", "rev-parse", "HEAD").stdout.strip()
     for r in first.values():
@@ -86,9 +86,9 @@ def test_second_repro_runs_nothing_and_params_hit_only_their_stage(e2e_repo):
     assert "Data and pipelines are up to date." in res.stdout
     assert run(e2e_repo, "dvc", "status", "-q", check=False).returncode == 0
     set_params(e2e_repo, **{"datasets.oulu.options.keep_last": 2})
-    # and the report, which tracks the whole `datasets` section (each listed dataset's reader, source and label
-    # sets: DVC cannot template a key per list item; re-running it costs seconds and gives the same bytes)
-    assert _status(e2e_repo) == {"check_params", "manifest@oulu", "report"}
+    # and the reports, which track the whole `datasets` section (each listed dataset's reader, source and label
+    # sets: DVC cannot template a key per list item; re-running them costs seconds and gives the same bytes)
+    assert _status(e2e_repo) == {"check_params", "manifest@oulu", "report", "cari_report"}
     restore(e2e_repo)
 
 

@@ -83,16 +83,17 @@ def test_editing_the_demo_generator_leaves_the_real_datasets_stages_past_manifes
 
 
 def test_a_ckplus_label_set_edit_reruns_only_the_ckplus_stages(e2e_repo):
-    """CK+ without contempt (7 classes): CK+'s folds, fine-tuning and pixel baseline re-run, and the report; nothing
-    of Oulu-CASIA or of pretraining. (Last test of the module: it leaves the repository on the edited params.)"""
+    """CK+ without contempt (7 classes): CK+'s folds, fine-tuning and pixel baseline re-run, and the reports (both
+    track the whole ``datasets`` section); nothing of Oulu-CASIA, of pretraining or of the caricature runs. (Last
+    test of the module: it leaves the repository on the edited params.)"""
     seven = {"classes": ["neutral", "anger", "disgust", "fear", "happy", "sadness", "surprise"],
              "neutral": "neutral", "peak_frames": 3, "neutral_frames": 1}
     set_params(e2e_repo, **{"datasets.ckplus.label_sets.expression": seven})
     ckplus = {"folds@ckplus", "pixel_baseline@ckplus-0", *(f"finetune@ckplus-0-{m}" for m in METHODS)}
     status = set(json.loads(run(e2e_repo, "dvc", "status", "--json").stdout))
-    assert status == ckplus | {"report", "check_params"}
+    assert status == ckplus | {"report", "cari_report", "check_params"}
     res = run(e2e_repo, "dvc", "repro")
     ran = {line.split("'")[1] for line in res.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == ckplus | {"report", "check_params"}
+    assert ran == ckplus | {"report", "cari_report", "check_params"}
     metrics = json.loads((e2e_repo["dst"] / "metrics/finetune/ckplus/fold0-dynamic.json").read_text())
     assert metrics["last"]["expression"]["class_names"] == seven["classes"]

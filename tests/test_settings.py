@@ -15,7 +15,14 @@ import pipeline.settings as settings_module
 from pipeline.config import FinetuneConfig, FinetuneMethod, PretrainConfig, load_params, plain
 from pipeline.errors import ParamsError
 from pipeline.models.network import HeadSpec, ModelConfig
-from pipeline.settings import FinetuneSettings, PretrainSettings, TaskCenter, TaskSetSettings, from_mapping
+from pipeline.settings import (
+    CariSettings,
+    FinetuneSettings,
+    PretrainSettings,
+    TaskCenter,
+    TaskSetSettings,
+    from_mapping,
+)
 from pipeline.training.build import FinetuneSpec
 from pipeline.training.pretrain import PretrainSpec
 from tests.conftest import REPO, tiny_params, write_params
@@ -130,6 +137,8 @@ def _keys(value) -> object:
     (("pretrain", "train"), PretrainSettings),
     (("finetune", "common"), FinetuneSettings),
     (("task_sets", "fr_fer"), TaskSetSettings),
+    (("task_sets", "cari"), TaskSetSettings),
+    (("cari", "common"), CariSettings),
 ])
 def test_the_paper_settings_file_validates_and_has_the_demo_keys(path, family):
     """docs/paper_params.yaml holds the original's values (no code default does): each block must validate and be
@@ -144,6 +153,9 @@ def test_the_paper_settings_file_validates_and_has_the_demo_keys(path, family):
     assert _keys(paper) == _keys(demo)
     if family is FinetuneSettings:  # the original's fine-tuning recipe (decisions 2 and 7)
         assert (paper["optimizer"]["name"], paper["schedule"]["lr"], paper["batch_size"]) == ("rmsprop_tf1", 1e-4, 90)
+    if family is CariSettings:  # the original CaVI command: TF1 RMSProp on the cavi schedule file, batch 256
+        assert (paper["optimizer"]["name"], paper["batch_size"], paper["centers"]["policy"]) == (
+            "rmsprop_tf1", 256, "shared_b1")
 
 
 def test_only_pretrainings_center_loss_has_a_form(tmp_path):
