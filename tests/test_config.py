@@ -77,6 +77,16 @@ CENTER = {"factor": 0.1, "alpha": 0.5, "embedding": "own", "matrix": "own", "upd
         ("finetune.datasets", ["demo_webface"], "finetune.datasets: 'demo_webface' has no fold settings"),
         ("finetune.common.task_set", "cari3", "finetune.common.task_set: unknown task set 'cari3'"),
         ("task_sets.fr_fer.tasks", {}, "task_sets.fr_fer: tasks: a task set needs at least one task"),
+        ("datasets.demo_cavi.protocol.downsample", 7,
+         "datasets.demo_cavi: protocol.downsample: 7, but the demo's pair file is written for source.downsample 20"),
+        ("datasets.demo_cavi.reader", "webcaricature", "protocol.kind: 'cavi' does not fit reader 'webcaricature'"),
+        ("datasets.demo_webcari.source.layout", "cavi", "source.layout: 'cavi' is not the layout reader"),
+        ("cari.datasets", ["demo_oulu"], "cari.datasets: dataset 'demo_oulu' has no caricature protocol"),
+        ("cari.common.centers.tasks", ["verif", "nose"], "cari.common.centers.tasks: ['nose'] are not tasks"),
+        ("cari.common.centers.policy", "shared_b2", "cari.common.centers.policy: Input should be"),
+        ("cari.common.selection", "val_subjects", "selection: val_subjects holds out training subjects"),
+        ("cari.methods.split", {"weighting": "static"}, "methods: 'split' is reserved"),
+        ("cari.methods.dynamic.variant", "vgg", "cari.methods.dynamic: weighting 'dynamic': option 'variant'"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, dotted, value, message):

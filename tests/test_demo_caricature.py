@@ -297,7 +297,8 @@ def test_download_stage_then_manifest(tmp_path, monkeypatch, no_mlflow):
              "image_size": [96, 96]}
     overrides = {f"datasets.{d}.source.{k}": v for d in ("demo_cavi", "demo_webcari") for k, v in small.items()}
     overrides |= {f"datasets.{d}.expected": {"subjects": 3, "images": 18} for d in ("demo_cavi", "demo_webcari")}
-    write_params(tmp_path / "params.yaml", tiny_params(**overrides, **{"datasets.demo_cavi.source.downsample": 3}))
+    write_params(tmp_path / "params.yaml", tiny_params(**overrides, **{"datasets.demo_cavi.source.downsample": 3,
+                                                                  "datasets.demo_cavi.protocol.downsample": 3}))
     runner = CliRunner()
     for name, root, protocol in (("demo_cavi", "CaVI_Dataset", "train-test-files/testing_1.txt"),
                                  ("demo_webcari", "WebCaricature", f"WebCaricature/{dc.WEBCARI_TEST_PAIRS}")):
