@@ -58,16 +58,10 @@ def command(
 ) -> None:
     from pipeline.config import load_params
     from pipeline.data.manifest import read_manifest
-    from pipeline.evaluation.pixel_pca import PixelPCASettings, baseline_record, fit_predict, write_baseline_outputs
+    from pipeline.evaluation.pixel_pca import PixelPCASettings, baseline_record, write_baseline_outputs
     from pipeline.training.cari_data import load_cari_data
-    from pipeline.training.evaluate import (
-        Predictions,
-        criteria,
-        describe_accuracies,
-        evaluate,
-        evaluations_of,
-        headline,
-    )
+    from pipeline.training.evaluate import criteria, describe_accuracies, headline
+    from pipeline.training.pixel_eval import evaluate_pixel_baseline
 
     params = load_params(ctx.obj["params_path"])
     if params.cari is None:
@@ -102,15 +96,10 @@ def command(
     with stage_run("cari_pixel", sp, item=item, inputs=inputs, group=(params, dataset, "cari")) as run:
         run.set_tags({"method": METHOD, "dataset": dataset, "task_set": task_set_name})
         run.log_metrics({f"data_{k}": v for k, v in data.counts.items()})
-        labels = {t: (data.train.labels[t].cpu().numpy(), data.n_classes[t])
-                  for t in tasks.evaluated("classification")}
         try:
-            model, embedding, logits = fit_predict(settings, data.train.images.cpu().numpy(), labels,
-                                                   data.test.images.cpu().numpy())
+            m, scores, model = evaluate_pixel_baseline(data, tasks, settings, protocol=protocol, seed=seed)
         except ValueError as exc:
             raise DatasetError(f"pixel baseline of {dataset}: {exc}") from None
-        pred = Predictions(embeddings={t: embedding for t in tasks.names}, logits=logits)
-        m, scores = evaluate(pred, data.test, evaluations_of(tasks), protocol=protocol, seed=seed)
         metrics = baseline_record(m, list(criteria(tasks)), data.counts, dataset=dataset)
         summary = model.summary()
         write_baseline_outputs(p["out"], p["metrics"], metrics, scores, data.test_ids, summary)

@@ -48,18 +48,12 @@ def run_fold(data: Any, tasks: Any, settings: Any, *, protocol: Any, seed: int
         ``(M, scores, model)``: the metrics of :func:`pipeline.training.evaluate.evaluate`, its raw scores and the
         fitted :class:`~pipeline.evaluation.pixel_pca.PixelPCA`.
     """
-    from pipeline.evaluation.pixel_pca import fit_predict
-    from pipeline.training.evaluate import Predictions, evaluate, evaluations_of
+    from pipeline.training.pixel_eval import evaluate_pixel_baseline
 
-    labels = {t: (data.train.labels[t].cpu().numpy(), data.n_classes[t]) for t in tasks.evaluated("classification")}
     try:
-        model, embedding, logits = fit_predict(settings, data.train.images.cpu().numpy(), labels,
-                                               data.test.images.cpu().numpy())
+        return evaluate_pixel_baseline(data, tasks, settings, protocol=protocol, seed=seed)
     except ValueError as exc:
         raise DatasetError(f"pixel baseline: {exc}") from None
-    pred = Predictions(embeddings={t: embedding for t in tasks.names}, logits=logits)
-    m, scores = evaluate(pred, data.test, evaluations_of(tasks), protocol=protocol, seed=seed)
-    return m, scores, model
 
 
 def metrics_record(dataset: str, fold: int, counts: dict[str, int], m: dict[str, Any], criteria: list[str]

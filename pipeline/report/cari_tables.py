@@ -28,7 +28,6 @@ All numbers are percent (the metrics' fractions × 100).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,6 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import DatasetError
 from pipeline.report.cari_paper import (
     CARI_SOURCE,
     CROSS_MODAL,
@@ -50,7 +48,7 @@ from pipeline.report.cari_paper import (
     PaperTable,
     val_column,
 )
-from pipeline.report.tables import PIXEL_METHOD, paired_bootstrap
+from pipeline.report.tables import PIXEL_METHOD, paired_bootstrap, read_run_records
 from pipeline.settings import TaskSetSettings
 
 __all__ = ["BOOTSTRAP", "CONFIDENCE", "CariTable", "Claim", "DatasetHeader", "Roles", "TableRow", "Value", "accuracy",
@@ -95,24 +93,7 @@ def read_cari_results(metrics_dir: Path, dataset: str, methods: Iterable[str]) -
     Raises:
         DatasetError: a file is missing or unreadable, or it belongs to another dataset or method (one line).
     """
-    records: dict[str, dict[str, Any]] = {}
-    missing: list[str] = []
-    for method in methods:
-        path = Path(metrics_dir) / f"{method}.json"
-        if not path.is_file():
-            missing.append(path.name)
-            continue
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"{path}: unreadable metrics file ({exc})") from None
-        found = (record.get("dataset"), record.get("method"))
-        if found != (dataset, method):
-            raise DatasetError(f"{path}: holds dataset/method {found}, expected {(dataset, method)}")
-        records[method] = record
-    if missing:
-        raise DatasetError(f"{metrics_dir}: no metrics for {', '.join(missing)} (run `dvc repro` to produce them)")
-    return records
+    return read_run_records(metrics_dir, {m: (f"{m}.json", {"dataset": dataset, "method": m}) for m in methods})
 
 
 @dataclass(frozen=True)

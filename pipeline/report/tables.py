@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from pipeline.settings import TaskSetSettings
 
 __all__ = ["PIXEL_METHOD", "VARIANTS", "Cell", "Column", "Results", "column_keys", "columns", "fold_table",
            "fold_value", "method_label", "ordered_methods", "paired_bootstrap", "paired_differences", "paper_keys",
-           "read_results", "summarise", "summary_table"]
+           "read_results", "read_run_records", "summarise", "summary_table"]
 
 VARIANTS: tuple[str, ...] = ("last", "best")
 PIXEL_METHOD = "pixel_pca"
@@ -128,26 +128,40 @@ def read_results(metrics_dir: Path, dataset: str, folds: Iterable[int], methods:
         DatasetError: a file is missing or unreadable, or it belongs to another dataset, fold or method (one line).
     """
     folds, methods = tuple(folds), tuple(methods)
-    records: dict[tuple[str, int], dict[str, Any]] = {}
+    records = read_run_records(metrics_dir, {
+        (method, fold): (f"{run_tag(fold, method)}.json", {"dataset": dataset, "fold": fold, "method": method})
+        for method in methods for fold in folds})
+    return Results(dataset, folds, methods, records)
+
+
+def read_run_records(metrics_dir: str | Path, files: Mapping[Any, tuple[str, Mapping[str, Any]]]
+                     ) -> dict[Any, dict[str, Any]]:
+    """The metrics JSON of each run: ``files`` maps a key to ``(file name in metrics_dir, the values the record's
+    identifying keys must hold)``, e.g. ``{"dataset": d, "fold": k, "method": m}``; the result maps the same keys
+    to the records.
+
+    Raises:
+        DatasetError: files missing (all named, four at most shown), unreadable, or holding another run (one line).
+    """
+    records: dict[Any, dict[str, Any]] = {}
     missing: list[str] = []
-    for method in methods:
-        for fold in folds:
-            path = Path(metrics_dir) / f"{run_tag(fold, method)}.json"
-            if not path.is_file():
-                missing.append(path.name)
-                continue
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                raise DatasetError(f"{path}: unreadable metrics file ({exc})") from None
-            found = (record.get("dataset"), record.get("fold"), record.get("method"))
-            if found != (dataset, fold, method):
-                raise DatasetError(f"{path}: holds dataset/fold/method {found}, expected {(dataset, fold, method)}")
-            records[(method, fold)] = record
+    for key, (name, expected) in files.items():
+        path = Path(metrics_dir) / name
+        if not path.is_file():
+            missing.append(path.name)
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"{path}: unreadable metrics file ({exc})") from None
+        found = tuple(record.get(k) for k in expected)
+        if found != tuple(expected.values()):
+            raise DatasetError(f"{path}: holds {'/'.join(expected)} {found}, expected {tuple(expected.values())}")
+        records[key] = record
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         raise DatasetError(f"{metrics_dir}: no metrics for {shown} (run `dvc repro` to produce them)")
-    return Results(dataset, folds, methods, records)
+    return records
 
 
 @dataclass(frozen=True)
