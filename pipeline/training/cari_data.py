@@ -75,7 +75,8 @@ def load_cari_data(manifest: pd.DataFrame, aligned: Path, files: Mapping[str, Pa
     label_of = dict(zip(split["train_image_ids"], split["train_labels"], strict=True))
     label_of.update(zip(split["test_image_ids"], split["test_labels"], strict=True))
     ids = manifest["image_id"].astype(str)
-    unknown = [i for i in label_of if i not in set(ids)]
+    known = set(ids)
+    unknown = [i for i in label_of if i not in known]
     if unknown:
         raise DatasetError(f"{files['split']}: {len(unknown)} image ids are not in the manifest (e.g. "
                            f"{unknown[0]!r}): re-run the cari_split stage")
