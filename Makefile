@@ -46,6 +46,9 @@ demo: $(STAMP)
 	if [ -s reports/cari_demo_check.txt ]; then \
 		echo; echo "caricature demo targets (reports/cari_demo_check.txt; tables: reports/cari_tables.md):"; \
 		cat reports/cari_demo_check.txt; fi; \
+	if [ -s reports/disjoint_demo_check.txt ]; then \
+		echo; echo "disjoint-datasets demo targets (reports/disjoint_demo_check.txt; tables: reports/disjoint_tables.md):"; \
+		cat reports/disjoint_demo_check.txt; fi; \
 	echo; echo "results table: $(CURDIR)/reports/tables.md"
 
 # One fine-tuning run, fast (docs/training.md#one-run-fast). dvc repro of only what the run needs: align@ and folds@ of

@@ -22,11 +22,13 @@ from pipeline.paths import GENERATED
 from pipeline.reader_options import OPTION_MODELS
 from pipeline.settings import (
     CariSettings,
+    DisjointSettings,
     FinetuneSettings,
     PretrainRuntime,
     PretrainSettings,
     RuntimeSettings,
     TaskSetSettings,
+    TransferSettings,
     check_device,
     under_protocols,
 )
@@ -34,6 +36,10 @@ from pipeline.settings import (
 __all__ = [
     "AUTO_VARIANTS",
     "CariConfig",
+    "DISJOINT_MODES",
+    "DisjointConfig",
+    "DisjointMethod",
+    "DisjointSource",
     "DatasetConfig",
     "DemoCaricatureSource",
     "DemoExpressionSource",
@@ -45,6 +51,7 @@ __all__ = [
     "STANDARD_LABEL_SETS",
     "StageParams",
     "cari_method_options",
+    "disjoint_transfer",
     "load_params",
     "plain",
     "reader_options",
@@ -588,6 +595,128 @@ class CariConfig(_Strict):
         return self
 
 
+class DisjointSource(_Strict):
+    """``disjoint.sources`` item: a dataset whose images are labelled for one ``task`` only."""
+
+    dataset: str
+    task: str
+
+
+#: ``disjoint.methods.<m>.mode``
+DISJOINT_MODES = ("single", "joint", "alternating")
+
+
+class DisjointMethod(FinetuneMethod):
+    """``disjoint.methods.<name>``: a weighting (as ``finetune.methods``: ``weighting`` and its options) plus how the
+    sources are trained (docs/disjoint.md#methods).
+
+    Attributes:
+        mode: ``single`` (the sources of ``task`` only: single-task learning) | ``joint`` (every batch mixes the
+            sources) | ``alternating`` (epoch ``e`` passes over source ``(e − 1) mod T``).
+        task: ``mode: single``: the task trained.
+        transfer: keys of ``disjoint.common.transfer`` this method changes (:func:`disjoint_transfer`).
+        labels: ``masked`` (each image keeps its source's task only) | ``full`` (the view's hidden labels unmasked:
+            the upper bound, demo views only).
+    """
+
+    mode: Literal["single", "joint", "alternating"]
+    task: str | None = None
+    transfer: dict[str, Any] = {}
+    labels: Literal["masked", "full"] = "masked"
+
+
+def disjoint_transfer(common: DisjointSettings, method: DisjointMethod) -> TransferSettings:
+    """``common.transfer`` with the method's ``transfer`` keys, validated.
+
+    Raises:
+        ValueError: an unknown key or a bad value (pydantic's message, keyed by the transfer field).
+    """
+    from pydantic import TypeAdapter
+
+    merged = {**to_jsonable_python(common.transfer), **method.transfer}
+    try:
+        return TypeAdapter(TransferSettings).validate_python(merged)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise ValueError(f"transfer.{where}: {err['msg']}" if where else f"transfer: {err['msg']}") from None
+
+
+class DisjointConfig(_Strict):
+    """``disjoint``: multi-task learning on disjoint datasets, stages ``disjoint_train@<fold>-<method>`` and
+    ``disjoint_report`` (docs/disjoint.md).
+
+    ``view``: ``demo_halves`` (the training subjects of ``dataset``'s folds hash-split into an identity-only and an
+    expression-only half; the masked labels go to a hidden sidecar) | ``sources`` (``sources``: datasets labelled for
+    one task each). ``split``: ``folds`` (the folds ``folds`` of ``dataset``) | ``official`` (the datasets' own test
+    split: fold 0) | ``kfold_faithful`` (the scripts' ``KFold(n, shuffle=True, random_state=1)`` fold 0: its test set
+    is also its validation set). ``common`` (:class:`~pipeline.settings.DisjointSettings`): what every run shares;
+    ``methods``; ``run_methods``: the methods run on every fold; ``reference``: the report's reference method. The
+    runs compute with ``finetune.runtime``.
+    """
+
+    view: Literal["demo_halves", "sources"]
+    split: Literal["folds", "official", "kfold_faithful"]
+    dataset: str | None = None
+    folds: list[Annotated[int, Field(ge=0)]]
+    sources: list[DisjointSource] = []
+    kfold_splits: dict[Literal["joint", "alternating", "single"], Annotated[int, Field(ge=2)]] = {}
+    common: DisjointSettings
+    methods: dict[str, DisjointMethod]
+    run_methods: list[str]
+    #: the report's reference method (paired differences method − reference; stage disjoint_report)
+    reference: str
+
+    @model_validator(mode="after")
+    def _methods(self) -> DisjointConfig:
+        for name in self.methods:
+            if not _METHOD_NAME.match(name):
+                raise ValueError(f"methods: name {name!r} must be lower-case letters, digits and '_' (it is part of "
+                                 "the DVC stage name disjoint_train@<fold>-<method>)")
+        unknown = [m for m in self.run_methods if m not in self.methods]
+        if unknown:
+            raise ValueError(f"run_methods: unknown method(s) {unknown}; defined: {sorted(self.methods)}")
+        for key, values in (("run_methods", self.run_methods), ("folds", self.folds)):
+            if len(set(values)) != len(values):
+                raise ValueError(f"{key}: repeated entry in {values}")
+        if not self.folds:
+            raise ValueError("folds: at least one fold")
+        if self.run_methods and self.reference not in self.run_methods:
+            raise ValueError(f"reference: {self.reference!r} is not in run_methods {self.run_methods}")
+        if self.view == "demo_halves":
+            if self.dataset is None:
+                raise ValueError("dataset: view demo_halves halves the folds of a dataset: name it")
+            if self.split != "folds":
+                raise ValueError(f"split: view demo_halves uses the folds of {self.dataset!r} (split: folds), "
+                                 f"not {self.split}")
+            if self.sources:
+                raise ValueError("sources: view demo_halves makes its own sources: leave sources empty")
+        else:
+            if len(self.sources) < 2:
+                raise ValueError("sources: view sources needs at least two (dataset, task) entries")
+            if self.split == "folds":
+                raise ValueError("split: view sources has no folds of one dataset: use official or kfold_faithful")
+            if self.folds != [0]:
+                raise ValueError(f"folds: split {self.split} has one fold, 0; got {self.folds}")
+            pairs = [(s.dataset, s.task) for s in self.sources]
+            if len(set(pairs)) != len(pairs):
+                raise ValueError(f"sources: repeated (dataset, task) in {pairs}")
+        if self.split == "kfold_faithful":
+            missing = [m for m in ("single", "joint", "alternating") if m not in self.kfold_splits]
+            if missing:
+                raise ValueError(f"kfold_splits: split kfold_faithful needs n per mode; missing {missing}")
+        for name, method in self.methods.items():
+            try:
+                disjoint_transfer(self.common, method)
+            except ValueError as exc:
+                raise ValueError(f"methods.{name}.{exc}") from None
+            if (method.mode == "single") != (method.task is not None):
+                raise ValueError(f"methods.{name}.task: give the task for mode single, and only then")
+            if method.labels == "full" and self.view != "demo_halves":
+                raise ValueError(f"methods.{name}.labels: full (the hidden labels unmasked) needs view demo_halves")
+        return self
+
+
 class PixelBaselineConfig(_Strict):
     """``pixel_baseline``: the raw-pixel PCA baseline (stage ``pixel_baseline@<dataset>-<fold>``;
     pipeline/evaluation/pixel_pca).
@@ -640,6 +769,7 @@ class Params(_Strict):
     pixel_baseline: PixelBaselineConfig = PixelBaselineConfig()
     report: ReportConfig = ReportConfig()
     cari: CariConfig | None = None
+    disjoint: DisjointConfig | None = None
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Params:
@@ -768,6 +898,56 @@ class Params(_Strict):
                 except ValueError as exc:
                     raise ValueError(f"cari.methods.{method}: {exc} (task set {name!r}: "
                                      f"{', '.join(task_set.names)})") from None
+        return self
+
+    @model_validator(mode="after")
+    def _disjoint_cross_checks(self) -> Params:
+        """The disjoint view names datasets with the labels of its task set, folds exist, the sources' tasks are
+        tasks of the set, and every method run serves the set."""
+        from pipeline.weighting.options import parse_weighting
+
+        dj = self.disjoint
+        if dj is None:
+            return self
+        name = dj.common.task_set
+        task_set = self.task_sets.get(name)
+        if task_set is None:
+            raise ValueError(f"disjoint.common.task_set: unknown task set {name!r}; task_sets defines "
+                             f"{', '.join(self.task_sets) or 'none'}")
+        if dj.view == "demo_halves":
+            d = dj.dataset
+            if d not in self.datasets:
+                raise ValueError(f"disjoint.dataset: unknown dataset {d!r} (not in datasets)")
+            if d not in self.folds.datasets:
+                raise ValueError(f"disjoint.dataset: {d!r} has no fold settings (folds.datasets)")
+            _check_labels(name, task_set, d, self.datasets[d].label_sets)
+            bad = [f for f in dj.folds if f >= self.folds.k]
+            if bad:
+                raise ValueError(f"disjoint.folds: {dj.folds} must be folds in 0..{self.folds.k - 1}")
+            if len(task_set.names) != 2:
+                raise ValueError(f"disjoint.view: demo_halves splits subjects into two halves, one per task; task "
+                                 f"set {name!r} has {len(task_set.names)} tasks")
+        for i, src in enumerate(dj.sources):
+            if src.dataset not in self.datasets:
+                raise ValueError(f"disjoint.sources.{i}.dataset: unknown dataset {src.dataset!r} (not in datasets)")
+            if src.task not in task_set.tasks:
+                raise ValueError(f"disjoint.sources.{i}.task: {src.task!r} is not a task of task set {name!r} "
+                                 f"({', '.join(task_set.names)})")
+        if dj.sources:
+            missing = [t for t in task_set.names if t not in {s.task for s in dj.sources}]
+            if missing:
+                raise ValueError(f"disjoint.sources: no source labels task(s) {missing} of task set {name!r}")
+        for m, cfg in dj.methods.items():
+            if cfg.task is not None and cfg.task not in task_set.tasks:
+                raise ValueError(f"disjoint.methods.{m}.task: {cfg.task!r} is not a task of task set {name!r} "
+                                 f"({', '.join(task_set.names)})")
+        for m in dj.run_methods:
+            cfg = dj.methods[m]
+            try:
+                parse_weighting(cfg.weighting, cfg.options(), task_set.names)
+            except ValueError as exc:
+                raise ValueError(f"disjoint.methods.{m}: {exc} (task set {name!r}: "
+                                 f"{', '.join(task_set.names)})") from None
         return self
 
     @model_validator(mode="after")

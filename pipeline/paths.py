@@ -37,6 +37,7 @@ FOLDS = Path("data/folds")
 PRETRAIN = Path("data/pretrain")
 FINETUNE = Path("data/finetune")
 CARI = Path("data/cari")
+DISJOINT = Path("data/disjoint")
 WORK = Path("data/work")
 METRICS = Path("metrics")
 REPORTS = Path("reports")
@@ -93,3 +94,14 @@ def cari_run(dataset: str, method: str) -> dict[str, Path]:
     return {"manifest": manifest_file(dataset), "aligned": ALIGNED / dataset, "split": sp["split"],
             "pairs": sp["pairs"], "identification": sp["identification"], "out": CARI / dataset / method,
             "metrics": METRICS / "cari" / dataset / f"{method}.json"}
+
+
+def disjoint_run(dataset: str, fold: int, method: str) -> dict[str, Path]:
+    """The inputs and outputs of one disjoint-datasets run on fold ``fold`` of ``dataset`` (view ``demo_halves``):
+    ``manifest``, ``aligned``, ``fold``, ``pairs``, ``out`` (``data/disjoint/fold<k>-<method>``: model, steps,
+    scores, history, curves, ``pseudo/<epoch>.parquet``, ``hidden.parquet``) and ``metrics``
+    (``metrics/disjoint/fold<k>-<method>.json``)."""
+    fold_json, pairs = fold_files(dataset, fold)
+    tag = run_tag(fold, method)
+    return {"manifest": manifest_file(dataset), "aligned": ALIGNED / dataset, "fold": fold_json, "pairs": pairs,
+            "out": DISJOINT / tag, "metrics": METRICS / "disjoint" / f"{tag}.json"}

@@ -40,7 +40,7 @@ from typing import Annotated, Any, Literal
 
 __all__ = [
     "CENTER_FORMS", "DEVICE_PATTERN", "EVALUATIONS", "OPTIMIZERS", "OWN", "Bound", "CariSettings",
-    "CenterLossSettings", "CenterPolicySettings",
+    "CenterLossSettings", "CenterPolicySettings", "DisjointSettings", "JointSamplingSettings", "TransferSettings",
     "CropSettings", "FinetuneSettings", "HeadSettings", "NetworkSettings", "OptimizerSettings", "PrecisionSettings",
     "PretrainCenterLossSettings", "PretrainRuntime", "PretrainSettings", "PretrainVerification", "ProtocolSettings",
     "RuntimeSettings", "ScheduleSettings", "TaskCenter", "TaskSetSettings", "TaskSettings", "TrainingSettings",
@@ -574,6 +574,100 @@ class CariSettings(FinetuneSettings):
         if self.selection == "val_subjects":
             raise ValueError("selection: val_subjects holds out training subjects, and CaVI's split is closed-set "
                              "(every test identity trains): use test_fold (the original's) or last")
+
+
+# ------------------------------------------------------------------------------------------- disjoint datasets
+#: the weight factors of pseudo labels (:mod:`pipeline.disjoint.pseudo_weights`)
+PseudoFactor = Literal["confidence", "density", "distribution"]
+
+
+@settings
+class JointSamplingSettings:
+    """``disjoint.common.joint``: how a joint batch is shared between the sources (docs/disjoint.md#sampling).
+
+    Attributes:
+        epoch: ``min`` (the original: an epoch is the minimum over sources of ``N_s // n_s`` batches) | ``fixed``
+            (``epoch_size`` batches).
+        ratios: ``proportional`` (the original: ``int(B · N_s / ΣN)`` images of source ``s``, the rest from the
+            last) | ``temperature`` (shares ``∝ N_s^(1/temperature)``, at least one image each).
+        temperature: the exponent's temperature of ``ratios: temperature`` (1 = proportional).
+    """
+
+    epoch: Literal["min", "fixed"]
+    ratios: Literal["proportional", "temperature"]
+    temperature: Annotated[float, Bound(gt=0.0)]
+
+
+@settings
+class TransferSettings:
+    """``disjoint.common.transfer`` (a method's ``transfer`` overrides some keys): what a source's images learn for
+    the tasks they have no label of, from a teacher (a frozen copy of the model; docs/disjoint.md#transfer).
+
+    Attributes:
+        kind: ``none`` (masked: no target) | ``distill`` (the teacher's softened outputs, SA-MTL's DML-LWF and
+            "distilling") | ``pseudo`` (the teacher's argmax, weighted and selected; LEL-LTN, SA-MTL).
+        temperature: ``T`` of the distilled targets ``softmax(z / T)``.
+        softmax: ``row`` (each image's distribution) | ``matrix`` (the original: one softmax over the whole
+            ``N × C`` matrix, rows sum to about ``1/N``).
+        identity_transfer: what an identity task (a task evaluated by verification) learns on images of other
+            subjects: ``logits`` (distilled identity logits) | ``none``; ``pseudo`` is refused (an expression-only
+            subject is not an identity class).
+        weights: the factors multiplied into a pseudo label's weight (subset of confidence, density,
+            distribution; empty = every weight 1).
+        selection: ``hard`` (keep ``w`` above the ``quantile``; target ``w · onehot``) | ``soft`` (``w · onehot +
+            (1 − w) · distilled``: SA-MTL) | ``pure`` (``0.5 · onehot + 0.5 · distilled``: the original without
+            weights).
+        quantile: ``hard``: the share of pseudo labels below the threshold (the original's ``selection_threshold``).
+        density_t: the distance quantile of the density factor (``density_t``).
+        cluster_k: mixture components of the distribution factor (``cluster_k``).
+        source_mass: the distribution factor's EMD: ``unit`` (a component as a unit point mass: the closed form) |
+            ``component`` (its mixture weight as mass: the original's partial transport).
+        first_refresh: the teacher of the first refresh: ``untrained`` (the initial model: the original's runs) |
+            ``warmup`` (``warmup_epochs`` joint masked epochs first, the original's freezing branch).
+        warmup_epochs: epochs of ``first_refresh: warmup``.
+    """
+
+    kind: Literal["none", "distill", "pseudo"]
+    temperature: Annotated[float, Bound(gt=0.0)]
+    softmax: Literal["row", "matrix"]
+    identity_transfer: Literal["logits", "none", "pseudo"]
+    weights: list[PseudoFactor]
+    selection: Literal["hard", "soft", "pure"]
+    quantile: Annotated[float, Bound(ge=0.0, lt=1.0)]
+    density_t: Annotated[float, Bound(gt=0.0, lt=1.0)]
+    cluster_k: PositiveInt
+    source_mass: Literal["unit", "component"]
+    first_refresh: Literal["untrained", "warmup"]
+    warmup_epochs: Annotated[int, Bound(ge=0)]
+
+    def __post_init__(self) -> None:
+        if len(set(self.weights)) != len(self.weights):
+            raise ValueError(f"weights: repeated factor in {list(self.weights)}")
+        if self.identity_transfer == "pseudo":
+            raise ValueError("identity_transfer: pseudo labels of identity on subject-disjoint data are not identity "
+                             "classes (an expression-only subject is nobody of the identity source): use logits or "
+                             "none")
+        if self.first_refresh == "warmup" and self.warmup_epochs < 1:
+            raise ValueError("warmup_epochs: first_refresh warmup needs at least 1 epoch")
+
+
+@settings
+class DisjointSettings(FinetuneSettings):
+    """``disjoint.common``: :class:`FinetuneSettings` for the disjoint-datasets runs, plus how they sample, normalise
+    and transfer (docs/disjoint.md).
+
+    Attributes:
+        joint: :class:`JointSamplingSettings`.
+        normalise: the denominator of a task's loss on soft targets: ``rows`` (rows with a target: the original's
+            Keras loss) | ``weights`` (their total weight).
+        refresh_epochs: joint mode: the teacher is refreshed every this many epochs (alternating: every epoch).
+        transfer: the methods' default :class:`TransferSettings`.
+    """
+
+    joint: JointSamplingSettings
+    normalise: Literal["rows", "weights"]
+    refresh_epochs: PositiveInt
+    transfer: TransferSettings
 
 
 # ------------------------------------------------------------------------------------------- plain construction

@@ -18,6 +18,8 @@ from stages import (
     cari_train,
     check_params,
     detect,
+    disjoint_report,
+    disjoint_train,
     download,
     embed,
     finetune,
@@ -80,6 +82,7 @@ def main(
 
 #: the commands in --help order: the DVC stages in pipeline order, the user tools, the report
 COMMANDS = [check_params, download, manifest, align, folds, cari_split, pretrain, finetune, pixel_baseline, cari_train,
-            cari_pixel, detect, verify, embed, report, cari_report]
+            cari_pixel, disjoint_train, detect, verify, embed, report, cari_report,
+            disjoint_report]
 for _module in COMMANDS:
     app.command(_module.__name__.rpartition(".")[2], help=terminal_help(_module.__doc__))(_module.command)

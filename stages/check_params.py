@@ -31,7 +31,7 @@ DECLARED = ["base", "demo", "datasets", "manifest", "align.min_face", "align.thr
             "align.resample", "align.max_side", "align.shard_size", "align.format", "align.quality",
             "align.max_failure_fraction", "align.landmark_box", "folds", "task_sets", "pretrain.train",
             "finetune.datasets", "finetune.common", "finetune.methods", "finetune.run_methods", "pixel_baseline",
-            "report", "cari"]
+            "report", "cari", "disjoint"]
 #: the output's content (constant, so that no stage downstream re-runs because of it)
 CONTENT = "params.yaml passed `python -m stages check_params` (this file never changes; every stage depends on it)\n"
 

@@ -83,7 +83,11 @@ class MultitaskJob:
             model's metadata.
         group: ``(params, dataset)`` for the results table's ``group`` tag, or None.
         center_rows: rows of center matrices smaller than their classes (``centers.rows: train_ids``).
-        val: held-out validation pairs (``selection: val_subjects``), or None.
+        make_plan: ``(data, spec, model, work) -> BatchPlan``: where the run's batches come from (the
+            disjoint-datasets runs), or None (``epoch_size`` batches of one permutation stream); ``images``: the
+            images the plan trains on, for the progress bar.
+        finish: ``(out, work)``: writes the job's own files into the run's folder before it is published.
+        target_normalise: the denominator of soft-target losses (``rows`` | ``weights``).
     """
 
     stage: str
@@ -114,6 +118,10 @@ class MultitaskJob:
     group: Any | None = None
     center_rows: Mapping[str, int] | None = None
     runtime_sections: Sequence[str] = ()
+    make_plan: Callable[..., Any] | None = None
+    images: Callable[[Any, Any], int] | None = None
+    finish: Callable[[Path, Path], None] | None = None
+    target_normalise: str = "rows"
 
 
 def run_job(job: MultitaskJob) -> None:
@@ -153,6 +161,7 @@ def run_job(job: MultitaskJob) -> None:
                              n_classes=data.n_classes, class_names=data.class_names,
                              align_convention=job.align_convention, checkpoint=checkpoint,
                              runtime=dataclasses.replace(runtime, device=device), center_rows=job.center_rows)
+        spec = dataclasses.replace(spec, target_normalise=job.target_normalise)
     except ValueError as exc:
         raise UserError(f"task_sets.{job.task_set_name}: {exc}") from None
     settings = {k: v for k, v in job.sp.as_flat_dict().items()
@@ -169,7 +178,7 @@ def run_job(job: MultitaskJob) -> None:
         except CheckpointError as exc:
             raise UserError(f"{job.section}.common.init: {exc}") from None
     s = spec.settings
-    total = s.epochs * s.epoch_size * s.batch_size
+    total = job.images(data, spec) if job.images is not None else s.epochs * s.epoch_size * s.batch_size
     p = job.paths
     inputs = job.inputs + [Input(f) for f in (spec.checkpoint, common.schedule.file) if f]
     with stage_run(job.stage, job.sp, item=job.item, inputs=inputs, resume_file=work / "mlflow_run_id",
@@ -197,8 +206,12 @@ def run_job(job: MultitaskJob) -> None:
 
         with progress_bar(f"{job.stage} {job.label} {method}", total) as advance:
             try:
+                plan = None
+                if job.make_plan is not None:
+                    def plan(model):  # noqa: ANN001, ANN202 - the loop's plan factory
+                        return job.make_plan(data, spec, model, work)
                 result = run_finetune(spec, data.train, data.test, work, val=data.val, on_epoch=on_epoch,
-                                      on_resume=on_resume, progress=advance)
+                                      on_resume=on_resume, progress=advance, plan=plan)
             except NonFiniteError as exc:
                 state = work / "state.pt"
                 where = (f"the last good epoch is checkpointed in {state}" if state.is_file()
@@ -212,7 +225,8 @@ def run_job(job: MultitaskJob) -> None:
                    "selection": s.selection, "data": data.counts, **result.metrics}
         meta = {"stage": job.stage, **job.meta, "method": method, "epoch": result.metrics["last"]["epoch"],
                 "test_subjects": data.test_subjects}
-        _write_outputs(p, result, metrics, spec, data, meta, f"{job.label}: {method}")
+        _write_outputs(p, result, metrics, spec, data, meta, f"{job.label}: {method}",
+                       finish=(lambda out: job.finish(out, work)) if job.finish is not None else None)
         run.log_metrics({"seconds": result.seconds, "images_per_second": result.images_per_second})
         run.log_metrics(_final_scalars(result.metrics))
         for name in ("steps.csv", "curves.png", "history.json"):
@@ -232,9 +246,13 @@ def _describe(m: dict[str, Any]) -> str:
 
 
 def _epoch_scalars(entry: dict) -> dict[str, float]:
+    """An epoch's test and validation headline metrics, and its batch plan's scalars (``plan_<name>``: a disjoint
+    run's refresh)."""
     from pipeline.training.evaluate import headline
 
-    return {f"{split}_{k}": v for split in ("test", "val") for k, v in headline(entry.get(split) or {}).items()}
+    out = {f"{split}_{k}": v for split in ("test", "val") for k, v in headline(entry.get(split) or {}).items()}
+    out.update({f"plan_{k}": v for k, v in (entry.get("plan") or {}).items()})
+    return out
 
 
 def _final_scalars(metrics: dict) -> dict[str, float]:
@@ -247,7 +265,8 @@ def _final_scalars(metrics: dict) -> dict[str, float]:
     return out
 
 
-def _write_outputs(p: dict[str, Path], result, metrics: dict, spec, data, meta: dict, title: str) -> None:
+def _write_outputs(p: dict[str, Path], result, metrics: dict, spec, data, meta: dict, title: str,
+                   finish: Callable[[Path], None] | None = None) -> None:
     import numpy as np
 
     from pipeline.models.checkpoint import save_model
@@ -267,4 +286,6 @@ def _write_outputs(p: dict[str, Path], result, metrics: dict, spec, data, meta: 
         np.savez_compressed(tmp / "scores.npz", **arrays)
         write_json(result.history, tmp / "history.json")
         finetune_curves_figure(result.rows, names, tmp / "curves.png", title)
+        if finish is not None:
+            finish(tmp)
         write_json(metrics, tmp_metrics)

@@ -41,6 +41,9 @@ ALL_DATASETS = ["demo_webface", "oulu", "ckplus", *CARI_DATASETS]
 #: the caricature stages
 CARI = [*(f"{s}@{d}" for d in CARI_DATASETS for s in ("cari_split", "cari_pixel")),
         *(f"cari_train@{d}-{m}" for d in CARI_DATASETS for m in CARI_METHODS), "cari_report"]
+#: the disjoint-datasets methods (``disjoint_train@0-<method>``)
+DISJOINT_METHODS = ["sa_mtl"]
+DISJOINT = [f"disjoint_train@0-{m}" for m in DISJOINT_METHODS]
 #: (the method ``pretrained``, which only evaluates, runs through the stage in tests/test_pretrain_stage.py)
 METHODS = ["dynamic", "static"]
 #: the 4 fine-tuning stages and 2 pixel-baseline stages of fold 0
@@ -51,7 +54,13 @@ E2E_PARAMS = {"folds.k": 3, "folds.run": [0], "finetune.run_methods": METHODS, "
               "report.curves_methods": ["dynamic"], "pretrain.train.verification.dataset": "oulu", **TINY_FINETUNE,
               "cari.datasets": CARI_DATASETS, "cari.run_methods": CARI_METHODS, "cari.common.epochs": 1,
               "cari.common.epoch_size": 1, "cari.common.batch_size": 8, "cari.common.network.input_size": 80,
-              "cari.common.protocol.n_folds": 2}  # 8 test pairs on each caricature dataset
+              "cari.common.protocol.n_folds": 2,  # 8 test pairs on each caricature dataset
+              # the disjoint-datasets runs on the Oulu-CASIA layout's fold 0 halves: SA-MTL (pseudo labels, all three
+              # weights), 2 alternating epochs (one per half)
+              "disjoint.dataset": "oulu", "disjoint.run_methods": DISJOINT_METHODS, "disjoint.common.epochs": 2,
+              "disjoint.common.batch_size": 8, "disjoint.common.epoch_size": 1,
+              "disjoint.common.network.input_size": 80, "disjoint.common.protocol.n_folds": 2,
+              "disjoint.common.transfer.cluster_k": 2}
 
 
 @functools.lru_cache(maxsize=64)

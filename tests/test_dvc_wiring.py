@@ -28,7 +28,8 @@ def _command(stage: dict) -> str:
 PLACEHOLDERS = {"{name}": "${key}", "{method}": "${item.method}", "{fold}": "${item.fold}",
                 "{dataset}": "${item.dataset}", "{task_set}": "${finetune.common.task_set}",
                 "{pretrain_dataset}": "${pretrain.train.dataset}", "{item}": "${item}",
-                "{cari_task_set}": "${cari.common.task_set}"}
+                "{cari_task_set}": "${cari.common.task_set}", "{disjoint_task_set}": "${disjoint.common.task_set}",
+                "{disjoint_dataset}": "${disjoint.dataset}"}
 
 
 def _dvc_spelling(section: str) -> str:
@@ -118,6 +119,10 @@ def _finetune_instances(params: dict = PARAMS) -> set[str]:
 
 def _cari_train_instances(params: dict = PARAMS) -> set[str]:
     return {f"cari_train@{d}-{m}" for d in params["cari"]["datasets"] for m in params["cari"]["run_methods"]}
+
+
+def _disjoint_train_instances(params: dict = PARAMS) -> set[str]:
+    return {f"disjoint_train@{f}-{m}" for f in params["disjoint"]["folds"] for m in params["disjoint"]["run_methods"]}
 
 
 def test_dvc_stage_list_has_one_finetune_stage_per_dataset_fold_and_method():
@@ -215,7 +220,9 @@ def test_the_task_set_is_tracked_by_the_stages_that_train_evaluate_and_report_it
     task_set = params["finetune"]["common"]["task_set"]
     params["task_sets"][task_set]["tasks"]["expression"]["head"]["hidden"] = 64
     per_fold = {f"pixel_baseline@{d}-{f}" for d in PARAMS["finetune"]["datasets"] for f in PARAMS["folds"]["run"]}
-    assert _changed(before, dvc_copy(params)) == CHECK | _finetune_instances() | per_fold | {"report"}
+    # the disjoint-datasets runs train the same task set (disjoint.common.task_set)
+    assert _changed(before, dvc_copy(params)) == (CHECK | _finetune_instances() | per_fold | {"report"}
+                                                  | _disjoint_train_instances() | {"disjoint_report"})
     params = copy.deepcopy(PARAMS)  # another task set: nothing runs it (only the check reads it)
     params["task_sets"]["other"] = copy.deepcopy(params["task_sets"][task_set])
     assert _changed(before, dvc_copy(params)) == CHECK
@@ -235,27 +242,45 @@ def test_pretrain_tracks_its_training_settings_but_not_its_speed_settings(dvc_co
     params = copy.deepcopy(PARAMS)
     params["pretrain"]["train"]["dataset"] = "demo_oulu"  # finetune's init: pretrain names the pretrain dataset
     # (the report reads it too: the demo checks include the pretraining dataset's alignment)
-    # (the caricature runs start from the same model)
+    # (the caricature and disjoint-datasets runs start from the same model)
     assert _changed(before, dvc_copy(params)) == (CHECK | {"pretrain", "report"} | _finetune_instances()
-                                                  | _cari_train_instances())
+                                                  | _cari_train_instances() | _disjoint_train_instances())
+
+
+def test_a_disjoint_method_edit_reruns_only_that_methods_runs(dvc_copy):
+    """``dvc exp run -S disjoint.methods.sa_mtl.transfer.density_t=0.5`` re-runs only the sa_mtl runs (and the check);
+    a change of disjoint.common re-runs every disjoint run and nothing of the FR+FER or caricature families."""
+    import copy
+
+    before = dvc_copy(PARAMS)
+    params = copy.deepcopy(PARAMS)
+    params["disjoint"]["methods"]["sa_mtl"]["transfer"]["density_t"] = 0.5
+    assert _changed(before, dvc_copy(params)) == CHECK | {f"disjoint_train@{f}-sa_mtl" for f in
+                                                          PARAMS["disjoint"]["folds"]} | {"disjoint_report"}
+    params = copy.deepcopy(PARAMS)
+    params["disjoint"]["common"]["transfer"]["cluster_k"] = 5
+    assert _changed(before, dvc_copy(params)) == CHECK | _disjoint_train_instances() | {"disjoint_report"}
 
 
 def test_report_params_rerun_only_the_report(dvc_copy):
     import copy
 
     before = dvc_copy(PARAMS)
+    # (the disjoint-datasets report shares the VAL column and the bootstrap settings)
     for key, value in (("bootstrap", 500), ("reference", "static"), ("curves_methods", ["dynamic"]),
                        ("val_far", 0.01)):
         params = copy.deepcopy(PARAMS)
         params["report"][key] = value
-        assert _changed(before, dvc_copy(params)) == CHECK | {"report"}, key
+        shared = {"disjoint_report"} if key in ("bootstrap", "val_far") else set()
+        assert _changed(before, dvc_copy(params)) == CHECK | {"report"} | shared, key
     # the report lists the run's methods: dropping one changes the report, and no other stage's params
     params = copy.deepcopy(PARAMS)
     params["finetune"]["run_methods"] = [m for m in params["finetune"]["run_methods"] if m != "gradnorm"]
     after = dvc_copy(params)
     assert set(before) - set(after) == {f"finetune@{d}-{f}-gradnorm" for d in PARAMS["finetune"]["datasets"]
                                         for f in PARAMS["folds"]["run"]}
-    assert {name for name in after if before[name] != after[name]} == CHECK | {"report"}
+    # (the disjoint report shows the full-label finetune rows of finetune.run_methods)
+    assert {name for name in after if before[name] != after[name]} == CHECK | {"report", "disjoint_report"}
 
 
 def test_a_dataset_label_set_edit_reaches_only_that_datasets_stages(dvc_copy):

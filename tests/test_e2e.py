@@ -12,7 +12,18 @@ import torch
 import yaml
 
 from pipeline.data.manifest import read_manifest
-from tests.e2e_repo import ALL_DATASETS, CARI, DATASETS, FINETUNE, METHODS, PER_FOLD, restore, run, set_params
+from tests.e2e_repo import (
+    ALL_DATASETS,
+    CARI,
+    DATASETS,
+    DISJOINT,
+    FINETUNE,
+    METHODS,
+    PER_FOLD,
+    restore,
+    run,
+    set_params,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +61,8 @@ def test_repro_logged_one_mlflow_run_per_stage(e2e_repo):
     for r in sorted(runs, key=lambda r: r.info.start_time):  # the first repro's run of each stage
         first.setdefault(r.info.run_name, r)
     expected = [f"{stage}@{d}" for stage in ("download", "manifest", "align") for d in ALL_DATASETS]
-    expected += [f"folds@{d}" for d in DATASETS] + ["pretrain", *FINETUNE, *PER_FOLD, "report", *CARI]
+    expected += [f"folds@{d}" for d in DATASETS] + ["pretrain", *FINETUNE, *PER_FOLD, "report", *CARI, *DISJOINT,
+                                                    "disjoint_report"]
     assert sorted(first) == sorted(expected)
     sha = run(e2e_repo, "git", "rev-parse", "HEAD").stdout.strip()
     for r in first.values():
@@ -113,10 +125,12 @@ def test_repro_writes_every_fold_and_pairs(e2e_repo):
 def test_folds_params_rerun_only_folds_and_run_is_not_a_param(e2e_repo):
     set_params(e2e_repo, **{"folds.run": [0, 1]})
     status = _status(e2e_repo)
-    # only the new fold's stages (never run) and the report that lists the folds; folds itself is not stale
-    new = {f"finetune@{d}-1-{m}" for d in DATASETS for m in ("dynamic", "static")} | {"report"}
+    # only the new fold's stages (never run) and the reports that list the folds (the disjoint report: its
+    # full-label fine-tuning rows); folds itself is not stale
+    new = {f"finetune@{d}-1-{m}" for d in DATASETS for m in ("dynamic", "static")} | {"report", "disjoint_report"}
     assert new <= status
-    assert all("-1-" in name or name.endswith("-1") for name in status - {"report", "check_params"}), status
+    assert all("-1-" in name or name.endswith("-1") for name in status - {"report", "disjoint_report", "check_params"}
+               ), status
     set_params(e2e_repo, **{"folds.seed": 1})
     assert _status(e2e_repo) == {"check_params"} | {f"folds@{d}" for d in DATASETS}
     res = run(e2e_repo, "dvc", "repro", "folds@oulu")  # the params check, then folds: not the finetune stages after it

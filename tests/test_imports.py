@@ -40,7 +40,7 @@ ORDER = [
     "pipeline.errors", "pipeline.constants", "pipeline.processes", "pipeline.atomic", "pipeline.paths",
     "pipeline.faces", "pipeline.settings", "pipeline.reader_options", "pipeline.models", "pipeline.weighting",
     "pipeline.losses", "pipeline.evaluation", "pipeline.config", "pipeline.data", "pipeline.align", "pipeline.folds",
-    "pipeline.training", "pipeline.report",
+    "pipeline.training", "pipeline.disjoint", "pipeline.report",
 ]
 #: stage modules every command may use; a command never imports another command (only the CLI shell does)
 STAGE_HELPERS = {"stages.common", "stages.multitask_run", "stages.provenance", "stages.tracking",

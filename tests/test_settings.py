@@ -40,6 +40,8 @@ DIFFERENT = {
     "epochs": "finetune.common.epochs and a method block's override of it",
     "name": "an optimiser's name and a model head's (task) name",
     "tasks": "a task set's tasks and the task set a run spec holds",
+    "selection": "finetune.common.selection (the best epoch) and disjoint transfer.selection (the pseudo-label rule)",
+    "temperature": "disjoint joint.temperature (the sources' shares) and transfer.temperature (the distillation)",
 }
 
 

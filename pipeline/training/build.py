@@ -59,6 +59,8 @@ class FinetuneSpec:
     #: rows of each center matrix by owner task where fewer than its classes (``cari.common.centers.rows:
     #: train_ids``); a label beyond them meets a zero center and moves nothing
     center_rows: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    #: the denominator of a task trained on soft targets (the disjoint-datasets runs; docs/disjoint.md#the-loss)
+    target_normalise: str = "rows"
 
     @functools.cached_property
     def schedule(self) -> LrSchedule:
@@ -180,5 +182,6 @@ def build_training(spec: FinetuneSpec, device: torch.device) -> TrainingParts:
         centers = centers.to(device)
     forward = torch.compile(model) if spec.runtime.compile else None
     step = TrainStep(model, strategy, spec.tasks, optimizer, own_optimizer, centers, clip_norm=s.optimizer.clip_norm,
-                     own_clip_norm=own_clip, amp=s.precision.amp, forward=forward)
+                     own_clip_norm=own_clip, amp=s.precision.amp, forward=forward,
+                     target_normalise=spec.target_normalise)
     return TrainingParts(model, strategy, optimizer, own_optimizer, centers, step)

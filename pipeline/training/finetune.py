@@ -30,8 +30,9 @@ import torch
 
 from pipeline.models.network import MultiTaskInceptionResNetV1
 from pipeline.training.build import FinetuneSpec, build_training
-from pipeline.training.data import LabelledImages, PermutationStream, preprocess
+from pipeline.training.data import LabelledImages, preprocess
 from pipeline.training.evaluate import EvalData, Predictions, criteria, evaluate, evaluations_of, predict
+from pipeline.training.plan import BatchPlan, StreamPlan
 from pipeline.training.state import TrainingState, extra_state, generator
 from pipeline.training.step import NonFiniteError, StepResult
 
@@ -115,7 +116,8 @@ def run_finetune(spec: FinetuneSpec, train: LabelledImages, test: EvalData, work
                  val: EvalData | None = None,
                  on_epoch: Callable[[int, list[dict[str, float]], dict[str, Any]], None] | None = None,
                  on_resume: Callable[[list[dict[str, float]], list[dict[str, Any]]], None] | None = None,
-                 progress: Callable[[int], None] | None = None) -> FinetuneResult:
+                 progress: Callable[[int], None] | None = None,
+                 plan: Callable[[torch.nn.Module], BatchPlan] | None = None) -> FinetuneResult:
     """Train, evaluate every epoch, select, checkpoint; resume from ``work/state.pt`` when present.
 
     Args:
@@ -128,6 +130,9 @@ def run_finetune(spec: FinetuneSpec, train: LabelledImages, test: EvalData, work
         on_resume: called once when resuming, with the checkpoint's step rows and history (so a caller can log
             epochs that were checkpointed but not yet reported when the run was killed).
         progress: called with the number of images trained after every step.
+        plan: makes the run's :class:`~pipeline.training.plan.BatchPlan` from the model at its initial weights
+            (default: :class:`~pipeline.training.plan.StreamPlan`, ``epoch_size`` batches per epoch from one
+            permutation stream). A plan's ``begin_epoch`` scalars go into the epoch's history entry (``plan``).
     """
     s = spec.settings
     if s.selection == "val_subjects" and val is None:
@@ -145,7 +150,8 @@ def run_finetune(spec: FinetuneSpec, train: LabelledImages, test: EvalData, work
     train = train.to(device)
     test_images = test.images.to(device)
     val_images = val.images.to(device) if val is not None else None
-    stream = PermutationStream(len(train), s.seed + 1)
+    batches = (plan(model) if plan is not None
+               else StreamPlan(len(train), s.batch_size, s.epoch_size, s.seed + 1))
     crop_gen = torch.Generator(device=device).manual_seed(s.seed + 2)
     selector = _Selector(s.selection, criteria(spec.tasks))
     rows: list[dict[str, float]] = []
@@ -154,7 +160,7 @@ def run_finetune(spec: FinetuneSpec, train: LabelledImages, test: EvalData, work
     start_epoch = 0
 
     objects = {"model": model, "strategy": strategy, "strategy_extra": extra_state(strategy), "optimizer": optimizer,
-               "own_optimizer": own_optimizer, "centers": centers, "stream": stream, "crop_gen": generator(crop_gen)}
+               "own_optimizer": own_optimizer, "centers": centers, "stream": batches, "crop_gen": generator(crop_gen)}
     st = state.load()
     if st is not None:
         state.restore(st, objects, rng=device)
@@ -176,7 +182,7 @@ def run_finetune(spec: FinetuneSpec, train: LabelledImages, test: EvalData, work
     pretrained = (names[0],)
     frozen = ("trunk", *pretrained) if spec.checkpoint and s.freeze_pretrained_bn else ()
     dropout_off = pretrained if spec.checkpoint and not s.pretrained_dropout else ()
-    step = start_epoch * s.epoch_size
+    step = len(rows)  # the checkpoint holds a row per step trained (a plan may vary the steps per epoch)
     t0 = time.perf_counter()
     trained = 0
     for epoch in range(start_epoch + 1, s.epochs + 1):
@@ -187,15 +193,17 @@ def run_finetune(spec: FinetuneSpec, train: LabelledImages, test: EvalData, work
         if own_optimizer is not None:
             for g in own_optimizer.param_groups:
                 g["lr"] = lr_w
+        plan_scalars = batches.begin_epoch(epoch, model)
         model.set_phase(train=True, frozen_bn=frozen, dropout_off=dropout_off)
         epoch_rows = []
-        for _ in range(s.epoch_size):
-            idx = stream.next(s.batch_size)
+        for _ in range(batches.steps(epoch)):
+            idx = batches.next(epoch)
             raw, labels = train.take(idx)
+            targets = {k: v.to(device) for k, v in batches.targets(idx).items()}
             x = preprocess(raw, crop=s.crop.size, input_size=s.network.input_size, train=True,
                            random_crop=s.crop.random, flip=s.crop.flip, generator=crop_gen,
                            channels_last=channels_last)
-            result = step_fn(x, labels)
+            result = step_fn(x, labels, targets) if targets else step_fn(x, labels)
             step += 1
             trained += len(idx)
             epoch_rows.append(_row(step, epoch, lr, lr_w, names, result))
@@ -203,6 +211,8 @@ def run_finetune(spec: FinetuneSpec, train: LabelledImages, test: EvalData, work
                 progress(len(idx))
         strategy.end_epoch(torch.tensor(_epoch_means(epoch_rows, names), dtype=torch.float32, device=device))
         entry, epoch_scores = _evaluate_epoch(spec, model, test, test_images, val, val_images, epoch)
+        if plan_scalars:
+            entry["plan"] = plan_scalars
         history.append(entry)
         rows.extend(epoch_rows)
         selected_on = entry["val"] if s.selection == "val_subjects" else entry["test"]

@@ -6,7 +6,8 @@ This is the function the fine-tuning loop, the behaviour tests and ``bench/train
 1. forward (bf16 autocast on CUDA when ``amp``); per-task losses ``L_t`` = mean softmax cross-entropy over the
    samples that have a label for task ``t`` (label ``-1`` = none), plus ``λc · ½‖e − c_y‖²`` for a task with a
    center loss (``e``: the L2-normalised prelogits of the branch its ``center.embedding`` names; ``c``: the rows of
-   the matrix its ``center.matrix`` names, before this step's update; docs/method.md §2.2); ``present[t]`` = the batch
+   the matrix its ``center.matrix`` names, before this step's update; docs/method.md §2.2), or, for a task the batch
+   brings soft targets for, the soft-target form of :func:`task_losses`; ``present[t]`` = the batch
    has a labelled sample of ``t`` (else ``L_t = 0``, docs/method.md §9.24, and the strategy drops the task: the
    presence mask);
 2. the weighting strategy turns ``L [T]``, ``present [T]`` and ``Mixed_7a`` into the total loss and its own loss;
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from pipeline.losses.center import CenterLoss
+from pipeline.losses.soft_target import soft_target_terms
 from pipeline.settings import TaskSetSettings
 from pipeline.training.optim import clip_by_global_norm_
 from pipeline.weighting.base import Weighting
@@ -72,24 +74,46 @@ def _masked_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     return torch.where(mask, ce, torch.zeros_like(ce)), mask
 
 
+def _soft_ce(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor, normalise: str
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample soft-target CE ``[B]`` against ``onehot(y)`` on the labelled rows and ``targets [B, C]`` on the
+    others, the labelled mask ``[B]`` and the denominator (0-d;
+    :func:`pipeline.losses.soft_target.soft_target_terms`)."""
+    mask = labels >= 0
+    onehot = (labels.unsqueeze(1) == torch.arange(logits.shape[1], device=labels.device)).to(torch.float32)
+    q = torch.where(mask.unsqueeze(1), onehot, targets.to(torch.float32))
+    per_sample, denom = soft_target_terms(logits, q, normalise=normalise)
+    return per_sample, mask, denom
+
+
 def task_losses(out, labels: Mapping[str, torch.Tensor], task_set: TaskSetSettings,
-                centers: Mapping[str, CenterLoss] | None) -> tuple[torch.Tensor, torch.Tensor]:
+                centers: Mapping[str, CenterLoss] | None, targets: Mapping[str, torch.Tensor] | None = None, *,
+                normalise: str = "rows") -> tuple[torch.Tensor, torch.Tensor]:
     """Per-task losses ``Tensor[T]`` and presence ``bool Tensor[T]`` for a
     :class:`~pipeline.models.network.ModelOutput` ``out`` (no host synchronisation).
 
     ``L_t = Σ_i m_i (CE_i + λc ½‖e_i − c_{y_i}‖²) / max(Σ_i m_i, 1)`` with ``m_i`` = sample ``i`` has a label of
     ``t``; ``present_t = Σ_i m_i > 0``.
+
+    A task with soft ``targets[t] [B, C]`` (the disjoint-datasets runs: pseudo labels, distillation;
+    docs/disjoint.md#the-loss) trains its labelled rows on ``onehot(y_i)`` and the others on their target row:
+    ``L_t = (Σ_i CE(q_i, p_i) + λc Σ_i m_i ½‖e_i − c_{y_i}‖²) / D`` with ``D`` the rows whose target is not zero
+    (``normalise="rows"``) or the total target mass (``"weights"``); ``present_t = D > 0``.
     """
     losses, present = [], []
     for name, task in task_set.tasks.items():
         y = labels[name]
-        per_sample, mask = _masked_ce(out.logits(name), y)
+        soft = targets.get(name) if targets else None
+        if soft is None:
+            per_sample, mask = _masked_ce(out.logits(name), y)
+            n = mask.sum()
+        else:
+            per_sample, mask, n = _soft_ce(out.logits(name), y, soft, normalise)
         if task.center is not None and task.center.factor and centers is not None:
             matrix = centers[task_set.matrix_owner(name)]
             center = matrix(out.embedding(task_set.embedding_of(name)), y.clamp(min=0))
             per_sample = per_sample + task.center.factor * torch.where(mask, center, torch.zeros_like(center))
-        n = mask.sum()
-        losses.append(per_sample.sum() / n.clamp(min=1))
+        losses.append(per_sample.sum() / (n.clamp(min=1) if soft is None else torch.where(n > 0, n, 1.0)))
         present.append(n > 0)
     return torch.stack(losses), torch.stack(present)
 
@@ -117,13 +141,15 @@ class TrainStep:
             all-reduces them there).
         forward: what runs the forward pass instead of ``model`` itself: a ``torch.compile`` wrapper of it (the
             same parameters; evaluation keeps calling the uncompiled ``model``), or None.
+        target_normalise: the denominator of a task trained on soft targets (:func:`task_losses`): ``rows`` |
+            ``weights``.
     """
 
     def __init__(self, model: nn.Module, strategy: Weighting, task_set: TaskSetSettings,
                  optimizer: torch.optim.Optimizer, own_optimizer: torch.optim.Optimizer | None,
                  centers: Mapping[str, CenterLoss] | None, *, clip_norm: float, own_clip_norm: float,
                  amp: bool = False, center_stats_hook: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
-                 forward: Callable[[torch.Tensor], object] | None = None) -> None:
+                 forward: Callable[[torch.Tensor], object] | None = None, target_normalise: str = "rows") -> None:
         if task_set.names != strategy.task_names:
             raise ValueError(f"task order {task_set.names} differs from the strategy's {strategy.task_names}")
         self.model = model
@@ -137,6 +163,7 @@ class TrainStep:
         self.own_clip_norm = own_clip_norm
         self.amp = amp
         self.center_stats_hook = center_stats_hook
+        self.target_normalise = target_normalise
         self.main_params = [p for g in optimizer.param_groups for p in g["params"]]
         self.own_params = [p for g in own_optimizer.param_groups for p in g["params"]] if own_optimizer else []
         self.shared = list(model.shared_parameters()) if hasattr(model, "shared_parameters") else []
@@ -148,11 +175,14 @@ class TrainStep:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def __call__(self, x: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> StepResult:
-        """Train on one batch ``x [B, 3, S, S]`` (standardised) with ``labels[task] [B]`` (``-1`` = no label)."""
+    def __call__(self, x: torch.Tensor, labels: Mapping[str, torch.Tensor],
+                 targets: Mapping[str, torch.Tensor] | None = None) -> StepResult:
+        """Train on one batch ``x [B, 3, S, S]`` (standardised) with ``labels[task] [B]`` (``-1`` = no label) and,
+        for some tasks, soft ``targets[task] [B, C]`` on the rows without a label (:func:`task_losses`)."""
         with self._autocast(x.device):
             out = self.forward(x)
-        losses, present = task_losses(out, labels, self.task_set, self.centers)
+        losses, present = task_losses(out, labels, self.task_set, self.centers, targets,
+                                      normalise=self.target_normalise)
         ws = self.strategy.compute(losses, out.features.float(), present=present, shared=self.shared)
         has_aux = ws.aux is not None and bool(self.own_params)
         grads = torch.autograd.grad(ws.total, self.main_params, retain_graph=has_aux, allow_unused=True)
