@@ -247,7 +247,8 @@ def render_disjoint_markdown(header: DisjointHeader, rows: pd.DataFrame, finetun
                      + " | ".join(_cell(r, c.key) for c in cols) + f" | {PAPER_NOTE} |")
     if len(finetune_rows):
         lines += ["", "Full-label fine-tuning of the same folds (stage `finetune`: every image labelled for both "
-                  "tasks; the rows of the FR+FER table):", "",
+                  "tasks), at the epoch this table reports (the FR+FER table selects by its own "
+                  "`finetune.common.selection`):", "",
                   "| finetune method | " + " | ".join(titles) + " |", "|---|" + "---|" * len(titles)]
         for r in finetune_rows.to_dict("records"):
             lines.append(f"| {r['method']} | " + " | ".join(_cell(r, c.key) for c in cols) + " |")
