@@ -128,7 +128,7 @@ def command(
                                    input_size=s.network.input_size, batch_size=spec.runtime.eval_batch_size,
                                    amp=s.precision.amp)
 
-        return DisjointPlan(
+        return _plan(DisjointPlan,
             sizes=view.sizes, source_tasks=view.source_tasks, image_ids=view.train.image_ids,
             labels=view.train.labels, n_classes=data.n_classes, identity_tasks=identity_tasks, mode=method_cfg.mode,
             task=method_cfg.task, transfer=transfer, joint=common.joint, epoch_size=s.epoch_size,
@@ -138,7 +138,7 @@ def command(
     def images(data, spec) -> int:  # noqa: ANN001 - the images the run trains on (progress bar)
         from pipeline.disjoint.plan import DisjointPlan
 
-        plan = DisjointPlan(
+        plan = _plan(DisjointPlan,
             sizes=views["view"].sizes, source_tasks=views["view"].source_tasks,
             image_ids=data.train.image_ids, labels=data.train.labels, n_classes=data.n_classes,
             identity_tasks=identity_tasks, mode=method_cfg.mode, task=method_cfg.task, transfer=transfer,
@@ -166,6 +166,15 @@ def command(
         metrics_extra={"dataset": dataset, "fold": fold, "mode": method_cfg.mode, "transfer": transfer.kind},
         meta={"dataset": dataset, "fold": fold}, runtime_sections=RUNTIME, make_plan=make_plan, images=images,
         finish=finish, target_normalise=common.normalise))
+
+
+def _plan(cls, **kw):  # noqa: ANN001, ANN003, ANN202 - a DisjointPlan
+    """The run's plan; a setting it cannot run with (sampler shares, ``cluster_k`` against the sources) is a one-line
+    params error before any training."""
+    try:
+        return cls(**kw)
+    except ValueError as exc:
+        raise UserError(f"disjoint: {exc}") from None
 
 
 def _write_refresh(work, epoch: int, records: dict, hidden) -> dict[str, float]:  # noqa: ANN001

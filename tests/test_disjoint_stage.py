@@ -124,3 +124,22 @@ def test_sigkill_then_rerun_ends_like_the_uninterrupted_run(reference, inputs, t
     a, b = load_model(work / OUT / "model.pt")[0].state_dict(), load_model(ref / OUT / "model.pt")[0].state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not any((work / WORK).iterdir())  # the resume folder is cleared after success
+
+
+@pytest.mark.parametrize(("method", "overrides", "message"), [
+    ("all_in_one", {"disjoint.common.joint.temperature": 2.0},
+     "disjoint: temperature: 2.0 has no effect with ratios: proportional"),
+    ("all_in_one", {"disjoint.common.batch_size": 1}, "disjoint: batch_size: 1 is smaller than the number of sources"),
+    (METHOD, {"disjoint.methods.sa_mtl_hard.transfer.cluster_k": 500},
+     "disjoint: transfer.cluster_k (500) exceeds the"),
+])
+def test_a_plan_it_cannot_run_is_one_line_before_any_training(inputs, tmp_path, method, overrides, message):
+    work = _workdir(tmp_path / "repo", inputs)
+    write_params(work / "params.yaml", tiny_params(**{**STAGE_PARAMS, **overrides}))
+    cmd = [*_cmd()[:-1], method]
+    res = subprocess.run(cmd, cwd=work, env=stage_env(work, None), capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert message in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
+    out = work / "data/disjoint" / f"fold0-{method}"
+    assert not out.exists() and not (work / f"metrics/disjoint/fold0-{method}.json").exists()
+    assert not any((work / WORK).glob("*/state.pt"))

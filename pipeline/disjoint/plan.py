@@ -115,8 +115,25 @@ class DisjointPlan:
         else:
             raise ValueError(f"mode: {mode!r} is not single, joint or alternating")
         self.alternating = AlternatingSampler(sizes, batch_size, seed + 1) if mode == "alternating" else None
+        if mode != "single" and transfer.kind == "pseudo" and "distribution" in transfer.weights:
+            self._check_cluster_k()
         self.targets_of: dict[str, torch.Tensor] = {}
         self.last_refresh = 0
+
+    def _check_cluster_k(self) -> None:
+        """The distribution factor fits ``cluster_k`` components on a task's labelled images and on each refresh's
+        images: refuse a run that would fail at its first refresh."""
+        k = self.transfer.cluster_k
+        for task, labels in self.labels.items():
+            if self._kind(task) != "pseudo":
+                continue
+            labelled = int((labels >= 0).sum())
+            if labelled < k:
+                raise ValueError(f"transfer.cluster_k ({k}) exceeds the {labelled} images labelled for {task!r}")
+            others = [n for n, t in zip(self.ranges.sizes, self.source_tasks, strict=True) if t != task]
+            if others and min(others) < k:
+                raise ValueError(f"transfer.cluster_k ({k}) exceeds the {min(others)} images of a source without "
+                                 f"{task!r} labels (its pseudo-labelled images)")
 
     # -- schedule ----------------------------------------------------------------------------------------------
     def _alternation_epoch(self, epoch: int) -> int | None:

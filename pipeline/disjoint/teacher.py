@@ -35,23 +35,26 @@ class TeacherOutputs:
 @torch.no_grad()
 def teacher_outputs(model: MultiTaskInceptionResNetV1, images: torch.Tensor, tasks: Sequence[str], *, crop: int,
                     input_size: int, batch_size: int, amp: bool = False) -> TeacherOutputs:
-    """The teacher's logits and features of ``tasks`` for ``images uint8 [N, 3, S, S]`` (centre crop, evaluation mode;
-    the model's mode is restored afterwards, its parameters are not touched)."""
+    """The teacher's logits and features of ``tasks`` for ``images uint8 [N, 3, S, S]`` (on any device: each batch is
+    moved to the model's; centre crop, evaluation mode, bf16 autocast when ``amp`` on CUDA; the model's mode is
+    restored afterwards, its parameters are not touched)."""
     was_training = model.training
     model.eval()
     logits: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
     feats: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
-    use_amp = amp and images.device.type == "cuda"
+    device = next(model.parameters()).device
+    use_amp = amp and device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
     try:
         for start in range(0, len(images), batch_size):
-            x = preprocess(images[start : start + batch_size], crop=crop, input_size=input_size, train=False)
+            x = preprocess(images[start : start + batch_size].to(device), crop=crop, input_size=input_size,
+                           train=False)
             with autocast:
                 out = model(x)
             for t in tasks:
                 branch = model.branches[t]
-                pre = out.branches[t].prelogits
-                f = branch.hidden(pre) if branch.hidden is not None else l2_normalize(pre.float())
+                pre = out.branches[t].prelogits.float()  # bf16 under autocast; the hidden layer is float32
+                f = branch.hidden(pre) if branch.hidden is not None else l2_normalize(pre)
                 logits[t].append(out.logits(t).float().cpu().numpy())
                 feats[t].append(f.float().cpu().numpy())
     finally:

@@ -222,6 +222,11 @@ def _cell(row: Mapping[str, Any], key: str) -> str:
     return text
 
 
+def _epoch_words(selection: str) -> str:
+    return {"last": "the last", "val_subjects": "the best on held-out training subjects (selection val_subjects)"}.get(
+        selection, f"the best on the test fold (selection {selection}: the original's, optimistic)")
+
+
 def render_disjoint_markdown(header: DisjointHeader, rows: pd.DataFrame, finetune_rows: pd.DataFrame,
                              diffs: pd.DataFrame, precision: Sequence[RefreshPrecision], cols: Sequence[Column],
                              checks: Sequence[Check]) -> str:
@@ -235,7 +240,7 @@ def render_disjoint_markdown(header: DisjointHeader, rows: pd.DataFrame, finetun
             "source), not SA-MTL's datasets." if header.demo else f"**Data:** `{header.dataset}`.")
     lines += [data, "",
               f"Folds: {folds} (n = {n}{': no interval' if n < MIN_BOOTSTRAP_FOLDS else ''}). Epoch: "
-              f"{'the last' if header.selection == 'last' else f'the best on the test fold (selection {header.selection}, optimistic)'}. "  # noqa: E501
+              f"{_epoch_words(header.selection)}. "
               "Percent; in parentheses the gap to `full_labels` (the same images with the hidden labels: the upper "
               f"bound), in points. The paper's numbers: {PAPER_NOTE} (SA-MTL's tables are not in the project's "
               "sources and could not be found offline).", ""]
