@@ -115,35 +115,38 @@ def command(
                   "hidden_labels": len(view.hidden)}
         return dataclasses.replace(fd, train=view.train, counts=counts)
 
-    def make_plan(data, spec, model, work):  # noqa: ANN001, ANN202 - the run's DisjointPlan
+    def plan_for(data, spec, teacher=None, on_refresh=None):  # noqa: ANN001, ANN202 - the run's DisjointPlan
+        """The run's plan (``teacher`` None: for its schedule only); a setting it cannot run with (sampler shares,
+        ``cluster_k`` against the sources) is a one-line params error before any training."""
         from pipeline.disjoint.plan import DisjointPlan
+
+        view, s = views["view"], spec.settings
+        try:
+            return DisjointPlan(
+                sizes=view.sizes, source_tasks=view.source_tasks, image_ids=view.train.image_ids,
+                labels=view.train.labels, n_classes=data.n_classes, identity_tasks=identity_tasks,
+                mode=method_cfg.mode, task=method_cfg.task, transfer=transfer, joint=common.joint,
+                epoch_size=s.epoch_size, batch_size=s.batch_size, refresh_epochs=common.refresh_epochs, seed=s.seed,
+                teacher=teacher, on_refresh=on_refresh)
+        except ValueError as exc:
+            raise UserError(f"disjoint: {exc}") from None
+
+    def make_plan(data, spec, model, work):  # noqa: ANN001, ANN202 - the plan with its teacher and refresh records
         from pipeline.disjoint.teacher import teacher_outputs
 
-        view = views["view"]
         s = spec.settings
         images = data.train.images
+        hidden = views["view"].hidden
 
         def teacher(m, idx, tasks):  # noqa: ANN001, ANN202
             return teacher_outputs(m, images.index_select(0, idx.to(images.device)), tasks, crop=s.crop.size,
                                    input_size=s.network.input_size, batch_size=spec.runtime.eval_batch_size,
                                    amp=s.precision.amp)
 
-        return _plan(DisjointPlan,
-            sizes=view.sizes, source_tasks=view.source_tasks, image_ids=view.train.image_ids,
-            labels=view.train.labels, n_classes=data.n_classes, identity_tasks=identity_tasks, mode=method_cfg.mode,
-            task=method_cfg.task, transfer=transfer, joint=common.joint, epoch_size=s.epoch_size,
-            batch_size=s.batch_size, refresh_epochs=common.refresh_epochs, seed=s.seed,
-            teacher=teacher, on_refresh=lambda epoch, records: _write_refresh(work, epoch, records, view.hidden))
+        return plan_for(data, spec, teacher, lambda epoch, records: _write_refresh(work, epoch, records, hidden))
 
     def images(data, spec) -> int:  # noqa: ANN001 - the images the run trains on (progress bar)
-        from pipeline.disjoint.plan import DisjointPlan
-
-        plan = _plan(DisjointPlan,
-            sizes=views["view"].sizes, source_tasks=views["view"].source_tasks,
-            image_ids=data.train.image_ids, labels=data.train.labels, n_classes=data.n_classes,
-            identity_tasks=identity_tasks, mode=method_cfg.mode, task=method_cfg.task, transfer=transfer,
-            joint=common.joint, epoch_size=spec.settings.epoch_size, batch_size=spec.settings.batch_size,
-            refresh_epochs=common.refresh_epochs, seed=spec.settings.seed, teacher=None)
+        plan = plan_for(data, spec)
         return sum(plan.epoch_images(e) for e in range(1, spec.settings.epochs + 1))
 
     def finish(out, work) -> None:  # noqa: ANN001 - the refreshes and the hidden sidecar into the run's folder
@@ -166,15 +169,6 @@ def command(
         metrics_extra={"dataset": dataset, "fold": fold, "mode": method_cfg.mode, "transfer": transfer.kind},
         meta={"dataset": dataset, "fold": fold}, runtime_sections=RUNTIME, make_plan=make_plan, images=images,
         finish=finish, target_normalise=common.normalise))
-
-
-def _plan(cls, **kw):  # noqa: ANN001, ANN003, ANN202 - a DisjointPlan
-    """The run's plan; a setting it cannot run with (sampler shares, ``cluster_k`` against the sources) is a one-line
-    params error before any training."""
-    try:
-        return cls(**kw)
-    except ValueError as exc:
-        raise UserError(f"disjoint: {exc}") from None
 
 
 def _write_refresh(work, epoch: int, records: dict, hidden) -> dict[str, float]:  # noqa: ANN001
