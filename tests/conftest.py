@@ -64,6 +64,22 @@ def tiny_params(**overrides) -> dict:
     return set_dotted(params, overrides)
 
 
+def tiny_test_fold(generator, size: int):  # noqa: ANN001, ANN201 - torch.Generator -> EvalData
+    """A test fold of 8 random ``size``-px images from ``generator`` for in-process fine-tuning runs: 8 pairs (4 same)
+    and labels of 4 identities and 3 expressions (one image without an expression label)."""
+    import numpy as np
+    import torch
+
+    from pipeline.training.evaluate import EvalData
+
+    return EvalData(
+        images=torch.randint(0, 256, (8, 3, size, size), dtype=torch.uint8, generator=generator),
+        pair_a=np.array([0, 1, 2, 3, 4, 5, 6, 0]), pair_b=np.array([1, 2, 3, 4, 5, 6, 7, 7]),
+        same=np.array([True, False, True, False, True, False, True, False]),
+        labels={"identity": np.array([0, 0, 1, 1, 2, 2, 3, 3]), "expression": np.array([0, 1, 2, -1, 0, 1, 2, 0])},
+        class_names={"expression": ["a", "b", "c"]})
+
+
 def set_dotted(params: dict, overrides: dict) -> dict:
     """``params`` (nested dicts) with each dotted key of ``overrides`` set to a copy of its value, in place."""
     for dotted, value in overrides.items():

@@ -28,6 +28,7 @@ from pipeline.training.data import LabelledImages
 from pipeline.training.evaluate import EvalData
 from pipeline.training.finetune import run_finetune
 from pipeline.training.step import TrainStep
+from tests.conftest import tiny_test_fold
 from tests.settings_helpers import CPU, PARAMS, finetune_settings, head, task_set
 from tests.settings_helpers import finetune_spec as make_spec
 
@@ -458,13 +459,7 @@ def _fold() -> tuple[LabelledImages, dict[str, str], EvalData]:
         labels={"identity": torch.tensor([int(s[1]) for s in SUBJECTS]), "expression": expression},
         image_ids=[f"train/{i:02d}" for i in range(n)])
     subject_of = dict(zip(train.image_ids, SUBJECTS, strict=True))
-    m = 8
-    test = EvalData(
-        images=torch.randint(0, 256, (m, 3, SIZE, SIZE), dtype=torch.uint8, generator=g),
-        pair_a=np.array([0, 1, 2, 3, 4, 5, 6, 0]), pair_b=np.array([1, 2, 3, 4, 5, 6, 7, 7]),
-        same=np.array([True, False, True, False, True, False, True, False]),
-        labels={"identity": np.array([0, 0, 1, 1, 2, 2, 3, 3]), "expression": np.array([0, 1, 2, -1, 0, 1, 2, 0])},
-        class_names={"expression": ["a", "b", "c"]})
+    test = tiny_test_fold(g, SIZE)
     return train, subject_of, test
 
 

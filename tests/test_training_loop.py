@@ -22,7 +22,7 @@ from pipeline.training.optim import build_optimizer
 from pipeline.training.schedule import LrSchedule, read_schedule
 from pipeline.training.step import NonFiniteError, TrainStep
 from pipeline.weighting import build_weighting
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_test_fold
 from tests.settings_helpers import CPU, finetune_settings, head, model_config, task_set
 from tests.settings_helpers import finetune_spec as make_spec
 
@@ -49,13 +49,7 @@ def _data() -> tuple[LabelledImages, EvalData]:
         images=torch.randint(0, 256, (n, 3, SIZE, SIZE), dtype=torch.uint8, generator=g),
         labels={"identity": torch.arange(n) % N_IDS, "expression": torch.tensor([0, 1, 2, -1] * 3)},
         image_ids=[f"train/{i}" for i in range(n)])
-    m = 8
-    test = EvalData(
-        images=torch.randint(0, 256, (m, 3, SIZE, SIZE), dtype=torch.uint8, generator=g),
-        pair_a=np.array([0, 1, 2, 3, 4, 5, 6, 0]), pair_b=np.array([1, 2, 3, 4, 5, 6, 7, 7]),
-        same=np.array([True, False, True, False, True, False, True, False]),
-        labels={"identity": np.array([0, 0, 1, 1, 2, 2, 3, 3]), "expression": np.array([0, 1, 2, -1, 0, 1, 2, 0])},
-        class_names={"expression": ["a", "b", "c"]})
+    test = tiny_test_fold(g, SIZE)
     return train, test
 
 
